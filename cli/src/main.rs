@@ -1,1 +1,169 @@
-fn main() {}
+//! `flotilla`: the operator CLI.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use flotilla_cli::output::{OutputFormat, clusters_table, print_json, status_table};
+use flotilla_cli::{client, demo, render};
+use flotilla_common::labels::parse_labels;
+
+#[derive(Parser)]
+#[command(name = "flotilla", version, about = "Operate a Flotilla fleet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct HubArgs {
+    /// Hub URL.
+    #[arg(long, env = "FLOTILLA_HUB", default_value = "https://127.0.0.1:7443")]
+    hub: String,
+    /// Directory with ca.pem, admin.pem and admin-key.pem (the hub's `admin/` bundle).
+    #[arg(long, env = "FLOTILLA_ADMIN_DIR")]
+    admin_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bootstrap tokens for registering clusters.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// List registered clusters.
+    Clusters {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Sources, and per cluster and app: desired commit, applied version, state, last contact, error.
+    Status {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Print the objects a cluster with these labels would receive, with no hub.
+    Render {
+        /// Repository path; only its object database is read.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = "HEAD")]
+        rev: String,
+        /// App to render (all apps when omitted).
+        #[arg(long)]
+        app: Option<String>,
+        /// Cluster labels, `k=v,k2=v2`.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// Cluster name, as templates see it.
+        #[arg(long, default_value = "local")]
+        cluster_name: String,
+        /// `yaml` (multi-document) or `json` (a list).
+        #[arg(long, short, default_value = "yaml", value_parser = ["yaml", "json"])]
+        output: String,
+    },
+    /// Run a hub, three agents and an example repository on this machine.
+    Demo {
+        /// Exit 0 once every cluster converged on the latest commit, instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Keep everything in this directory (default: a temporary directory, removed at exit).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// How long to wait for each convergence.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a single-use bootstrap token; the secret is printed once.
+    Create {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// How long the token stays valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Labels the registering cluster gets, `k=v,k2=v2`.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    hub,
+                    ttl,
+                    labels,
+                    output,
+                },
+        } => {
+            let labels = parse_labels(&labels)?;
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let token = client::create_token(&mut admin, ttl, &labels).await?;
+            match output {
+                OutputFormat::Json => print_json(&token),
+                OutputFormat::Table => println!("{}", token.token),
+            }
+        }
+        Command::Clusters { hub, output } => {
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let clusters = client::clusters(&mut admin).await?;
+            match output {
+                OutputFormat::Json => print_json(&clusters),
+                OutputFormat::Table => println!("{}", clusters_table(&clusters)),
+            }
+        }
+        Command::Status { hub, output } => {
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let status = client::status(&mut admin).await?;
+            match output {
+                OutputFormat::Json => print_json(&status),
+                OutputFormat::Table => println!("{}", status_table(&status)),
+            }
+        }
+        Command::Render {
+            repo,
+            rev,
+            app,
+            labels,
+            cluster_name,
+            output,
+        } => {
+            let request = render::RenderRequest {
+                repo: &repo,
+                rev: &rev,
+                app: app.as_deref(),
+                labels: parse_labels(&labels)?,
+                cluster_name: &cluster_name,
+            };
+            let objects = render::render(&request).context("render failed")?;
+            if output == "json" {
+                println!("{}", render::to_json(&objects));
+            } else {
+                print!("{}", render::to_yaml(&objects)?);
+            }
+        }
+        Command::Demo { once, dir, timeout } => {
+            demo::run(demo::DemoOptions { once, dir, timeout }).await?;
+        }
+    }
+    Ok(())
+}

@@ -2,7 +2,9 @@
 
 /// A name or id that does not follow the DNS-label rules we require.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid {what} {value:?}: use 1-63 characters from a-z, 0-9 and '-', starting and ending with a letter or digit")]
+#[error(
+    "invalid {what} {value:?}: use 1-63 characters from a-z, 0-9 and '-', starting and ending with a letter or digit"
+)]
 pub struct NameError {
     /// What kind of name it was ("cluster name", "app name").
     pub what: &'static str,

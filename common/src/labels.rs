@@ -145,7 +145,8 @@ impl LabelSelector {
         }
         for req in &self.match_expressions {
             validate_label(&req.key, "")?;
-            let needs_values = matches!(req.operator, SelectorOperator::In | SelectorOperator::NotIn);
+            let needs_values =
+                matches!(req.operator, SelectorOperator::In | SelectorOperator::NotIn);
             if needs_values && req.values.is_empty() {
                 return Err(SelectorError::Values {
                     key: req.key.clone(),
@@ -193,10 +194,16 @@ mod tests {
     fn parse_and_format() {
         let l = labels("env=dev, ring=canary,example.com/tier=edge");
         assert_eq!(l.len(), 3);
-        assert_eq!(format_labels(&l), "env=dev,example.com/tier=edge,ring=canary");
+        assert_eq!(
+            format_labels(&l),
+            "env=dev,example.com/tier=edge,ring=canary"
+        );
         assert_eq!(parse_labels("").unwrap(), Labels::new());
         assert!(matches!(parse_labels("a"), Err(LabelError::Syntax(_))));
-        assert!(matches!(parse_labels("a=1,a=2"), Err(LabelError::Duplicate(_))));
+        assert!(matches!(
+            parse_labels("a=1,a=2"),
+            Err(LabelError::Duplicate(_))
+        ));
         assert!(matches!(parse_labels("-a=1"), Err(LabelError::Key(_))));
         assert!(matches!(parse_labels("a=b c"), Err(LabelError::Value(..))));
     }
@@ -207,12 +214,36 @@ mod tests {
             ("{}", "", true),
             ("{matchLabels: {tier: edge}}", "tier=edge,x=1", true),
             ("{matchLabels: {tier: edge}}", "tier=core", false),
-            ("{matchExpressions: [{key: ring, operator: In, values: ['1','2']}]}", "ring=2", true),
-            ("{matchExpressions: [{key: ring, operator: In, values: ['1']}]}", "", false),
-            ("{matchExpressions: [{key: ring, operator: NotIn, values: ['1']}]}", "", true),
-            ("{matchExpressions: [{key: ring, operator: NotIn, values: ['1']}]}", "ring=1", false),
-            ("{matchExpressions: [{key: gpu, operator: Exists}]}", "gpu=", true),
-            ("{matchExpressions: [{key: gpu, operator: DoesNotExist}]}", "gpu=a", false),
+            (
+                "{matchExpressions: [{key: ring, operator: In, values: ['1','2']}]}",
+                "ring=2",
+                true,
+            ),
+            (
+                "{matchExpressions: [{key: ring, operator: In, values: ['1']}]}",
+                "",
+                false,
+            ),
+            (
+                "{matchExpressions: [{key: ring, operator: NotIn, values: ['1']}]}",
+                "",
+                true,
+            ),
+            (
+                "{matchExpressions: [{key: ring, operator: NotIn, values: ['1']}]}",
+                "ring=1",
+                false,
+            ),
+            (
+                "{matchExpressions: [{key: gpu, operator: Exists}]}",
+                "gpu=",
+                true,
+            ),
+            (
+                "{matchExpressions: [{key: gpu, operator: DoesNotExist}]}",
+                "gpu=a",
+                false,
+            ),
         ];
         for (sel, l, want) in yaml_cases {
             let sel: LabelSelector = serde_saphyr::from_str(sel).unwrap();

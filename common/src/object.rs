@@ -36,7 +36,11 @@ impl ObjectId {
 
     /// A filesystem- and URL-safe key, unique per object.
     pub fn file_key(&self) -> String {
-        let group = if self.group.is_empty() { "core" } else { &self.group };
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
         format!(
             "{}_{}_{}_{}_{}",
             group,
@@ -51,7 +55,14 @@ impl ObjectId {
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.namespace {
-            Some(ns) => write!(f, "{}/{} {}/{}", self.api_version(), self.kind, ns, self.name),
+            Some(ns) => write!(
+                f,
+                "{}/{} {}/{}",
+                self.api_version(),
+                self.kind,
+                ns,
+                self.name
+            ),
             None => write!(f, "{}/{} {}", self.api_version(), self.kind, self.name),
         }
     }
@@ -86,8 +97,9 @@ fn str_field<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
 fn valid_object_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b':')
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b':'
+        })
 }
 
 /// Kinds of the built-in API that are cluster-scoped. Everything else is
@@ -101,10 +113,19 @@ const CLUSTER_SCOPED: &[(&str, &str)] = &[
     ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
     ("apiextensions.k8s.io", "CustomResourceDefinition"),
     ("apiregistration.k8s.io", "APIService"),
-    ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
-    ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
+    (
+        "admissionregistration.k8s.io",
+        "MutatingWebhookConfiguration",
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingWebhookConfiguration",
+    ),
     ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
-    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding"),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicyBinding",
+    ),
     ("storage.k8s.io", "StorageClass"),
     ("storage.k8s.io", "CSIDriver"),
     ("storage.k8s.io", "CSINode"),
@@ -119,7 +140,9 @@ const CLUSTER_SCOPED: &[(&str, &str)] = &[
 
 /// True when a built-in kind is cluster-scoped.
 pub fn is_builtin_cluster_scoped(group: &str, kind: &str) -> bool {
-    CLUSTER_SCOPED.iter().any(|(g, k)| *g == group && *k == kind)
+    CLUSTER_SCOPED
+        .iter()
+        .any(|(g, k)| *g == group && *k == kind)
 }
 
 /// One Kubernetes object ready to ship: its identity and its JSON.
@@ -142,15 +165,21 @@ impl KubeObject {
         if !value.is_object() {
             return Err(ObjectError::NotAMapping);
         }
-        let api_version = str_field(&value, "/apiVersion").ok_or(ObjectError::Missing("apiVersion"))?;
+        let api_version =
+            str_field(&value, "/apiVersion").ok_or(ObjectError::Missing("apiVersion"))?;
         let (group, version) = match api_version.split_once('/') {
             Some((g, v)) => (g.to_string(), v.to_string()),
             None => (String::new(), api_version.to_string()),
         };
-        if version.is_empty() || version.contains('/') || (api_version.contains('/') && group.is_empty()) {
+        if version.is_empty()
+            || version.contains('/')
+            || (api_version.contains('/') && group.is_empty())
+        {
             return Err(ObjectError::ApiVersion(api_version.to_string()));
         }
-        let kind = str_field(&value, "/kind").ok_or(ObjectError::Missing("kind"))?.to_string();
+        let kind = str_field(&value, "/kind")
+            .ok_or(ObjectError::Missing("kind"))?
+            .to_string();
         if kind.is_empty() {
             return Err(ObjectError::Missing("kind"));
         }
@@ -158,7 +187,10 @@ impl KubeObject {
             .ok_or(ObjectError::Missing("metadata.name"))?
             .to_string();
         if !valid_object_name(&name) {
-            return Err(ObjectError::Name { field: "metadata.name", value: name });
+            return Err(ObjectError::Name {
+                field: "metadata.name",
+                value: name,
+            });
         }
         let namespace = if cluster_scoped(&group, &kind) {
             if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -171,13 +203,22 @@ impl KubeObject {
                 _ => default_namespace.unwrap_or("default").to_string(),
             };
             if !valid_object_name(&ns) || ns.contains('.') {
-                return Err(ObjectError::Name { field: "metadata.namespace", value: ns });
+                return Err(ObjectError::Name {
+                    field: "metadata.namespace",
+                    value: ns,
+                });
             }
             value["metadata"]["namespace"] = Value::String(ns.clone());
             Some(ns)
         };
         Ok(KubeObject {
-            id: ObjectId { group, version, kind, namespace, name },
+            id: ObjectId {
+                group,
+                version,
+                kind,
+                namespace,
+                name,
+            },
             value,
         })
     }
@@ -204,7 +245,10 @@ mod tests {
 
     #[test]
     fn identity_and_default_namespace() {
-        let o = obj(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}})).unwrap();
+        let o = obj(
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}),
+        )
+        .unwrap();
         assert_eq!(o.id.group, "apps");
         assert_eq!(o.id.namespace.as_deref(), Some("apps"));
         assert_eq!(o.value["metadata"]["namespace"], "apps");
@@ -219,9 +263,21 @@ mod tests {
     #[test]
     fn rejects_bad_objects() {
         assert_eq!(obj(json!([1])).unwrap_err(), ObjectError::NotAMapping);
-        assert_eq!(obj(json!({"kind": "A", "metadata": {"name": "a"}})).unwrap_err(), ObjectError::Missing("apiVersion"));
-        assert!(matches!(obj(json!({"apiVersion": "a/b/c", "kind": "A", "metadata": {"name": "a"}})), Err(ObjectError::ApiVersion(_))));
-        assert!(matches!(obj(json!({"apiVersion": "v1", "kind": "A", "metadata": {"name": "Bad_Name"}})), Err(ObjectError::Name { .. })));
-        assert!(matches!(obj(json!({"apiVersion": "v1", "kind": "A", "metadata": {}})), Err(ObjectError::Missing("metadata.name"))));
+        assert_eq!(
+            obj(json!({"kind": "A", "metadata": {"name": "a"}})).unwrap_err(),
+            ObjectError::Missing("apiVersion")
+        );
+        assert!(matches!(
+            obj(json!({"apiVersion": "a/b/c", "kind": "A", "metadata": {"name": "a"}})),
+            Err(ObjectError::ApiVersion(_))
+        ));
+        assert!(matches!(
+            obj(json!({"apiVersion": "v1", "kind": "A", "metadata": {"name": "Bad_Name"}})),
+            Err(ObjectError::Name { .. })
+        ));
+        assert!(matches!(
+            obj(json!({"apiVersion": "v1", "kind": "A", "metadata": {}})),
+            Err(ObjectError::Missing("metadata.name"))
+        ));
     }
 }

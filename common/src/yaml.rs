@@ -48,7 +48,10 @@ pub fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<Value>, YamlEr
 }
 
 /// Parses one YAML document into `T`, rejecting unknown fields where `T` does.
-pub fn parse_one<T: serde::de::DeserializeOwned + Send>(text: &str, limits: &Limits) -> Result<T, YamlError> {
+pub fn parse_one<T: serde::de::DeserializeOwned + Send>(
+    text: &str,
+    limits: &Limits,
+) -> Result<T, YamlError> {
     check_size(text, limits)?;
     with_deep_stack(|| {
         serde_saphyr::from_str_with_options(text, options(limits))
@@ -59,7 +62,9 @@ pub fn parse_one<T: serde::de::DeserializeOwned + Send>(text: &str, limits: &Lim
 /// Deserialization recurses once per nesting level, and the depth budget is
 /// only checked on the way down; a dedicated thread with a large stack keeps a
 /// document at the depth limit from overflowing a small (test or tokio) stack.
-fn with_deep_stack<T: Send>(f: impl FnOnce() -> Result<T, YamlError> + Send) -> Result<T, YamlError> {
+fn with_deep_stack<T: Send>(
+    f: impl FnOnce() -> Result<T, YamlError> + Send,
+) -> Result<T, YamlError> {
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("yaml-parse".into())
@@ -84,7 +89,9 @@ mod tests {
 
     #[test]
     fn billion_laughs_is_rejected_quickly() {
-        let mut y = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut y = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
         for (i, c) in ('b'..='i').enumerate() {
             let prev = (b'a' + i as u8) as char;
             y.push_str(&format!(
@@ -101,7 +108,9 @@ mod tests {
         assert!(parse_documents(&ok, &Limits::default()).is_ok());
         let y = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         assert!(parse_documents(&y, &Limits::default()).is_err());
-        let block: String = (0..150).map(|i| format!("{}k:\n", "  ".repeat(i))).collect();
+        let block: String = (0..150)
+            .map(|i| format!("{}k:\n", "  ".repeat(i)))
+            .collect();
         assert!(parse_documents(&block, &Limits::default()).is_err());
     }
 

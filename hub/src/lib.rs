@@ -1,1 +1,17 @@
-//! Placeholder until the crate lands.
+//! Flotilla hub: watches Git sources, renders each app for each cluster and
+//! serves signed per-cluster ClusterStates over gRPC with mutual TLS.
+//!
+//! See docs/ARCHITECTURE.md for the codemap.
+
+pub mod api;
+pub mod config;
+pub mod controller;
+pub mod datadir;
+pub mod logging;
+pub mod server;
+pub mod store;
+
+pub mod manifest;
+pub mod pki;
+pub mod render;
+pub mod source;

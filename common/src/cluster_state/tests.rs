@@ -53,7 +53,14 @@ fn history(n: u64) -> Vec<SignedClusterState> {
     let mut out: Vec<SignedClusterState> = Vec::new();
     for v in 1..=n {
         let prev = out.last().map(|s| s.digest());
-        out.push(ClusterState::sign(header("c-a", v, prev), &body(&format!("commit{v}")), &key(1)).unwrap());
+        out.push(
+            ClusterState::sign(
+                header("c-a", v, prev),
+                &body(&format!("commit{v}")),
+                &key(1),
+            )
+            .unwrap(),
+        );
     }
     out
 }
@@ -72,7 +79,15 @@ fn verify(
     chain: &[SignedHeader],
     held: Option<&HeldVersion>,
 ) -> Result<Verdict, Rejection> {
-    verify_cluster_state(offered, chain, &key(1).verifying_key(), "c-a", held, NOW, &Limits::default())
+    verify_cluster_state(
+        offered,
+        chain,
+        &key(1).verifying_key(),
+        "c-a",
+        held,
+        NOW,
+        &Limits::default(),
+    )
 }
 
 #[test]
@@ -90,18 +105,27 @@ fn first_state_is_accepted() {
 #[test]
 fn next_version_chains() {
     let h = history(2);
-    assert!(matches!(verify(&h[1], &[], Some(&held(&h[0]))).unwrap(), Verdict::Accept(_)));
+    assert!(matches!(
+        verify(&h[1], &[], Some(&held(&h[0]))).unwrap(),
+        Verdict::Accept(_)
+    ));
 }
 
 #[test]
 fn skipped_versions_chain_through_headers() {
     let h = history(4);
     let chain = [h[1].signed_header(), h[2].signed_header()];
-    assert!(matches!(verify(&h[3], &chain, Some(&held(&h[0]))).unwrap(), Verdict::Accept(_)));
+    assert!(matches!(
+        verify(&h[3], &chain, Some(&held(&h[0]))).unwrap(),
+        Verdict::Accept(_)
+    ));
     // Without the intermediate headers the link cannot be checked.
     assert_eq!(
         verify(&h[3], &[], Some(&held(&h[0]))).unwrap_err(),
-        Rejection::BrokenChain { version: 4, held: 1 }
+        Rejection::BrokenChain {
+            version: 4,
+            held: 1
+        }
     );
     // A chain with a gap is refused.
     assert!(matches!(
@@ -113,14 +137,20 @@ fn skipped_versions_chain_through_headers() {
 #[test]
 fn same_version_same_digest_is_already_held() {
     let h = history(1);
-    assert_eq!(verify(&h[0], &[], Some(&held(&h[0]))).unwrap(), Verdict::AlreadyHeld);
+    assert_eq!(
+        verify(&h[0], &[], Some(&held(&h[0]))).unwrap(),
+        Verdict::AlreadyHeld
+    );
 }
 
 #[test]
 fn same_version_other_content_is_a_fork() {
     let h = history(1);
     let other = ClusterState::sign(header("c-a", 1, None), &body("other"), &key(1)).unwrap();
-    assert_eq!(verify(&other, &[], Some(&held(&h[0]))).unwrap_err(), Rejection::Forked(1));
+    assert_eq!(
+        verify(&other, &[], Some(&held(&h[0]))).unwrap_err(),
+        Rejection::Forked(1)
+    );
 }
 
 #[test]
@@ -128,7 +158,10 @@ fn older_version_is_stale() {
     let h = history(2);
     assert_eq!(
         verify(&h[0], &[], Some(&held(&h[1]))).unwrap_err(),
-        Rejection::Stale { offered: 1, held: 2 }
+        Rejection::Stale {
+            offered: 1,
+            held: 2
+        }
     );
 }
 
@@ -137,15 +170,24 @@ fn bad_signature_and_wrong_key() {
     let h = history(1);
     let mut forged = h[0].clone();
     forged.signature[0] ^= 1;
-    assert_eq!(verify(&forged, &[], None).unwrap_err(), Rejection::BadSignature);
+    assert_eq!(
+        verify(&forged, &[], None).unwrap_err(),
+        Rejection::BadSignature
+    );
 
     let other_key = ClusterState::sign(header("c-a", 1, None), &body("x"), &key(2)).unwrap();
-    assert_eq!(verify(&other_key, &[], None).unwrap_err(), Rejection::BadSignature);
+    assert_eq!(
+        verify(&other_key, &[], None).unwrap_err(),
+        Rejection::BadSignature
+    );
 
     let mut tampered_header = h[0].clone();
     let text = String::from_utf8(tampered_header.header.clone()).unwrap();
     tampered_header.header = text.replace("\"version\":1", "\"version\":9").into_bytes();
-    assert_eq!(verify(&tampered_header, &[], None).unwrap_err(), Rejection::BadSignature);
+    assert_eq!(
+        verify(&tampered_header, &[], None).unwrap_err(),
+        Rejection::BadSignature
+    );
 }
 
 #[test]
@@ -153,7 +195,10 @@ fn another_clusters_state_is_refused() {
     let s = ClusterState::sign(header("c-b", 1, None), &body("x"), &key(1)).unwrap();
     assert_eq!(
         verify(&s, &[], None).unwrap_err(),
-        Rejection::WrongCluster { got: "c-b".into(), want: "c-a".into() }
+        Rejection::WrongCluster {
+            got: "c-b".into(),
+            want: "c-a".into()
+        }
     );
 }
 
@@ -169,7 +214,10 @@ fn expired_state_is_refused_as_new() {
     let mut h = header("c-a", 1, None);
     h.expires_at = NOW - 1;
     let s = ClusterState::sign(h, &body("x"), &key(1)).unwrap();
-    assert!(matches!(verify(&s, &[], None).unwrap_err(), Rejection::Expired { .. }));
+    assert!(matches!(
+        verify(&s, &[], None).unwrap_err(),
+        Rejection::Expired { .. }
+    ));
 }
 
 #[test]
@@ -178,13 +226,19 @@ fn newer_epoch_restarts_the_chain_older_is_refused() {
     let mut newer = header("c-a", 5, None);
     newer.hub_epoch = 2;
     let s = ClusterState::sign(newer, &body("x"), &key(1)).unwrap();
-    assert!(matches!(verify(&s, &[], Some(&held(&h[1]))).unwrap(), Verdict::Accept(_)));
+    assert!(matches!(
+        verify(&s, &[], Some(&held(&h[1]))).unwrap(),
+        Verdict::Accept(_)
+    ));
 
     let mut held_newer = held(&h[1]);
     held_newer.hub_epoch = 3;
     assert_eq!(
         verify(&s, &[], Some(&held_newer)).unwrap_err(),
-        Rejection::StaleEpoch { offered: 2, held: 3 }
+        Rejection::StaleEpoch {
+            offered: 2,
+            held: 3
+        }
     );
 }
 
@@ -198,13 +252,23 @@ fn object_limits_and_digests() {
         verify_object(entry, b"{}", &Limits::default()).unwrap_err(),
         Rejection::ObjectDigest { .. }
     ));
-    let tight = Limits { max_object_bytes: 4, ..Limits::default() };
-    assert!(matches!(verify_object(entry, bytes, &tight).unwrap_err(), Rejection::Limit(_)));
+    let tight = Limits {
+        max_object_bytes: 4,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        verify_object(entry, bytes, &tight).unwrap_err(),
+        Rejection::Limit(_)
+    ));
 
     let s = history(1).remove(0);
-    let too_few = Limits { max_objects: 0, ..Limits::default() };
+    let too_few = Limits {
+        max_objects: 0,
+        ..Limits::default()
+    };
     assert!(matches!(
-        verify_cluster_state(&s, &[], &key(1).verifying_key(), "c-a", None, NOW, &too_few).unwrap_err(),
+        verify_cluster_state(&s, &[], &key(1).verifying_key(), "c-a", None, NOW, &too_few)
+            .unwrap_err(),
         Rejection::Limit(_)
     ));
 }

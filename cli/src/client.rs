@@ -1,0 +1,256 @@
+//! The admin gRPC client and the CLI's view of hub data. Proto types are
+//! converted here, once, into the serializable structs the CLI prints.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::admin_client::AdminClient;
+use serde::Serialize;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// Talking to the hub failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Admin bundle missing or unreadable.
+    #[error("cannot read {path}: {source} (is --admin-dir the hub's admin bundle?)")]
+    Bundle {
+        /// File.
+        path: PathBuf,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// Bad URL or TLS setup.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// Hub URL.
+        url: String,
+        /// Error.
+        source: tonic::transport::Error,
+    },
+    /// The hub answered with an error.
+    #[error("hub: {}", .0.message())]
+    Rpc(#[from] tonic::Status),
+}
+
+/// An mTLS channel to the hub with the operator's admin certificate.
+pub async fn connect_admin(
+    hub: &str,
+    admin_dir: &Path,
+) -> Result<AdminClient<Channel>, ClientError> {
+    let read = |name: &str| {
+        let path = admin_dir.join(name);
+        std::fs::read(&path).map_err(|source| ClientError::Bundle { path, source })
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
+        .identity(Identity::from_pem(
+            read("admin.pem")?,
+            read("admin-key.pem")?,
+        ));
+    let connect = |source| ClientError::Connect {
+        url: hub.to_string(),
+        source,
+    };
+    let channel = Channel::from_shared(hub.to_string())
+        .map_err(|e| {
+            ClientError::Rpc(tonic::Status::invalid_argument(format!(
+                "bad hub URL {hub:?}: {e}"
+            )))
+        })?
+        .tls_config(tls)
+        .map_err(connect)?
+        .connect()
+        .await
+        .map_err(connect)?;
+    Ok(AdminClient::new(channel))
+}
+
+/// A registered cluster as the CLI shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Cluster id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub registered_at: i64,
+    /// Unix seconds of the last contact; 0 for never.
+    pub last_contact: i64,
+    /// Newest ClusterState version issued.
+    pub desired_version: u64,
+    /// Version the agent reports applied.
+    pub applied_version: u64,
+    /// Why the agent refused the newest state, if it did.
+    pub rejection: String,
+}
+
+/// A source as the CLI shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SourceView {
+    /// Name.
+    pub name: String,
+    /// URL.
+    pub url: String,
+    /// Branch.
+    pub branch: String,
+    /// Newest fetched commit.
+    pub fetched_commit: String,
+    /// Commit in force.
+    pub rendered_commit: String,
+    /// Why the newest commit is not in force.
+    pub error: String,
+    /// Unix seconds.
+    pub last_fetch: i64,
+}
+
+/// One app on one cluster: desired vs applied.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AppView {
+    /// App.
+    pub app: String,
+    /// Commit the hub wants.
+    pub desired_commit: String,
+    /// Version that carries it.
+    pub desired_version: u64,
+    /// Commit the agent applied.
+    pub applied_commit: String,
+    /// Version the agent applied.
+    pub applied_version: u64,
+    /// pending | applied | failed (empty before the first report).
+    pub phase: String,
+    /// Detail.
+    pub message: String,
+}
+
+/// One cluster and its apps.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterStatusView {
+    /// The cluster.
+    #[serde(flatten)]
+    pub cluster: ClusterView,
+    /// Its apps.
+    pub apps: Vec<AppView>,
+}
+
+/// Everything `flotilla status` shows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StatusView {
+    /// Sources.
+    pub sources: Vec<SourceView>,
+    /// Clusters.
+    pub clusters: Vec<ClusterStatusView>,
+}
+
+impl StatusView {
+    /// True when every cluster applied its newest state with every app applied
+    /// at `commit`, and there is at least one cluster.
+    pub fn converged_at(&self, commit: &str) -> bool {
+        !self.clusters.is_empty()
+            && self.clusters.iter().all(|c| {
+                c.cluster.desired_version > 0
+                    && c.cluster.applied_version == c.cluster.desired_version
+                    && !c.apps.is_empty()
+                    && c.apps.iter().all(|a| {
+                        a.phase == "applied"
+                            && a.applied_commit == commit
+                            && a.desired_commit == commit
+                    })
+            })
+    }
+}
+
+fn cluster_view(c: pb::Cluster) -> ClusterView {
+    ClusterView {
+        id: c.id,
+        name: c.name,
+        labels: c.labels.into_iter().collect(),
+        registered_at: c.registered_at,
+        last_contact: c.last_contact,
+        desired_version: c.desired_version,
+        applied_version: c.applied_version,
+        rejection: c.rejection,
+    }
+}
+
+/// Lists clusters.
+pub async fn clusters(client: &mut AdminClient<Channel>) -> Result<Vec<ClusterView>, ClientError> {
+    let resp = client
+        .list_clusters(pb::ListClustersRequest {})
+        .await?
+        .into_inner();
+    Ok(resp.clusters.into_iter().map(cluster_view).collect())
+}
+
+/// Fetches sources and per-cluster app status.
+pub async fn status(client: &mut AdminClient<Channel>) -> Result<StatusView, ClientError> {
+    let resp = client
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
+    Ok(StatusView {
+        sources: resp
+            .sources
+            .into_iter()
+            .map(|s| SourceView {
+                name: s.name,
+                url: s.url,
+                branch: s.branch,
+                fetched_commit: s.fetched_commit,
+                rendered_commit: s.rendered_commit,
+                error: s.error,
+                last_fetch: s.last_fetch,
+            })
+            .collect(),
+        clusters: resp
+            .clusters
+            .into_iter()
+            .map(|c| ClusterStatusView {
+                cluster: cluster_view(c.cluster.unwrap_or_default()),
+                apps: c
+                    .apps
+                    .into_iter()
+                    .map(|a| AppView {
+                        app: a.app,
+                        desired_commit: a.desired_commit,
+                        desired_version: a.desired_version,
+                        applied_commit: a.applied_commit,
+                        applied_version: a.applied_version,
+                        phase: a.phase,
+                        message: a.message,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+/// A created bootstrap token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenView {
+    /// The secret; shown once.
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Creates a single-use bootstrap token.
+pub async fn create_token(
+    client: &mut AdminClient<Channel>,
+    ttl: std::time::Duration,
+    labels: &BTreeMap<String, String>,
+) -> Result<TokenView, ClientError> {
+    let resp = client
+        .create_token(pb::CreateTokenRequest {
+            ttl_seconds: ttl.as_secs(),
+            labels: labels.clone().into_iter().collect(),
+        })
+        .await?
+        .into_inner();
+    Ok(TokenView {
+        token: resp.token,
+        expires_at: resp.expires_at,
+    })
+}

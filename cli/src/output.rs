@@ -1,0 +1,149 @@
+//! Printing data as tables for people or JSON for programs.
+
+use comfy_table::{Table, presets::NOTHING};
+use serde::Serialize;
+
+use crate::client::{ClusterView, StatusView};
+
+/// How a command prints data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns.
+    Table,
+    /// JSON.
+    Json,
+}
+
+/// Prints `value` as pretty JSON.
+pub fn print_json<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("views serialize")
+    );
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header.to_vec());
+    t
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+fn ago(now: i64, then: i64) -> String {
+    if then == 0 {
+        "never".into()
+    } else {
+        format!("{}s ago", (now - then).max(0))
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Renders the cluster list as a table.
+pub fn clusters_table(clusters: &[ClusterView]) -> String {
+    let now = now();
+    let mut t = table(&[
+        "NAME",
+        "ID",
+        "LABELS",
+        "DESIRED",
+        "APPLIED",
+        "LAST CONTACT",
+        "REJECTION",
+    ]);
+    for c in clusters {
+        t.add_row(vec![
+            c.name.clone(),
+            c.id.clone(),
+            flotilla_common::labels::format_labels(&c.labels),
+            c.desired_version.to_string(),
+            c.applied_version.to_string(),
+            ago(now, c.last_contact),
+            c.rejection.clone(),
+        ]);
+    }
+    t.to_string()
+}
+
+/// Renders sources and per-app status as tables.
+pub fn status_table(status: &StatusView) -> String {
+    let now = now();
+    let mut sources = table(&[
+        "SOURCE",
+        "BRANCH",
+        "FETCHED",
+        "IN FORCE",
+        "LAST FETCH",
+        "ERROR",
+    ]);
+    for s in &status.sources {
+        sources.add_row(vec![
+            s.name.clone(),
+            s.branch.clone(),
+            short(&s.fetched_commit).to_string(),
+            short(&s.rendered_commit).to_string(),
+            ago(now, s.last_fetch),
+            s.error.clone(),
+        ]);
+    }
+    let mut apps = table(&[
+        "CLUSTER",
+        "APP",
+        "DESIRED",
+        "VERSION",
+        "APPLIED",
+        "VERSION",
+        "STATE",
+        "LAST CONTACT",
+        "MESSAGE",
+    ]);
+    for c in &status.clusters {
+        let message_for = |m: &str| {
+            if c.cluster.rejection.is_empty() {
+                m.to_string()
+            } else {
+                format!("{m} [rejected newest state: {}]", c.cluster.rejection)
+            }
+        };
+        if c.apps.is_empty() {
+            apps.add_row(vec![
+                c.cluster.name.clone(),
+                "-".into(),
+                "".into(),
+                c.cluster.desired_version.to_string(),
+                "".into(),
+                c.cluster.applied_version.to_string(),
+                "".into(),
+                ago(now, c.cluster.last_contact),
+                message_for(""),
+            ]);
+        }
+        for a in &c.apps {
+            apps.add_row(vec![
+                c.cluster.name.clone(),
+                a.app.clone(),
+                short(&a.desired_commit).to_string(),
+                a.desired_version.to_string(),
+                short(&a.applied_commit).to_string(),
+                a.applied_version.to_string(),
+                if a.phase.is_empty() {
+                    "unknown".into()
+                } else {
+                    a.phase.clone()
+                },
+                ago(now, c.cluster.last_contact),
+                message_for(&a.message),
+            ]);
+        }
+    }
+    format!("{sources}\n\n{apps}")
+}

@@ -1,0 +1,98 @@
+//! `flotilla render`: exactly the objects a cluster with given labels would
+//! receive, rendered from a local repository's object database with no hub.
+
+use std::path::Path;
+
+use flotilla_common::labels::Labels;
+use flotilla_common::limits::Limits;
+use flotilla_common::object::KubeObject;
+use flotilla_hub::manifest::load_manifest;
+use flotilla_hub::render::{ClusterInfo, render_app};
+use flotilla_hub::source::read_tree;
+
+/// What `flotilla render` needs.
+#[derive(Debug, Clone)]
+pub struct RenderRequest<'a> {
+    /// Repository (bare or not); only its object database is read.
+    pub repo: &'a Path,
+    /// Branch, tag or commit.
+    pub rev: &'a str,
+    /// One app, or every app when `None`.
+    pub app: Option<&'a str>,
+    /// The cluster's labels.
+    pub labels: Labels,
+    /// The cluster's name (templates see it as `cluster.name`).
+    pub cluster_name: &'a str,
+}
+
+/// Rendering failed; the message names the file or app.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RenderCommandError(String);
+
+/// Renders and returns the objects in ClusterState order (by app, then object id).
+pub fn render(req: &RenderRequest<'_>) -> Result<Vec<KubeObject>, RenderCommandError> {
+    let limits = Limits::default();
+    let err = |e: &dyn std::fmt::Display| RenderCommandError(e.to_string());
+    let tree = read_tree(req.repo, req.rev, &limits).map_err(|e| err(&e))?;
+    let manifest = load_manifest(&tree, &limits).map_err(|e| err(&e))?;
+    let apps: Vec<_> = match req.app {
+        Some(name) => {
+            let app = manifest
+                .apps
+                .iter()
+                .find(|a| a.name == name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = manifest.apps.iter().map(|a| a.name.as_str()).collect();
+                    RenderCommandError(format!(
+                        "no app {name:?} in flotilla.yaml (apps: {})",
+                        names.join(", ")
+                    ))
+                })?;
+            vec![app]
+        }
+        None => manifest.apps.iter().collect(),
+    };
+    let cluster = ClusterInfo {
+        id: "c-local".into(),
+        name: req.cluster_name.to_string(),
+        labels: req.labels.clone(),
+    };
+    let mut objects = Vec::new();
+    let mut matched = false;
+    for app in apps {
+        if let Some(rendered) = render_app(&tree, app, &cluster, &limits).map_err(|e| err(&e))? {
+            matched = true;
+            objects.extend(rendered.objects);
+        }
+    }
+    if !matched && req.app.is_some() {
+        return Err(RenderCommandError(format!(
+            "no target of app {:?} matches labels {}",
+            req.app.unwrap_or_default(),
+            flotilla_common::labels::format_labels(&req.labels)
+        )));
+    }
+    Ok(objects)
+}
+
+/// Multi-document YAML, one document per object.
+pub fn to_yaml(objects: &[KubeObject]) -> Result<String, RenderCommandError> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(
+            &serde_saphyr::to_string(&o.value).map_err(|e| RenderCommandError(e.to_string()))?,
+        );
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// A JSON list of the objects.
+pub fn to_json(objects: &[KubeObject]) -> String {
+    let values: Vec<&serde_json::Value> = objects.iter().map(|o| &o.value).collect();
+    serde_json::to_string_pretty(&values).expect("JSON values serialize")
+}

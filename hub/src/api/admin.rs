@@ -1,0 +1,184 @@
+//! The `Admin` service, for callers with an admin certificate.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use flotilla_common::labels::{Labels, validate_label};
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::admin_server::Admin;
+use rand::RngCore;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::registration::token_hash;
+use super::{ApiState, caller, internal};
+use crate::controller::unix_now;
+use crate::pki::PeerIdentity;
+use crate::store::{ClusterRecord, TokenRecord};
+
+/// Longest a bootstrap token may live.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The Admin service.
+pub struct AdminService(pub ApiState);
+
+impl AdminService {
+    fn admin<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        match caller(request)? {
+            PeerIdentity::Admin(name) => Ok(name),
+            PeerIdentity::Cluster(_) => Err(Status::permission_denied(
+                "an admin certificate is required",
+            )),
+        }
+    }
+
+    fn cluster_message(&self, c: &ClusterRecord) -> Result<pb::Cluster, Status> {
+        let latest = self.0.store.latest_state(&c.id).map_err(internal)?;
+        let report = self.0.store.report(&c.id).map_err(internal)?;
+        let contact = self
+            .0
+            .last_contact
+            .lock()
+            .expect("last_contact lock")
+            .get(&c.id)
+            .copied()
+            .unwrap_or(0);
+        Ok(pb::Cluster {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            labels: c.labels.clone().into_iter().collect(),
+            registered_at: c.registered_at,
+            last_contact: contact.max(report.as_ref().map(|r| r.observed_at).unwrap_or(0)),
+            desired_version: latest.map(|(v, _)| v).unwrap_or(0),
+            applied_version: report.as_ref().map(|r| r.applied_version).unwrap_or(0),
+            rejection: report.and_then(|r| r.rejection).unwrap_or_default(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let req = request.into_inner();
+        let ttl = Duration::from_secs(req.ttl_seconds);
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(Status::invalid_argument(format!(
+                "ttl must be between 1s and {}s",
+                MAX_TOKEN_TTL.as_secs()
+            )));
+        }
+        let labels: Labels = req.labels.into_iter().collect();
+        for (k, v) in &labels {
+            validate_label(k, v).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        // 256 random bits; only the hash is stored.
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let token = format!(
+            "flt_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
+        let now = unix_now();
+        let record = TokenRecord {
+            labels,
+            created_at: now,
+            expires_at: now + ttl.as_secs() as i64,
+            used_by: None,
+        };
+        let store = self.0.store.clone();
+        let hash = token_hash(&token);
+        let expires_at = record.expires_at;
+        tokio::task::spawn_blocking(move || {
+            store.sweep_tokens(now)?;
+            store.put_token(&hash, &record)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        info!(admin = %admin, expires_at, "bootstrap token created");
+        Ok(Response::new(pb::CreateTokenResponse { token, expires_at }))
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        self.admin(&request)?;
+        let clusters = self.0.store.clusters().map_err(internal)?;
+        let clusters = clusters
+            .iter()
+            .map(|c| self.cluster_message(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::ListClustersResponse { clusters }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        self.admin(&request)?;
+        let mut sources = Vec::new();
+        for s in self.0.sources.iter() {
+            let record = self
+                .0
+                .store
+                .source(&s.name)
+                .map_err(internal)?
+                .unwrap_or_default();
+            sources.push(pb::SourceStatus {
+                name: s.name.clone(),
+                url: s.url.clone(),
+                branch: s.branch.clone(),
+                fetched_commit: record.fetched_commit,
+                rendered_commit: record.rendered_commit,
+                error: record.error,
+                last_fetch: record.last_fetch,
+            });
+        }
+        let mut clusters = Vec::new();
+        for c in self.0.store.clusters().map_err(internal)? {
+            let cluster = self.cluster_message(&c)?;
+            let desired = self
+                .0
+                .store
+                .latest_state(&c.id)
+                .map_err(internal)?
+                .and_then(|(_, s)| s.decode_unverified().ok());
+            let report = self.0.store.report(&c.id).map_err(internal)?;
+            let mut rows: BTreeMap<String, pb::AppRow> = BTreeMap::new();
+            if let Some(state) = &desired {
+                for app in &state.body.apps {
+                    rows.insert(
+                        app.name.clone(),
+                        pb::AppRow {
+                            app: app.name.clone(),
+                            desired_commit: app.commit.clone(),
+                            desired_version: state.header.version,
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+            for app in report.iter().flat_map(|r| r.apps.iter()) {
+                let row = rows.entry(app.app.clone()).or_insert_with(|| pb::AppRow {
+                    app: app.app.clone(),
+                    ..Default::default()
+                });
+                row.applied_commit = app.commit.clone();
+                row.applied_version = app.version;
+                row.phase = app.phase.as_str().to_string();
+                row.message = app.message.clone();
+            }
+            clusters.push(pb::ClusterStatus {
+                cluster: Some(cluster),
+                apps: rows.into_values().collect(),
+            });
+        }
+        Ok(Response::new(pb::GetStatusResponse { sources, clusters }))
+    }
+}

@@ -1,0 +1,239 @@
+//! The `Agent` service. The caller's cluster id comes only from its verified
+//! client certificate, and every read is limited to that cluster (invariant 6).
+
+use std::pin::Pin;
+
+use flotilla_common::digest::Digest;
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::agent_server::Agent;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use super::{ApiState, caller, internal, wire};
+use crate::controller::unix_now;
+use crate::pki::PeerIdentity;
+
+/// Most digests one FetchObjects call may ask for.
+const MAX_DIGESTS_PER_FETCH: usize = 20_000;
+
+/// The Agent service.
+pub struct AgentService(pub ApiState);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl AgentService {
+    /// Authenticates the caller as a registered cluster and records contact.
+    fn cluster<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let PeerIdentity::Cluster(id) = caller(request)? else {
+            return Err(Status::permission_denied(
+                "a cluster certificate is required",
+            ));
+        };
+        if self.0.store.cluster(&id).map_err(internal)?.is_none() {
+            return Err(Status::permission_denied(format!(
+                "cluster {id} is not registered"
+            )));
+        }
+        self.0
+            .last_contact
+            .lock()
+            .expect("last_contact lock")
+            .insert(id.clone(), unix_now());
+        Ok(id)
+    }
+
+    fn latest(&self, cluster: &str) -> Result<Option<pb::Announce>, Status> {
+        Ok(self
+            .0
+            .store
+            .latest_state(cluster)
+            .map_err(internal)?
+            .map(|(version, s)| pb::Announce {
+                version,
+                digest: s.digest().0.to_vec(),
+                heartbeat: false,
+            }))
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type WatchStream = BoxStream<pb::Announce>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let cluster = self.cluster(&request)?;
+        let have = request.into_inner().have_version;
+        // Subscribe before reading the latest version so nothing issued in between is missed.
+        let mut announcements = self.0.controller.subscribe();
+        let initial = self.latest(&cluster)?;
+        let (tx, rx) = mpsc::channel(16);
+        let this = AgentService(self.0.clone());
+        let heartbeat = self.0.heartbeat;
+        tokio::spawn(async move {
+            let mut current = initial.clone().map(|a| a.version).unwrap_or(0);
+            if let Some(a) = initial
+                && a.version > have
+                && tx.send(Ok(a)).await.is_err()
+            {
+                return;
+            }
+            let mut ticker = tokio::time::interval(heartbeat);
+            ticker.tick().await;
+            loop {
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = ticker.tick() => {
+                        this.0.last_contact.lock().expect("last_contact lock").insert(cluster.clone(), unix_now());
+                        Some(pb::Announce { version: current, digest: Vec::new(), heartbeat: true })
+                    }
+                    msg = announcements.recv() => match msg {
+                        Ok(a) if a.cluster_id == cluster => Some(pb::Announce {
+                            version: a.version,
+                            digest: a.digest.0.to_vec(),
+                            heartbeat: false,
+                        }),
+                        Ok(_) => None,
+                        Err(broadcast::error::RecvError::Lagged(_)) => match this.latest(&cluster) {
+                            Ok(a) => a,
+                            Err(e) => { let _ = tx.send(Err(e)).await; return; }
+                        },
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if let Some(a) = next {
+                    if !a.heartbeat {
+                        current = current.max(a.version);
+                    }
+                    if tx.send(Ok(a)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_cluster_state(
+        &self,
+        request: Request<pb::GetClusterStateRequest>,
+    ) -> Result<Response<pb::GetClusterStateResponse>, Status> {
+        let cluster = self.cluster(&request)?;
+        let req = request.into_inner();
+        let state = self
+            .0
+            .store
+            .state(&cluster, req.version)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no ClusterState version {} for this cluster",
+                    req.version
+                ))
+            })?;
+        let chain = self
+            .0
+            .store
+            .headers_between(&cluster, req.have_version, req.version)
+            .map_err(internal)?;
+        Ok(Response::new(pb::GetClusterStateResponse {
+            state: Some(wire::signed_state(state)),
+            chain: chain.into_iter().map(wire::signed_header).collect(),
+        }))
+    }
+
+    type FetchObjectsStream = BoxStream<pb::Blob>;
+
+    async fn fetch_objects(
+        &self,
+        request: Request<pb::FetchObjectsRequest>,
+    ) -> Result<Response<Self::FetchObjectsStream>, Status> {
+        let cluster = self.cluster(&request)?;
+        let digests = request.into_inner().digests;
+        if digests.len() > MAX_DIGESTS_PER_FETCH {
+            return Err(Status::invalid_argument(format!(
+                "{} digests requested; at most {MAX_DIGESTS_PER_FETCH} per call",
+                digests.len()
+            )));
+        }
+        let digests = digests
+            .iter()
+            .map(|d| Digest::from_slice(d).map_err(|e| Status::invalid_argument(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.0.store.clone();
+        let (tx, rx) = mpsc::channel(32);
+        tokio::task::spawn_blocking(move || {
+            for digest in digests {
+                let item = match store.blob_for_cluster(&cluster, &digest) {
+                    Ok(Some(data)) => Ok(pb::Blob {
+                        digest: digest.0.to_vec(),
+                        data,
+                    }),
+                    // Unknown and not-yours look the same to the caller.
+                    Ok(None) => Err(Status::not_found(format!(
+                        "object {digest} is not in any of this cluster's states"
+                    ))),
+                    Err(e) => Err(internal(e)),
+                };
+                let stop = item.is_err();
+                if tx.blocking_send(item).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ReportStatusStream = BoxStream<pb::Ack>;
+
+    async fn report_status(
+        &self,
+        request: Request<Streaming<pb::StatusReport>>,
+    ) -> Result<Response<Self::ReportStatusStream>, Status> {
+        let cluster = self.cluster(&request)?;
+        let mut inbound = request.into_inner();
+        let store = self.0.store.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let report = match inbound.message().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return,
+                    Err(e) => {
+                        debug!(cluster = %cluster, error = %e, "status stream ended");
+                        return;
+                    }
+                };
+                let report = match wire::status_report(report) {
+                    Ok(r) => r,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let seq = report.seq;
+                let store = store.clone();
+                let cluster_id = cluster.clone();
+                // Ack only after the report is durable (invariant 5).
+                let saved =
+                    tokio::task::spawn_blocking(move || store.record_report(&cluster_id, &report))
+                        .await;
+                let ack = match saved {
+                    Ok(Ok(_)) => Ok(pb::Ack { seq }),
+                    Ok(Err(e)) => Err(internal(e)),
+                    Err(e) => Err(internal(e)),
+                };
+                let stop = ack.is_err();
+                if tx.send(ack).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

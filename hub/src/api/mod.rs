@@ -1,0 +1,72 @@
+//! The hub's gRPC services (DESIGN.md §6). Proto types stay in this module;
+//! `wire` converts them to domain types once.
+
+mod admin;
+mod agent;
+mod registration;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use flotilla_proto::v1::admin_server::AdminServer;
+use flotilla_proto::v1::agent_server::AgentServer;
+use flotilla_proto::v1::registration_server::RegistrationServer;
+use tonic::{Request, Status};
+
+use crate::controller::ControllerHandle;
+use crate::pki::{CertificateAuthority, PeerIdentity, peer_identity};
+use crate::store::HubStore;
+
+pub use registration::CLUSTER_CERT_VALIDITY;
+
+/// Shared state of the gRPC services.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The store.
+    pub store: HubStore,
+    /// The CA (signs cluster certificates at registration).
+    pub ca: Arc<CertificateAuthority>,
+    /// Ed25519 public key agents pin.
+    pub signing_public_key: [u8; 32],
+    /// Wakes the controller and carries announcements.
+    pub controller: ControllerHandle,
+    /// Last RPC per cluster, unix seconds (in memory: contact is frequent and
+    /// loses nothing important on restart; reports carry durable timestamps).
+    pub last_contact: Arc<Mutex<HashMap<String, i64>>>,
+    /// Interval between Watch heartbeats.
+    pub heartbeat: std::time::Duration,
+    /// Configured sources, for status.
+    pub sources: Arc<Vec<crate::config::SourceConfig>>,
+}
+
+/// The three services, ready to add to a tonic router.
+pub fn services(
+    state: ApiState,
+) -> (
+    RegistrationServer<registration::RegistrationService>,
+    AgentServer<agent::AgentService>,
+    AdminServer<admin::AdminService>,
+) {
+    (
+        RegistrationServer::new(registration::RegistrationService(state.clone())),
+        AgentServer::new(agent::AgentService(state.clone())),
+        AdminServer::new(admin::AdminService(state)),
+    )
+}
+
+/// The verified identity in the caller's client certificate.
+fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    peer_identity(leaf.as_ref()).map_err(|e| Status::permission_denied(e.to_string()))
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "internal error serving a request");
+    Status::internal("internal error; see the hub log")
+}

@@ -1,0 +1,94 @@
+//! `Registration.Register`: a single-use bootstrap token and a CSR become a cluster certificate.
+
+use std::time::Duration;
+
+use flotilla_common::ids::{cluster_id_from, validate_name};
+use flotilla_common::labels::validate_label;
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::registration_server::Registration;
+use rand::RngCore;
+use sha2::{Digest as _, Sha256};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use super::{ApiState, internal};
+use crate::controller::unix_now;
+use crate::store::{ClusterRecord, RegisterError};
+
+/// How long a cluster certificate is valid.
+pub const CLUSTER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// The Registration service.
+pub struct RegistrationService(pub ApiState);
+
+/// SHA-256 of a bootstrap token: tokens are stored and looked up only by hash.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[tonic::async_trait]
+impl Registration for RegistrationService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let req = request.into_inner();
+        validate_name("cluster name", &req.requested_name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for (k, v) in &req.labels {
+            validate_label(k, v).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let hash = token_hash(&req.bootstrap_token);
+        let mut random = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut random);
+        let id = cluster_id_from(random);
+
+        // Sign before consuming the token: a bad CSR must not burn it.
+        let now = time::OffsetDateTime::now_utc();
+        let cert = self
+            .0
+            .ca
+            .sign_cluster_csr(&req.csr_der, &id, CLUSTER_CERT_VALIDITY, now)
+            .map_err(|e| Status::invalid_argument(format!("CSR refused: {e}")))?;
+
+        let store = self.0.store.clone();
+        let name = req.requested_name.clone();
+        let extra: flotilla_common::labels::Labels = req.labels.clone().into_iter().collect();
+        let result = tokio::task::spawn_blocking(move || {
+            store.register(&hash, unix_now(), |token| {
+                // Token labels win over labels the agent asks for.
+                let mut labels = extra;
+                labels.extend(token.labels.clone());
+                ClusterRecord {
+                    id,
+                    name,
+                    labels,
+                    registered_at: unix_now(),
+                }
+            })
+        })
+        .await
+        .map_err(internal)?;
+        let cluster = match result {
+            Ok(c) => c,
+            Err(RegisterError::BadToken) => {
+                warn!(name = %req.requested_name, "registration refused: bad bootstrap token");
+                return Err(Status::permission_denied(
+                    RegisterError::BadToken.to_string(),
+                ));
+            }
+            Err(e @ RegisterError::NameTaken(_)) => {
+                return Err(Status::already_exists(e.to_string()));
+            }
+            Err(RegisterError::Store(e)) => return Err(internal(e)),
+        };
+        info!(cluster = %cluster.id, name = %cluster.name, "cluster registered");
+        self.0.controller.clusters_changed();
+        Ok(Response::new(pb::RegisterResponse {
+            cluster_id: cluster.id,
+            certificate_pem: cert,
+            ca_pem: self.0.ca.cert_pem(),
+            signing_public_key: self.0.signing_public_key.to_vec(),
+        }))
+    }
+}

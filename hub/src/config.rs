@@ -1,0 +1,258 @@
+//! The hub's configuration file (`hub.yaml`), parsed into typed structs and
+//! validated before any port opens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flotilla_common::ids::validate_name;
+use flotilla_common::limits::Limits;
+use serde::Deserialize;
+
+/// A configuration problem, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// IO error.
+        source: std::io::Error,
+    },
+    /// The YAML did not parse or has unknown fields.
+    #[error("{path}: {message}")]
+    Parse {
+        /// Path.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// A field has an invalid value.
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        /// Dotted field path.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_server_names")]
+    server_names: Vec<String>,
+    #[serde(default = "default_state_ttl")]
+    state_ttl: String,
+    #[serde(default)]
+    sources: Vec<RawSource>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default = "default_fetch_timeout")]
+    fetch_timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawSource {
+    name: String,
+    url: String,
+    #[serde(default = "default_branch")]
+    branch: String,
+    #[serde(default = "default_interval")]
+    interval: String,
+    token_file: Option<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7443".into()
+}
+fn default_server_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into()]
+}
+fn default_state_ttl() -> String {
+    "7d".into()
+}
+fn default_fetch_timeout() -> String {
+    "60s".into()
+}
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_interval() -> String {
+    "30s".into()
+}
+
+/// A Git source the hub polls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// Unique name.
+    pub name: String,
+    /// `file://`, a local path, or `https://`.
+    pub url: String,
+    /// Branch to track.
+    pub branch: String,
+    /// Poll interval.
+    pub interval: Duration,
+    /// File holding an access token for https sources (read at each fetch, never logged).
+    pub token_file: Option<PathBuf>,
+}
+
+/// The validated hub configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// gRPC listen address; port 0 picks a free port (written to `<data-dir>/hub.addr`).
+    pub listen: SocketAddr,
+    /// DNS names and IPs in the server certificate.
+    pub server_names: Vec<String>,
+    /// How long a ClusterState is accepted as new after it is issued.
+    pub state_ttl: Duration,
+    /// Time box for one fetch.
+    pub fetch_timeout: Duration,
+    /// Sources.
+    pub sources: Vec<SourceConfig>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+fn duration(field: &str, value: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(value).map_err(|e| ConfigError::Invalid {
+        field: field.into(),
+        message: format!("{value:?}: {e}"),
+    })?;
+    if d.is_zero() {
+        return Err(ConfigError::Invalid {
+            field: field.into(),
+            message: "must be greater than zero".into(),
+        });
+    }
+    Ok(d)
+}
+
+impl HubConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.into(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            flotilla_common::yaml::parse_one(text, &Limits::default()).map_err(|e| {
+                ConfigError::Parse {
+                    path: PathBuf::from("hub.yaml"),
+                    message: e.to_string(),
+                }
+            })?;
+        let listen = raw.listen.parse().map_err(|e| ConfigError::Invalid {
+            field: "listen".into(),
+            message: format!("{:?}: {e}", raw.listen),
+        })?;
+        if raw.server_names.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "serverNames".into(),
+                message: "at least one name is needed".into(),
+            });
+        }
+        let mut sources = Vec::new();
+        for (i, s) in raw.sources.into_iter().enumerate() {
+            let field = |f: &str| format!("sources[{i}].{f}");
+            validate_name("source name", &s.name).map_err(|e| ConfigError::Invalid {
+                field: field("name"),
+                message: e.to_string(),
+            })?;
+            if sources.iter().any(|o: &SourceConfig| o.name == s.name) {
+                return Err(ConfigError::Invalid {
+                    field: field("name"),
+                    message: format!("{:?} is used twice", s.name),
+                });
+            }
+            if s.url.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: field("url"),
+                    message: "must not be empty".into(),
+                });
+            }
+            if s.branch.is_empty() || s.branch.contains("..") || s.branch.starts_with('-') {
+                return Err(ConfigError::Invalid {
+                    field: field("branch"),
+                    message: format!("{:?} is not a valid branch name", s.branch),
+                });
+            }
+            sources.push(SourceConfig {
+                interval: duration(&field("interval"), &s.interval)?,
+                name: s.name,
+                url: s.url,
+                branch: s.branch,
+                token_file: s.token_file,
+            });
+        }
+        Ok(HubConfig {
+            listen,
+            server_names: raw.server_names,
+            state_ttl: duration("stateTtl", &raw.state_ttl)?,
+            fetch_timeout: duration("fetchTimeout", &raw.fetch_timeout)?,
+            sources,
+            limits: raw.limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_config() {
+        let c = HubConfig::parse(
+            "listen: 127.0.0.1:0\nstateTtl: 1h\nsources:\n  - {name: main, url: file:///r, interval: 2s}\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.state_ttl, Duration::from_secs(3600));
+        assert_eq!(c.sources[0].branch, "main");
+        assert_eq!(c.sources[0].interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("listen: nope", "listen"),
+            (
+                "sources: [{name: a, url: x, interval: 0s}]",
+                "sources[0].interval",
+            ),
+            ("sources: [{name: A, url: x}]", "sources[0].name"),
+            (
+                "sources: [{name: a, url: x}, {name: a, url: y}]",
+                "sources[1].name",
+            ),
+            (
+                "sources: [{name: a, url: x, branch: '-x'}]",
+                "sources[0].branch",
+            ),
+            ("stateTtl: forever", "stateTtl"),
+        ];
+        for (text, field) in cases {
+            let err = HubConfig::parse(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        let err = HubConfig::parse("sources: [{name: a, url: x, colour: red}]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+}

@@ -1,0 +1,210 @@
+//! The hub's data directory: keys, certificates, the store and Git mirrors.
+//!
+//! ```text
+//! D/pki/ca.pem, ca-key.pem        cluster CA (key 0600)
+//! D/pki/signing.key, signing.pub  Ed25519 ClusterState signing key (hex seed, 0600)
+//! D/admin/ca.pem, admin.pem, admin-key.pem   the operator's client bundle
+//! D/hub.redb                      the store
+//! D/mirrors/<source>/             bare Git mirrors
+//! D/hub.addr                      the address `run` listens on
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+
+use crate::pki::{CertificateAuthority, PkiError};
+
+/// The data directory could not be created or read.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// Already initialized.
+    #[error("{0} is already initialized (found pki/ca.pem)")]
+    AlreadyInitialized(PathBuf),
+    /// Not initialized.
+    #[error("{0} is not initialized: run `flotilla-hub init --data-dir {0}` first")]
+    NotInitialized(PathBuf),
+    /// File IO.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// Certificate problem.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// Signing key file malformed (the content is never echoed).
+    #[error("{0}: not a 32-byte hex Ed25519 seed")]
+    SigningKey(PathBuf),
+}
+
+/// Paths inside a hub data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+/// The hub's secrets, loaded.
+pub struct HubKeys {
+    /// The CA that issues cluster, admin and server certificates.
+    pub ca: CertificateAuthority,
+    /// Signs ClusterState headers.
+    pub signing: SigningKey,
+}
+
+const ADMIN_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a file readable only by its owner, then fsyncs it.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io(path))?;
+    f.write_all(contents).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn write_public(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
+    fs::write(path, contents).map_err(io(path))
+}
+
+impl DataDir {
+    /// A data directory at `root` (not touched until used).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The redb store file.
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("hub.redb")
+    }
+
+    /// Where Git mirrors live.
+    pub fn mirrors_dir(&self) -> PathBuf {
+        self.root.join("mirrors")
+    }
+
+    /// The operator's client bundle.
+    pub fn admin_dir(&self) -> PathBuf {
+        self.root.join("admin")
+    }
+
+    /// File the running hub writes its listen address to.
+    pub fn addr_file(&self) -> PathBuf {
+        self.root.join("hub.addr")
+    }
+
+    fn pki(&self, name: &str) -> PathBuf {
+        self.root.join("pki").join(name)
+    }
+
+    /// Creates the CA, the signing key and the admin bundle. Refuses to overwrite.
+    pub fn init(&self) -> Result<(), DataDirError> {
+        if self.pki("ca.pem").exists() {
+            return Err(DataDirError::AlreadyInitialized(self.root.clone()));
+        }
+        for dir in [self.root.join("pki"), self.admin_dir(), self.mirrors_dir()] {
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        let ca = CertificateAuthority::generate("Flotilla cluster CA")?;
+        let signing = SigningKey::generate(&mut rand::rngs::OsRng);
+        let admin = ca.issue_admin_cert("admin", ADMIN_VALIDITY)?;
+
+        write_private(&self.pki("ca-key.pem"), ca.key_pem().as_bytes())?;
+        write_private(
+            &self.pki("signing.key"),
+            hex::encode(signing.to_bytes()).as_bytes(),
+        )?;
+        write_public(
+            &self.pki("signing.pub"),
+            hex::encode(signing.verifying_key().to_bytes()).as_bytes(),
+        )?;
+        write_public(&self.admin_dir().join("ca.pem"), ca.cert_pem().as_bytes())?;
+        write_public(
+            &self.admin_dir().join("admin.pem"),
+            admin.cert_pem.as_bytes(),
+        )?;
+        write_private(
+            &self.admin_dir().join("admin-key.pem"),
+            admin.key_pem.as_bytes(),
+        )?;
+        // ca.pem last: its presence marks a complete init.
+        write_public(&self.pki("ca.pem"), ca.cert_pem().as_bytes())?;
+        Ok(())
+    }
+
+    /// Loads the CA and signing key.
+    pub fn load_keys(&self) -> Result<HubKeys, DataDirError> {
+        let ca_path = self.pki("ca.pem");
+        if !ca_path.exists() {
+            return Err(DataDirError::NotInitialized(self.root.clone()));
+        }
+        let read = |p: PathBuf| fs::read_to_string(&p).map_err(io(&p));
+        let ca = CertificateAuthority::from_pem(&read(ca_path)?, &read(self.pki("ca-key.pem"))?)?;
+        let key_path = self.pki("signing.key");
+        let seed = read(key_path.clone())?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(seed.trim(), &mut bytes)
+            .map_err(|_| DataDirError::SigningKey(key_path))?;
+        Ok(HubKeys {
+            ca,
+            signing: SigningKey::from_bytes(&bytes),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_load_and_refuse_reinit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::new(dir.path().join("hub"));
+        assert!(matches!(
+            d.load_keys(),
+            Err(DataDirError::NotInitialized(_))
+        ));
+        d.init().unwrap();
+        let keys = d.load_keys().unwrap();
+        let pub_hex = fs::read_to_string(d.pki("signing.pub")).unwrap();
+        assert_eq!(
+            pub_hex,
+            hex::encode(keys.signing.verifying_key().to_bytes())
+        );
+        let mode = fs::metadata(d.pki("signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = fs::metadata(d.admin_dir().join("admin-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(d.init(), Err(DataDirError::AlreadyInitialized(_))));
+    }
+}

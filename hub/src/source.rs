@@ -1,0 +1,711 @@
+//! Git IO with gix: a bare mirror per Source, fetched on demand, and whole-commit reads from the object
+//! database into a [`RepoTree`]. Nothing here reads a working tree (invariant 1).
+//!
+//! Everything is blocking; the hub calls it from `spawn_blocking`. Credentials are handed to gix in
+//! memory and never appear in errors: URLs in messages have their user info replaced.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use flotilla_common::limits::Limits;
+use gix::bstr::ByteSlice;
+use gix::objs::tree::EntryKind;
+
+use crate::render::{RepoTree, TreeEntry};
+
+/// Most bytes of file content one commit may hold for [`read_tree`].
+pub const MAX_TREE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Most entries (files, symlinks, submodules) one commit may hold for [`read_tree`].
+pub const MAX_TREE_ENTRIES: usize = 500_000;
+
+/// The HTTP basic-auth user name sent with a token; GitHub, GitLab and Gitea accept any user with a token.
+pub const TOKEN_USER: &str = "x-access-token";
+
+/// A failure to open, fetch or read a repository. Messages name the repository and never carry credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The mirror directory cannot be opened or created.
+    #[error("mirror {dir}: cannot open or create the bare repository: {message}")]
+    Mirror {
+        /// Mirror directory.
+        dir: PathBuf,
+        /// gix's message.
+        message: String,
+    },
+    /// A repository to read cannot be opened.
+    #[error("repository {dir}: cannot open: {message}")]
+    Open {
+        /// Repository directory.
+        dir: PathBuf,
+        /// gix's message.
+        message: String,
+    },
+    /// A branch name that cannot be a git ref.
+    #[error("invalid branch name {branch:?}")]
+    BranchName {
+        /// The rejected name.
+        branch: String,
+    },
+    /// Connecting, negotiating or receiving the pack failed.
+    #[error("fetch {url} into {dir}: {message}")]
+    Fetch {
+        /// Remote URL, user info removed.
+        url: String,
+        /// Mirror directory.
+        dir: PathBuf,
+        /// gix's message, credentials removed.
+        message: String,
+    },
+    /// The remote has no such branch.
+    #[error("fetch {url}: branch {branch:?} does not exist on the remote")]
+    BranchNotFound {
+        /// Remote URL, user info removed.
+        url: String,
+        /// The branch asked for.
+        branch: String,
+    },
+    /// A revision that does not resolve to a commit.
+    #[error("repository {dir}: revision {rev:?} {problem}")]
+    Revision {
+        /// Repository directory.
+        dir: PathBuf,
+        /// The revision asked for.
+        rev: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// Reading the commit's tree or a blob failed.
+    #[error("repository {dir} at {commit}: {message}")]
+    Read {
+        /// Repository directory.
+        dir: PathBuf,
+        /// Commit being read.
+        commit: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The commit's tree is bigger than [`MAX_TREE_BYTES`] or [`MAX_TREE_ENTRIES`].
+    #[error("repository {dir} at {commit}: the tree holds more than {limit} {what}")]
+    TreeTooLarge {
+        /// Repository directory.
+        dir: PathBuf,
+        /// Commit being read.
+        commit: String,
+        /// The limit.
+        limit: u64,
+        /// `bytes` or `entries`.
+        what: &'static str,
+    },
+}
+
+/// Replaces the user info of a URL (`https://user:secret@host/…`) so it can be shown.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |i| authority_start + i);
+    match url[authority_start..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}***@{}",
+            &url[..authority_start],
+            &url[authority_start + at + 1..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+/// A bare repository under a directory the hub owns, mirroring one remote URL.
+///
+/// Fetches of one mirror must not run concurrently; the hub serializes them per Source.
+#[derive(Debug)]
+pub struct GitMirror {
+    dir: PathBuf,
+    url: String,
+    interrupt: Arc<AtomicBool>,
+}
+
+fn open_isolated(dir: &Path) -> Result<gix::Repository, gix::Error> {
+    // Isolated: no system or user git config, no environment overrides, so no credential helper,
+    // askpass prompt or `insteadOf` rewrite of the operator's shell can change what the hub fetches.
+    gix::open_opts(dir, gix::open::Options::isolated())
+}
+
+impl GitMirror {
+    /// Opens the bare repository in `dir`, creating it (and `dir`) when absent.
+    pub fn open_or_init(dir: &Path, url: &str) -> Result<Self, SourceError> {
+        let mirror_err = |message: String| SourceError::Mirror {
+            dir: dir.to_path_buf(),
+            message,
+        };
+        let exists = dir.join("HEAD").exists() || dir.join(".git").exists();
+        if !exists {
+            std::fs::create_dir_all(dir).map_err(|e| mirror_err(e.to_string()))?;
+            gix::ThreadSafeRepository::init_opts(
+                dir,
+                gix::create::Kind::Bare,
+                gix::create::Options::default(),
+                gix::open::Options::isolated(),
+            )
+            .map_err(|e| mirror_err(chain(&e)))?;
+        }
+        let repo = open_isolated(dir).map_err(|e| mirror_err(chain(&e)))?;
+        if !repo.is_bare() {
+            return Err(mirror_err("exists but is not a bare repository".into()));
+        }
+        Ok(GitMirror {
+            dir: dir.to_path_buf(),
+            url: url.to_string(),
+            interrupt: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The mirror's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The remote URL with user info removed, for logs and status.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// A flag that, once set, makes the running fetch stop with an error (for time-boxing from another
+    /// thread); each fetch clears it when it starts.
+    pub fn interrupt_handle(&self) -> Arc<AtomicBool> {
+        self.interrupt.clone()
+    }
+
+    /// Fetches `refs/heads/<branch>` from the remote into the mirror's `refs/heads/<branch>` and returns the
+    /// commit id (hex). `token`, when given, is sent as the HTTP basic-auth password of user [`TOKEN_USER`].
+    pub fn fetch(&self, branch: &str, token: Option<&str>) -> Result<String, SourceError> {
+        let remote_ref = format!("refs/heads/{branch}");
+        let valid = !branch.is_empty()
+            && !branch.starts_with('-')
+            && !branch.contains(['*', ':', '?', '[', '\\', ' '])
+            && gix::refs::FullName::try_from(remote_ref.as_str()).is_ok();
+        if !valid {
+            return Err(SourceError::BranchName {
+                branch: branch.to_string(),
+            });
+        }
+        let fetch_err = |e: &dyn std::error::Error| SourceError::Fetch {
+            url: self.display_url(),
+            dir: self.dir.clone(),
+            message: scrub(&chain(e), &self.url, token),
+        };
+        self.interrupt.store(false, Ordering::SeqCst);
+        let repo = open_isolated(&self.dir).map_err(|e| SourceError::Mirror {
+            dir: self.dir.clone(),
+            message: chain(&e),
+        })?;
+        let refspec = format!("+{remote_ref}:{remote_ref}");
+        let remote = repo
+            .remote_at(self.url.as_str())
+            .map_err(|e| fetch_err(&e))?
+            .with_fetch_tags(gix::remote::fetch::Tags::None)
+            .with_refspecs([refspec.as_str()], gix::remote::Direction::Fetch)
+            .map_err(|e| fetch_err(&e))?;
+        install_crypto_provider();
+        let token = token.map(str::to_string);
+        let connection = remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(|e| fetch_err(&e))?
+            .with_credentials(move |action| match action {
+                gix::credentials::helper::Action::Get(ctx) => {
+                    Ok(token
+                        .as_ref()
+                        .map(|token| gix::credentials::protocol::Outcome {
+                            identity: gix::sec::identity::Account {
+                                username: TOKEN_USER.to_string(),
+                                password: token.clone(),
+                                oauth_refresh_token: None,
+                            },
+                            next: ctx.into(),
+                        }))
+                }
+                // Nothing is stored or erased: credentials live only in memory, per fetch.
+                _ => Ok(None),
+            });
+        let prepare = connection
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|e| fetch_err(&e))?;
+        let advertised = prepare.ref_map().remote_refs.iter().find_map(|r| {
+            let (name, target, peeled) = r.unpack();
+            (name == remote_ref.as_bytes().as_bstr())
+                .then(|| peeled.or(target).map(ToOwned::to_owned))
+                .flatten()
+        });
+        let Some(commit) = advertised else {
+            return Err(SourceError::BranchNotFound {
+                url: self.display_url(),
+                branch: branch.to_string(),
+            });
+        };
+        prepare
+            .receive(gix::progress::Discard, &self.interrupt)
+            .map_err(|e| fetch_err(&e))?;
+        // The pack is in and the ref is updated; make sure the commit really is readable.
+        let repo = open_isolated(&self.dir).map_err(|e| fetch_err(&e))?;
+        repo.find_commit(commit).map_err(|e| fetch_err(&e))?;
+        Ok(commit.to_hex().to_string())
+    }
+}
+
+/// The HTTP transport's TLS needs a process-wide rustls provider; use ring, as the rest of the hub does.
+/// If the process already chose one, that one stays.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An error and its sources on one line, `outer: inner: …`, without repeats.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Removes the URL's user info and the token from a message.
+fn scrub(message: &str, url: &str, token: Option<&str>) -> String {
+    let mut message = message.replace(url, &redact_url(url));
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        message = message.replace(token, "***");
+    }
+    message
+}
+
+/// Reads the whole tree of commit `rev` (a branch, tag, full or short commit id) from the object database of
+/// the repository at `repo_dir` (bare or not; a working tree is never read).
+///
+/// Files over `limits.max_file_bytes` are recorded as [`TreeEntry::TooLarge`], so only a render that needs
+/// one fails; a tree over [`MAX_TREE_BYTES`] or [`MAX_TREE_ENTRIES`] is an error.
+pub fn read_tree(repo_dir: &Path, rev: &str, limits: &Limits) -> Result<RepoTree, SourceError> {
+    read_tree_within(repo_dir, rev, limits, MAX_TREE_BYTES)
+}
+
+fn read_tree_within(
+    repo_dir: &Path,
+    rev: &str,
+    limits: &Limits,
+    max_bytes: u64,
+) -> Result<RepoTree, SourceError> {
+    let dir = repo_dir.to_path_buf();
+    let repo = open_isolated(repo_dir).map_err(|e| SourceError::Open {
+        dir: dir.clone(),
+        message: chain(&e),
+    })?;
+    let rev_err = |problem: String| SourceError::Revision {
+        dir: dir.clone(),
+        rev: rev.to_string(),
+        problem,
+    };
+    if rev.is_empty() || rev.starts_with('-') {
+        return Err(rev_err("is not a valid revision".into()));
+    }
+    let id = repo
+        .rev_parse_single(rev)
+        .map_err(|e| rev_err(format!("not found: {}", chain(&e))))?;
+    let commit = id
+        .object()
+        .map_err(|e| rev_err(format!("cannot be read: {}", chain(&e))))?
+        .peel_to_commit()
+        .map_err(|_| rev_err("does not name a commit".into()))?;
+    let commit_hex = commit.id.to_hex().to_string();
+    let read_err = |message: String| SourceError::Read {
+        dir: dir.clone(),
+        commit: commit_hex.clone(),
+        message,
+    };
+    let tree = commit.tree().map_err(|e| read_err(chain(&e)))?;
+    let mut recorder = gix::traverse::tree::Recorder::default();
+    tree.traverse()
+        .breadthfirst(&mut recorder)
+        .map_err(|e| read_err(format!("cannot walk the tree: {}", chain(&e))))?;
+
+    let mut out = RepoTree::new(commit_hex.clone());
+    let mut total: u64 = 0;
+    let too_large = |limit: u64, what| SourceError::TreeTooLarge {
+        dir: dir.clone(),
+        commit: commit_hex.clone(),
+        limit,
+        what,
+    };
+    for record in recorder.records {
+        let kind = record.mode.kind();
+        if kind == EntryKind::Tree {
+            continue;
+        }
+        if out.len() >= MAX_TREE_ENTRIES {
+            return Err(too_large(MAX_TREE_ENTRIES as u64, "entries"));
+        }
+        let path = record
+            .filepath
+            .to_str()
+            .map_err(|_| read_err(format!("path {:?} is not UTF-8", record.filepath)))?
+            .to_string();
+        let entry = match kind {
+            EntryKind::Commit => TreeEntry::Submodule,
+            EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link => {
+                let size = repo
+                    .find_header(record.oid)
+                    .map_err(|e| read_err(format!("{path}: {}", chain(&e))))?
+                    .size();
+                if size > limits.max_file_bytes && kind != EntryKind::Link {
+                    TreeEntry::TooLarge(size)
+                } else {
+                    total += size;
+                    if total > max_bytes {
+                        return Err(too_large(max_bytes, "bytes"));
+                    }
+                    let blob = repo
+                        .find_blob(record.oid)
+                        .map_err(|e| read_err(format!("{path}: {}", chain(&e))))?;
+                    if kind == EntryKind::Link {
+                        let target = blob.data.to_str().map_err(|_| {
+                            read_err(format!("{path}: symlink target is not UTF-8"))
+                        })?;
+                        TreeEntry::Symlink(target.to_string())
+                    } else {
+                        TreeEntry::File(blob.data.clone())
+                    }
+                }
+            }
+            EntryKind::Tree => unreachable!("skipped above"),
+        };
+        out.insert(path, entry)
+            .map_err(|e| read_err(e.to_string()))?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+    use crate::manifest::load_manifest;
+    use crate::render::{ClusterInfo, render_app};
+
+    /// Runs the git binary with no user or system config, failing the test on error; returns stdout.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(["-c", "init.defaultBranch=main", "-c", "core.symlinks=true"])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.com")
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.com")
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn write(dir: &Path, path: &str, text: &str) {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    const MANIFEST: &str = "apps:\n  - {name: web, path: apps/web, namespace: web}\n  - {name: linked, path: apps/linked}\n";
+    const CM: &str =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {version: one}\n";
+
+    /// A work repository with a manifest, an app, a symlink, a submodule entry and tag `v1`; returns the first commit.
+    fn work_repo(root: &Path) -> (PathBuf, String) {
+        let work = root.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q"]);
+        write(&work, "flotilla.yaml", MANIFEST);
+        write(&work, "apps/web/cm.yaml", CM);
+        write(&work, "apps/real/cm.yaml", CM);
+        std::os::unix::fs::symlink("real", work.join("apps/linked")).unwrap();
+        std::os::unix::fs::symlink("../../flotilla.yaml", work.join("apps/web-link.yaml")).unwrap();
+        git(&work, &["add", "-A"]);
+        git(
+            &work,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                "160000,1234567890123456789012345678901234567890,vendor/lib",
+            ],
+        );
+        git(&work, &["commit", "-q", "-m", "first"]);
+        git(&work, &["tag", "-a", "v1", "-m", "release one"]);
+        let commit = git(&work, &["rev-parse", "HEAD"]);
+        (work, commit)
+    }
+
+    fn file_url(path: &Path) -> String {
+        format!("file://{}", path.display())
+    }
+
+    #[test]
+    fn mirror_fetches_and_reads_commits_incrementally() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, first) = work_repo(tmp.path());
+        let mirror_dir = tmp.path().join("mirrors/web");
+        let mirror = GitMirror::open_or_init(&mirror_dir, &file_url(&work)).unwrap();
+        assert_eq!(mirror.fetch("main", None).unwrap(), first);
+
+        let limits = Limits::default();
+        let tree = read_tree(&mirror_dir, &first, &limits).unwrap();
+        assert_eq!(tree.commit, first);
+        assert_eq!(
+            tree.get("apps/web/cm.yaml"),
+            Some(&TreeEntry::File(CM.as_bytes().to_vec()))
+        );
+        assert_eq!(
+            tree.get("apps/linked"),
+            Some(&TreeEntry::Symlink("real".into()))
+        );
+        assert_eq!(
+            tree.get("apps/web-link.yaml"),
+            Some(&TreeEntry::Symlink("../../flotilla.yaml".into()))
+        );
+        assert_eq!(tree.get("vendor/lib"), Some(&TreeEntry::Submodule));
+        assert_eq!(tree.len(), 6);
+
+        // A second commit arrives with a second fetch into the same mirror.
+        write(&work, "apps/web/cm.yaml", &CM.replace("one", "two"));
+        write(
+            &work,
+            "apps/web/extra.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\n",
+        );
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "second"]);
+        let second = git(&work, &["rev-parse", "HEAD"]);
+        let reopened = GitMirror::open_or_init(&mirror_dir, &file_url(&work)).unwrap();
+        assert_eq!(reopened.fetch("main", None).unwrap(), second);
+        assert_eq!(
+            reopened.fetch("main", None).unwrap(),
+            second,
+            "a fetch with nothing new is fine"
+        );
+        let tree2 = read_tree(&mirror_dir, "main", &limits).unwrap();
+        assert_eq!(tree2.commit, second);
+        assert_eq!(
+            tree2.get("apps/web/cm.yaml"),
+            Some(&TreeEntry::File(CM.replace("one", "two").into_bytes()))
+        );
+        assert!(tree2.get("apps/web/extra.yaml").is_some());
+        // The old commit is still readable, unchanged.
+        assert_eq!(read_tree(&mirror_dir, &first, &limits).unwrap(), tree);
+
+        // End to end: the mirror's tree renders, and the app behind a symlink is refused (invariant 1).
+        let manifest = load_manifest(&tree2, &limits).unwrap();
+        let cluster = ClusterInfo {
+            id: "c-1".into(),
+            name: "one".into(),
+            labels: Default::default(),
+        };
+        let web = render_app(&tree2, &manifest.apps[0], &cluster, &limits)
+            .unwrap()
+            .unwrap();
+        let ids: Vec<_> = web.objects.iter().map(|o| o.id.to_string()).collect();
+        assert_eq!(ids, ["v1/ConfigMap web/extra", "v1/ConfigMap web/settings"]);
+        let err = render_app(&tree2, &manifest.apps[1], &cluster, &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"apps/linked\" is a symlink"), "{err}");
+    }
+
+    #[test]
+    fn plain_local_paths_work_as_urls() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, first) = work_repo(tmp.path());
+        let mirror =
+            GitMirror::open_or_init(&tmp.path().join("m"), work.to_str().unwrap()).unwrap();
+        assert_eq!(mirror.fetch("main", None).unwrap(), first);
+        assert!(mirror.dir().join("HEAD").exists());
+    }
+
+    #[test]
+    fn missing_and_invalid_branches_are_clear_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, _) = work_repo(tmp.path());
+        let mirror = GitMirror::open_or_init(&tmp.path().join("m"), &file_url(&work)).unwrap();
+        let err = mirror.fetch("release", None).unwrap_err();
+        assert!(matches!(err, SourceError::BranchNotFound { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("branch \"release\" does not exist"),
+            "{err}"
+        );
+        for bad in ["", "a..b", "-x", "a:b", "x*", "a b", "a/"] {
+            let err = mirror.fetch(bad, None).unwrap_err();
+            assert!(
+                matches!(err, SourceError::BranchName { .. }),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn fetch_from_a_missing_repository_names_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nowhere");
+        let mirror = GitMirror::open_or_init(&tmp.path().join("m"), &file_url(&missing)).unwrap();
+        let err = mirror.fetch("main", None).unwrap_err().to_string();
+        assert!(
+            err.contains("nowhere") && err.contains(&tmp.path().join("m").display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn read_tree_resolves_branches_tags_and_short_ids() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, first) = work_repo(tmp.path());
+        write(&work, "later.yaml", "x: 1\n");
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "later"]);
+        let head = git(&work, &["rev-parse", "HEAD"]);
+        let limits = Limits::default();
+        let cases = [
+            ("main", &head),
+            ("HEAD", &head),
+            ("refs/heads/main", &head),
+            ("v1", &first),
+            (&first[..7], &first),
+            (&first[..], &first),
+            ("HEAD~1", &first),
+        ];
+        for (rev, want) in cases {
+            assert_eq!(
+                &read_tree(&work, rev, &limits).unwrap().commit,
+                want,
+                "{rev}"
+            );
+        }
+        for bad in ["nope", "", "-h", "0000000"] {
+            let err = read_tree(&work, bad, &limits).unwrap_err();
+            assert!(matches!(err, SourceError::Revision { .. }), "{bad}: {err}");
+            assert!(
+                err.to_string().contains(&work.display().to_string()),
+                "{err}"
+            );
+        }
+        let blob = format!("{head}:later.yaml");
+        let err = read_tree(&work, &blob, &limits).unwrap_err().to_string();
+        assert!(err.contains("does not name a commit"), "{err}");
+        let err = read_tree(&tmp.path().join("not-a-repo"), "main", &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not-a-repo"), "{err}");
+    }
+
+    #[test]
+    fn read_tree_never_reads_the_working_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, first) = work_repo(tmp.path());
+        let committed = read_tree(&work, "HEAD", &Limits::default()).unwrap();
+        write(&work, "apps/web/cm.yaml", "garbage: [");
+        write(&work, "apps/web/untracked.yaml", "kind: Secret\n");
+        std::fs::remove_file(work.join("flotilla.yaml")).unwrap();
+        git(&work, &["add", "apps/web/untracked.yaml"]);
+        let again = read_tree(&work, "HEAD", &Limits::default()).unwrap();
+        assert_eq!(again, committed);
+        assert_eq!(again.commit, first);
+        assert!(again.get("apps/web/untracked.yaml").is_none());
+        assert_eq!(
+            again.get("apps/web/cm.yaml"),
+            Some(&TreeEntry::File(CM.as_bytes().to_vec()))
+        );
+    }
+
+    #[test]
+    fn read_tree_bounds_file_and_total_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, _) = work_repo(tmp.path());
+        write(&work, "big.bin", &"x".repeat(5000));
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "big"]);
+        let small = Limits {
+            max_file_bytes: 1000,
+            ..Limits::default()
+        };
+        let tree = read_tree(&work, "main", &small).unwrap();
+        assert_eq!(tree.get("big.bin"), Some(&TreeEntry::TooLarge(5000)));
+        assert!(matches!(
+            tree.get("flotilla.yaml"),
+            Some(TreeEntry::File(_))
+        ));
+        let err = read_tree_within(&work, "main", &Limits::default(), 4000).unwrap_err();
+        assert!(
+            matches!(err, SourceError::TreeTooLarge { what: "bytes", .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&work.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn open_or_init_refuses_a_non_bare_repository() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, _) = work_repo(tmp.path());
+        let err = GitMirror::open_or_init(&work, "file:///x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a bare repository") && err.contains(&work.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn credentials_never_appear_in_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        for url in [
+            "https://user:s3cret@127.0.0.1:1/repo.git",
+            "http://user:s3cret@127.0.0.1:1/repo.git",
+        ] {
+            let mirror = GitMirror::open_or_init(&tmp.path().join("m"), url).unwrap();
+            let err = mirror.fetch("main", Some("t0ken-value")).unwrap_err();
+            let msg = format!("{err} {err:?}");
+            assert!(matches!(err, SourceError::Fetch { .. }), "{msg}");
+            assert!(
+                !msg.contains("s3cret") && !msg.contains("t0ken-value"),
+                "{msg}"
+            );
+            assert!(msg.contains("***@127.0.0.1:1"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn redacting_urls() {
+        let cases = [
+            ("https://host/repo.git", "https://host/repo.git"),
+            ("https://user:pw@host/repo.git", "https://***@host/repo.git"),
+            ("https://tok@host", "https://***@host"),
+            ("https://host/a@b", "https://host/a@b"),
+            ("ssh://git@host:22/repo", "ssh://***@host:22/repo"),
+            ("/srv/git/repo", "/srv/git/repo"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
+}
