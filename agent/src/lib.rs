@@ -1,1 +1,186 @@
-//! Placeholder until the crate lands.
+//! The Flotilla agent: registers once, follows its cluster's signed ClusterState, keeps it
+//! durably on disk and applies it to a target, reporting status back.
+//!
+//! Data flow (DESIGN.md §3): `sync` watches the hub, verifies and commits new states to the
+//! `store`; the `apply` task plans (`plan`, pure) and applies the held state to a `target`;
+//! every pass and every rejection queues a report that `status` delivers. Proto types are
+//! converted in `wire` only.
+
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use ed25519_dalek::VerifyingKey;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub mod apply;
+pub mod channel;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod inventory;
+pub mod plan;
+pub mod registration;
+pub mod status;
+pub mod store;
+pub mod sync;
+pub mod target;
+pub mod wire;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use config::AgentConfig;
+pub use error::AgentError;
+
+use crate::apply::{Applier, ApplySettings};
+use crate::config::TargetSpec;
+use crate::identity::AgentIdentity;
+use crate::status::Reporter;
+use crate::store::{Store, StoreError};
+use crate::sync::{OfferContext, Syncer};
+use crate::target::Target;
+use crate::target::dir::DirTarget;
+
+/// Current time, unix seconds.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Runs the agent until `shutdown` is cancelled or something fatal happens.
+///
+/// Opens the store, registers if it holds no identity yet, then runs the applier, the hub
+/// sync and the status reporter as tracked tasks, and waits for all of them to stop.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let store = Store::open(&config.store_path(), config.outbox_capacity)?;
+    match &config.target {
+        TargetSpec::Dir(path) => {
+            let target = DirTarget::new(path)?;
+            run_with(config, store, target, shutdown).await
+        }
+    }
+}
+
+async fn run_with<T: Target>(
+    config: AgentConfig,
+    store: Store,
+    target: T,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let identity = match store.identity()? {
+        Some(identity) => identity,
+        None => match registration::register(&config, &store, &shutdown).await? {
+            Some(identity) => identity,
+            None => return Ok(()),
+        },
+    };
+    let key = pinned_key(&identity)?;
+    info!(
+        cluster_id = %identity.cluster_id,
+        hub = %config.hub,
+        target = %config.target,
+        "agent starting"
+    );
+
+    let held_version = store.held()?.map_or(0, |h| h.held.version);
+    let (held_tx, held_rx) = watch::channel(held_version);
+    let reporter_wake = Arc::new(Notify::new());
+    let channel = channel::agent_channel(&config.hub, &identity)?;
+
+    let tasks = TaskTracker::new();
+    let stop = shutdown.child_token();
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<AgentError>(3);
+    // The applier starts first and needs neither the hub nor a valid certificate.
+    spawn(
+        &tasks,
+        &fatal_tx,
+        "apply",
+        Applier {
+            store: store.clone(),
+            target,
+            settings: ApplySettings {
+                deletion_budget: config.deletion_budget,
+                override_budget: config.override_deletion_budget,
+            },
+            backoff: config.backoff,
+            reporter: Arc::clone(&reporter_wake),
+        }
+        .run(held_rx, stop.clone()),
+    );
+    spawn(
+        &tasks,
+        &fatal_tx,
+        "sync",
+        Syncer {
+            channel: channel.clone(),
+            store: store.clone(),
+            ctx: OfferContext {
+                cluster_id: identity.cluster_id.clone(),
+                key,
+                limits: config.limits.clone(),
+            },
+            held: held_tx,
+            reporter: Arc::clone(&reporter_wake),
+            backoff: config.backoff,
+            idle_timeout: config.watch_idle_timeout,
+        }
+        .run(stop.clone()),
+    );
+    spawn(
+        &tasks,
+        &fatal_tx,
+        "status",
+        Reporter {
+            channel,
+            store,
+            wake: reporter_wake,
+            backoff: config.backoff,
+        }
+        .run(stop.clone()),
+    );
+    drop(fatal_tx);
+    tasks.close();
+
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => {
+            info!("shutting down");
+            Ok(())
+        }
+        Some(e) = fatal_rx.recv() => Err(e),
+    };
+    stop.cancel();
+    tasks.wait().await;
+    info!("agent stopped");
+    result
+}
+
+/// Spawns a tracked task; a task that fails reports its error so `run` can stop the others.
+fn spawn(
+    tasks: &TaskTracker,
+    fatal: &mpsc::Sender<AgentError>,
+    name: &'static str,
+    task: impl Future<Output = Result<(), AgentError>> + Send + 'static,
+) {
+    let fatal = fatal.clone();
+    tasks.spawn(async move {
+        if let Err(e) = task.await {
+            // Logged once, by whoever handles the error `run` returns.
+            tracing::debug!(task = name, "task failed");
+            let _ = fatal.send(e).await;
+        }
+    });
+}
+
+fn pinned_key(identity: &AgentIdentity) -> Result<VerifyingKey, AgentError> {
+    VerifyingKey::from_bytes(&identity.signing_public_key).map_err(|_| {
+        AgentError::Store(StoreError::Corrupt {
+            what: "identity",
+            reason: "the pinned signing key is not a valid Ed25519 key".into(),
+        })
+    })
+}

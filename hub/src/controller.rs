@@ -327,6 +327,16 @@ impl Controller {
         let ttl = self.state_ttl.as_secs() as i64;
         let mut batch = Vec::new();
         for cluster in &clusters {
+            // A cluster whose render failed at a commit in force gets no new
+            // version: a state without that source's apps would be partial.
+            if self
+                .sources
+                .iter()
+                .filter_map(|s| s.rendered.as_ref())
+                .any(|r| !r.per_cluster.contains_key(&cluster.id))
+            {
+                continue;
+            }
             let mut apps: Vec<AppState> = Vec::new();
             let mut blobs: HashMap<Digest, Arc<Vec<u8>>> = HashMap::new();
             for src in &self.sources {

@@ -1,0 +1,378 @@
+use std::time::Duration;
+
+use flotilla_common::cluster_state::{AppState, ObjectEntry};
+use flotilla_common::object::ObjectId;
+
+use super::*;
+use crate::fixtures::{self, app, config_map, signed};
+use crate::store::HeldState;
+use crate::target::TargetError;
+use crate::target::dir::DirTarget;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: Store,
+    target: DirTarget,
+    objects: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("agent.redb"), 100).unwrap();
+    let objects = dir.path().join("objects");
+    let target = DirTarget::new(&objects).unwrap();
+    Setup {
+        _dir: dir,
+        store,
+        target,
+        objects,
+    }
+}
+
+/// Commits the next version (chained to the held one) with these apps and objects.
+fn commit(store: &Store, apps: Vec<AppState>, objects: &[&(ObjectEntry, Vec<u8>)]) -> u64 {
+    let held = store.held().unwrap();
+    let version = held.as_ref().map_or(1, |h| h.held.version + 1);
+    let signed = signed(version, held.map(|h| h.held.digest), apps);
+    let state = signed.decode_unverified().unwrap();
+    store
+        .commit_state(&HeldState::new(signed, state), &fixtures::blobs(objects))
+        .unwrap();
+    version
+}
+
+const BUDGET: ApplySettings = ApplySettings {
+    deletion_budget: 50,
+    override_budget: false,
+};
+
+async fn pass<T: Target>(store: &Store, target: &T, settings: ApplySettings) -> ApplyOutcome {
+    apply_held(
+        store,
+        target,
+        settings,
+        fixtures::NOW,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// Names of the ConfigMaps in the target directory.
+fn files(setup: &Setup) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(&setup.objects)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .map(|n| {
+            n.trim_start_matches("core_v1_ConfigMap_default_")
+                .trim_end_matches(".json")
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn phases(outcome: &ApplyOutcome) -> Vec<String> {
+    outcome
+        .apps
+        .iter()
+        .map(|a| format!("{} {} {}", a.app, a.phase.as_str(), a.message))
+        .map(|s| s.trim_end().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn applies_the_held_state_once_and_records_it() {
+    let s = setup();
+    assert_eq!(
+        apply_held(&s.store, &s.target, BUDGET, 0, &CancellationToken::new())
+            .await
+            .unwrap(),
+        None,
+        "nothing held, nothing applied"
+    );
+    let (a, b) = (config_map("a", "1"), config_map("b", "2"));
+    commit(&s.store, vec![app("web", &[&a, &b])], &[&a, &b]);
+
+    let outcome = pass(&s.store, &s.target, BUDGET).await;
+    assert!(outcome.complete);
+    assert_eq!(
+        (outcome.written, outcome.unchanged, outcome.deleted),
+        (2, 0, 0)
+    );
+    assert_eq!(phases(&outcome), ["web applied"]);
+    assert_eq!(files(&s), ["a", "b"]);
+    assert_eq!(std::fs::read(s.target.path_of(&a.0.id)).unwrap(), a.1);
+    assert_eq!(s.store.applied_version().unwrap(), 1);
+    assert_eq!(s.store.inventory().unwrap()["web"].objects.len(), 2);
+    let reports = s.store.outbox_after(0).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].applied_version, 1);
+    assert_eq!(reports[0].apps[0].commit, "web-commit");
+
+    // Level-based: a second pass changes nothing.
+    let again = pass(&s.store, &s.target, BUDGET).await;
+    assert_eq!((again.written, again.unchanged, again.deleted), (0, 2, 0));
+}
+
+#[tokio::test]
+async fn prunes_only_what_it_applied() {
+    let s = setup();
+    let (a, b) = (config_map("a", "1"), config_map("b", "2"));
+    commit(&s.store, vec![app("web", &[&a, &b])], &[&a, &b]);
+    pass(&s.store, &s.target, BUDGET).await;
+    // Someone else's object in the same place.
+    let foreign = config_map("foreign", "x");
+    s.target.apply(&foreign.0.id, &foreign.1).await.unwrap();
+
+    commit(&s.store, vec![app("web", &[&a])], &[]);
+    let outcome = pass(&s.store, &s.target, BUDGET).await;
+    assert_eq!((outcome.written, outcome.deleted), (0, 1));
+    assert_eq!(files(&s), ["a", "foreign"]);
+    assert_eq!(s.store.applied_version().unwrap(), 2);
+
+    // An app that disappears is pruned and forgotten.
+    let c = config_map("c", "3");
+    commit(
+        &s.store,
+        vec![app("web", &[&a]), app("extra", &[&c])],
+        &[&c],
+    );
+    pass(&s.store, &s.target, BUDGET).await;
+    assert_eq!(files(&s), ["a", "c", "foreign"]);
+    commit(&s.store, vec![app("web", &[&a])], &[]);
+    let outcome = pass(&s.store, &s.target, BUDGET).await;
+    assert!(outcome.complete);
+    assert_eq!(phases(&outcome), ["web applied"]);
+    assert_eq!(files(&s), ["a", "foreign"]);
+    assert_eq!(
+        s.store.inventory().unwrap().keys().collect::<Vec<_>>(),
+        ["web"]
+    );
+}
+
+#[tokio::test]
+async fn over_budget_writes_but_withholds_deletions_until_overridden() {
+    let s = setup();
+    let objs: Vec<_> = ["a", "b", "c"].iter().map(|n| config_map(n, "1")).collect();
+    let refs: Vec<_> = objs.iter().collect();
+    commit(&s.store, vec![app("web", &refs)], &refs);
+    pass(&s.store, &s.target, BUDGET).await;
+
+    let d = config_map("d", "4");
+    commit(&s.store, vec![app("web", &[&d])], &[&d]);
+    let tight = ApplySettings {
+        deletion_budget: 2,
+        override_budget: false,
+    };
+    let outcome = pass(&s.store, &s.target, tight).await;
+    assert!(!outcome.complete);
+    assert!(
+        !outcome.retry,
+        "waiting will not make the deletions fit the budget"
+    );
+    assert_eq!((outcome.written, outcome.deleted), (1, 0));
+    assert_eq!(files(&s), ["a", "b", "c", "d"]);
+    assert_eq!(outcome.apps[0].phase, AppPhase::Failed);
+    assert!(
+        outcome.apps[0].message.contains("deletion budget of 2"),
+        "{}",
+        outcome.apps[0].message
+    );
+    assert_eq!(s.store.applied_version().unwrap(), 1);
+    // The withheld objects stay owned, so a later apply can still delete them.
+    assert_eq!(s.store.inventory().unwrap()["web"].objects.len(), 4);
+
+    let outcome = pass(
+        &s.store,
+        &s.target,
+        ApplySettings {
+            override_budget: true,
+            ..tight
+        },
+    )
+    .await;
+    assert!(outcome.complete);
+    assert_eq!(outcome.deleted, 3);
+    assert_eq!(files(&s), ["d"]);
+    assert_eq!(s.store.applied_version().unwrap(), 2);
+}
+
+/// A directory target that cannot write objects named "bad".
+struct Flaky(DirTarget);
+
+impl Target for Flaky {
+    async fn apply(&self, id: &ObjectId, bytes: &[u8]) -> Result<Change, TargetError> {
+        if id.name == "bad" {
+            return Err(TargetError {
+                op: "apply",
+                object: id.to_string(),
+                transient: true,
+                source: "connection reset".into(),
+            });
+        }
+        self.0.apply(id, bytes).await
+    }
+    async fn delete(&self, id: &ObjectId) -> Result<Change, TargetError> {
+        self.0.delete(id).await
+    }
+    async fn list_owned(&self) -> Result<Vec<ObjectId>, TargetError> {
+        self.0.list_owned().await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_app_holds_back_its_dependents_and_is_retried() {
+    let s = setup();
+    let (bad, good, top) = (
+        config_map("bad", "1"),
+        config_map("good", "2"),
+        config_map("top", "3"),
+    );
+    let mut dependent = app("top", &[&top]);
+    dependent.depends_on = vec!["base".into()];
+    commit(
+        &s.store,
+        vec![app("base", &[&bad, &good]), dependent],
+        &[&bad, &good, &top],
+    );
+    let flaky = Flaky(s.target.clone());
+    let outcome = pass(&s.store, &flaky, BUDGET).await;
+    assert!(!outcome.complete);
+    assert!(outcome.retry);
+    assert_eq!(
+        phases(&outcome),
+        [
+            "base failed cannot apply v1/ConfigMap default/bad: connection reset",
+            "top pending waiting for dependency base",
+        ]
+    );
+    assert_eq!(files(&s), ["good"]);
+    let inventory = s.store.inventory().unwrap();
+    let owned: Vec<&str> = inventory["base"]
+        .objects
+        .iter()
+        .map(|o| o.id.name.as_str())
+        .collect();
+    assert_eq!(owned, ["good"], "only what was really applied is owned");
+    assert!(!inventory.contains_key("top"));
+    assert_eq!(s.store.applied_version().unwrap(), 0);
+
+    // Once the target works again the same state completes.
+    let outcome = pass(&s.store, &s.target, BUDGET).await;
+    assert!(outcome.complete);
+    assert_eq!(files(&s), ["bad", "good", "top"]);
+}
+
+#[tokio::test]
+async fn the_stored_state_is_reapplied_at_startup_without_any_hub() {
+    let s = setup();
+    let a = config_map("a", "1");
+    let version = commit(&s.store, vec![app("web", &[&a])], &[&a]);
+    pass(&s.store, &s.target, BUDGET).await;
+    assert_eq!(s.store.applied_version().unwrap(), version);
+    // While the agent was down, someone removed an object.
+    std::fs::remove_file(s.target.path_of(&a.0.id)).unwrap();
+
+    let reporter = Arc::new(Notify::new());
+    let (_held_tx, held_rx) = watch::channel(version);
+    let shutdown = CancellationToken::new();
+    let applier = Applier {
+        store: s.store.clone(),
+        target: s.target.clone(),
+        settings: BUDGET,
+        backoff: Backoff::default(),
+        reporter: Arc::clone(&reporter),
+    };
+    let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));
+    tokio::time::timeout(Duration::from_secs(10), reporter.notified())
+        .await
+        .expect("the applier reports its pass");
+    assert_eq!(s.store.outbox_after(0).unwrap().len(), 2);
+    assert_eq!(files(&s), ["a"]);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_new_version_wakes_the_applier_and_transient_failures_are_retried() {
+    let s = setup();
+    let reporter = Arc::new(Notify::new());
+    let (held_tx, held_rx) = watch::channel(0);
+    let shutdown = CancellationToken::new();
+    // Fails "bad" until the file `allow` exists in the data dir.
+    struct Healing(DirTarget, std::path::PathBuf);
+    impl Target for Healing {
+        async fn apply(&self, id: &ObjectId, bytes: &[u8]) -> Result<Change, TargetError> {
+            if id.name == "bad" && !self.1.exists() {
+                return Err(TargetError {
+                    op: "apply",
+                    object: id.to_string(),
+                    transient: true,
+                    source: "not yet".into(),
+                });
+            }
+            self.0.apply(id, bytes).await
+        }
+        async fn delete(&self, id: &ObjectId) -> Result<Change, TargetError> {
+            self.0.delete(id).await
+        }
+        async fn list_owned(&self) -> Result<Vec<ObjectId>, TargetError> {
+            self.0.list_owned().await
+        }
+    }
+    let allow = s.objects.parent().unwrap().join("allow");
+    let applier = Applier {
+        store: s.store.clone(),
+        target: Healing(s.target.clone(), allow.clone()),
+        settings: BUDGET,
+        backoff: Backoff {
+            min: Duration::from_millis(5),
+            max: Duration::from_millis(20),
+        },
+        reporter: Arc::clone(&reporter),
+    };
+    let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));
+
+    let bad = config_map("bad", "1");
+    let version = commit(&s.store, vec![app("web", &[&bad])], &[&bad]);
+    held_tx.send_replace(version);
+    tokio::time::timeout(Duration::from_secs(10), reporter.notified())
+        .await
+        .expect("first pass");
+    assert_eq!(s.store.applied_version().unwrap(), 0);
+    std::fs::write(&allow, "").unwrap();
+    // Retries keep reporting until one completes.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while s.store.applied_version().unwrap() != version {
+            reporter.notified().await;
+        }
+    })
+    .await
+    .expect("a retry completes the version");
+    assert_eq!(files(&s), ["bad"]);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_interrupts_a_pass_without_calling_it_failed() {
+    let s = setup();
+    let a = config_map("a", "1");
+    commit(&s.store, vec![app("web", &[&a])], &[&a]);
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let outcome = apply_held(&s.store, &s.target, BUDGET, fixtures::NOW, &cancelled)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(outcome.interrupted && !outcome.complete);
+    assert_eq!(
+        phases(&outcome),
+        ["web pending apply interrupted by shutdown"]
+    );
+    assert_eq!(outcome.written, 0);
+    assert_eq!(s.store.applied_version().unwrap(), 0);
+}

@@ -1,0 +1,378 @@
+//! The agent's configuration: parsed from the command line in one place, validated before
+//! anything opens a file or a connection, then passed down as a typed [`AgentConfig`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flotilla_common::ids::validate_name;
+use flotilla_common::limits::Limits;
+
+/// Default number of objects one apply may delete without the explicit override.
+pub const DEFAULT_DELETION_BUDGET: u32 = 50;
+
+/// Default number of unacknowledged status reports kept while the hub is unreachable.
+pub const DEFAULT_OUTBOX_CAPACITY: usize = 100;
+
+/// The `flotilla-agent` command line.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla-agent", version, about = "Flotilla agent")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The agent's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register (once), then keep the cluster in line with its signed ClusterState.
+    Run(RunArgs),
+}
+
+/// Flags of `flotilla-agent run`, as typed on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Hub address, `https://HOST:PORT`.
+    #[arg(long)]
+    pub hub: String,
+    /// PEM file with the CA certificate that signed the hub's server certificate.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// File holding the single-use bootstrap token; read only until the agent is registered.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// Directory of the agent's durable store (`agent.redb`).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Where objects are applied: `dir:PATH` writes one JSON file per object under PATH.
+    #[arg(long)]
+    pub target: String,
+    /// Name requested at registration (a DNS label); defaults to the host name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Most objects one apply may delete; more are withheld and the app reported failed.
+    #[arg(long, default_value_t = DEFAULT_DELETION_BUDGET)]
+    pub deletion_budget: u32,
+    /// Lets one run of the agent delete more objects than the deletion budget allows.
+    #[arg(long)]
+    pub override_deletion_budget: bool,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the agent applies objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// One canonical-JSON file per object in this directory.
+    Dir(PathBuf),
+}
+
+impl fmt::Display for TargetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetSpec::Dir(path) => write!(f, "dir:{}", path.display()),
+        }
+    }
+}
+
+impl FromStr for TargetSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("dir", path)) if !path.is_empty() => Ok(TargetSpec::Dir(PathBuf::from(path))),
+            Some(("dir", _)) => Err("dir: needs a path, e.g. dir:/var/lib/flotilla/objects".into()),
+            Some((kind, _)) => Err(format!("unknown target kind {kind:?}; supported: dir:PATH")),
+            None => Err(format!(
+                "{s:?} is not of the form KIND:VALUE; supported: dir:PATH"
+            )),
+        }
+    }
+}
+
+/// Delays between reconnection attempts: jittered, exponential from `min` up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay.
+    pub min: Duration,
+    /// Largest delay, jitter included.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// An endless sequence of delays; restart it (call again) after a success.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        use backon::BackoffBuilder;
+        let max = self.max;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.min)
+            .with_max_delay(self.max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .map(move |d| d.min(max))
+    }
+}
+
+/// The agent's validated configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Hub URL, `https://HOST:PORT`.
+    pub hub: String,
+    /// CA certificate (PEM) that verifies the hub when registering.
+    pub ca_pem: String,
+    /// Bootstrap token file.
+    pub token_file: PathBuf,
+    /// Store directory.
+    pub data_dir: PathBuf,
+    /// Where objects go.
+    pub target: TargetSpec,
+    /// Name requested at registration.
+    pub name: String,
+    /// Most deletions per apply.
+    pub deletion_budget: u32,
+    /// Whether the deletion budget is lifted for this run.
+    pub override_deletion_budget: bool,
+    /// Limits applied to offered ClusterStates.
+    pub limits: Limits,
+    /// Reconnection delays for the hub streams and apply retries.
+    pub backoff: Backoff,
+    /// A Watch stream silent for this long is considered dead and reopened.
+    pub watch_idle_timeout: Duration,
+    /// Unacknowledged status reports kept; older ones are superseded and dropped.
+    pub outbox_capacity: usize,
+}
+
+/// A flag whose value cannot be used; the message names the flag.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {flag}: {reason}")]
+pub struct ConfigError {
+    /// The flag, e.g. `--target`.
+    pub flag: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+impl AgentConfig {
+    /// Checks and converts the command-line flags; `default_name` is used when `--name` is absent.
+    pub fn from_args(args: RunArgs, default_name: &str) -> Result<Self, ConfigError> {
+        validate_hub_url(&args.hub)?;
+        let ca_pem = std::fs::read_to_string(&args.ca)
+            .map_err(|e| invalid("--ca", format!("cannot read {}: {e}", args.ca.display())))?;
+        check_ca_pem(&ca_pem)
+            .map_err(|reason| invalid("--ca", format!("{}: {reason}", args.ca.display())))?;
+        if args.token_file.as_os_str().is_empty() {
+            return Err(invalid("--token-file", "must not be empty"));
+        }
+        if args.data_dir.as_os_str().is_empty() {
+            return Err(invalid("--data-dir", "must not be empty"));
+        }
+        let target: TargetSpec = args.target.parse().map_err(|e| invalid("--target", e))?;
+        let name = args.name.unwrap_or_else(|| default_name.to_string());
+        validate_name("cluster name", &name).map_err(|e| invalid("--name", e.to_string()))?;
+        Ok(AgentConfig {
+            hub: args.hub,
+            ca_pem,
+            token_file: args.token_file,
+            data_dir: args.data_dir,
+            target,
+            name,
+            deletion_budget: args.deletion_budget,
+            override_deletion_budget: args.override_deletion_budget,
+            limits: Limits::default(),
+            backoff: Backoff::default(),
+            watch_idle_timeout: Duration::from_secs(60),
+            outbox_capacity: DEFAULT_OUTBOX_CAPACITY,
+        })
+    }
+
+    /// Path of the store file inside the data directory.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("agent.redb")
+    }
+}
+
+/// Checks that `pem` starts with a parseable X.509 certificate.
+fn check_ca_pem(pem: &str) -> Result<(), String> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|_| "holds no PEM certificate".to_string())?;
+    if block.label != "CERTIFICATE" {
+        return Err(format!(
+            "expected a CERTIFICATE PEM block, found {:?}",
+            block.label
+        ));
+    }
+    x509_parser::parse_x509_certificate(&block.contents)
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    Ok(())
+}
+
+fn validate_hub_url(hub: &str) -> Result<(), ConfigError> {
+    let rest = hub
+        .strip_prefix("https://")
+        .ok_or_else(|| invalid("--hub", format!("{hub:?} must start with https://")))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(invalid(
+            "--hub",
+            format!("{hub:?} must be https://HOST:PORT with no path"),
+        ));
+    }
+    hub.parse::<tonic::transport::Uri>()
+        .map_err(|e| invalid("--hub", format!("{hub:?} is not a valid URL: {e}")))?;
+    Ok(())
+}
+
+/// A DNS-label version of a host name, for the default `--name`; `agent` when nothing usable remains.
+pub fn name_from_hostname(hostname: &str) -> String {
+    let first = hostname.trim().split('.').next().unwrap_or_default();
+    let mut name: String = first
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    name = name.trim_matches('-').to_string();
+    if name.is_empty() {
+        "agent".to_string()
+    } else {
+        name
+    }
+}
+
+/// The host name from the kernel, if it can be read.
+pub fn read_hostname() -> Option<String> {
+    std::fs::read_to_string(Path::new("/proc/sys/kernel/hostname")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `run` with working defaults for every required flag, replaced by `flags`.
+    fn args(dir: &Path, flags: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+        let ca = dir.join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::default()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        std::fs::write(dir.join("not-a-cert.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(
+            dir.join("junk.pem"),
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let mut values: Vec<(String, String)> = vec![
+            ("--hub".into(), "https://127.0.0.1:7443".into()),
+            ("--ca".into(), ca.display().to_string()),
+            (
+                "--token-file".into(),
+                dir.join("token").display().to_string(),
+            ),
+            ("--data-dir".into(), dir.join("data").display().to_string()),
+            ("--target".into(), "dir:/tmp/objects".into()),
+        ];
+        for (flag, value) in flags {
+            match values.iter_mut().find(|(f, _)| f == flag) {
+                Some(slot) => slot.1 = value.to_string(),
+                None => values.push((flag.to_string(), value.to_string())),
+            }
+        }
+        let mut argv = vec!["flotilla-agent".to_string(), "run".into()];
+        argv.extend(values.into_iter().flat_map(|(f, v)| [f, v]));
+        let Command::Run(run) = Cli::try_parse_from(argv).unwrap().command;
+        AgentConfig::from_args(run, "host-1")
+    }
+
+    #[test]
+    fn good_flags_become_a_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = args(dir.path(), &[]).unwrap();
+        assert_eq!(config.target, TargetSpec::Dir("/tmp/objects".into()));
+        assert_eq!(config.name, "host-1");
+        assert_eq!(config.deletion_budget, DEFAULT_DELETION_BUDGET);
+        assert!(!config.override_deletion_budget);
+        assert!(config.store_path().ends_with("data/agent.redb"));
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: &[(&str, &str)] = &[
+            ("--target", "kube:x"),
+            ("--target", "dir:"),
+            ("--target", "/tmp/x"),
+            ("--name", "Bad_Name"),
+            ("--hub", "http://h:1"),
+            ("--hub", "https://h:1/path"),
+            ("--ca", "/nonexistent/ca.pem"),
+            ("--ca", "not-a-cert.pem"),
+            ("--ca", "junk.pem"),
+        ];
+        for (flag, value) in cases {
+            let value = if value.ends_with(".pem") && !value.starts_with('/') {
+                dir.path().join(value).display().to_string()
+            } else {
+                value.to_string()
+            };
+            let err = args(dir.path(), &[(flag, &value)]).unwrap_err();
+            assert_eq!(err.flag, *flag, "{flag} {value}: {err}");
+            assert!(err.to_string().starts_with(&format!("invalid {flag}:")));
+        }
+    }
+
+    #[test]
+    fn host_names_become_dns_labels() {
+        for (host, want) in [
+            ("edge-1\n", "edge-1"),
+            ("Shop_42.example.com", "shop-42"),
+            ("---", "agent"),
+            ("", "agent"),
+        ] {
+            assert_eq!(name_from_hostname(host), want, "{host:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_under_the_cap() {
+        let backoff = Backoff {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(80),
+        };
+        let delays: Vec<Duration> = backoff.delays().take(20).collect();
+        assert_eq!(delays.len(), 20);
+        assert!(delays[0] >= backoff.min && delays[0] <= backoff.min * 2);
+        assert!(delays.iter().all(|d| *d <= backoff.max));
+        assert!(delays[10..].iter().all(|d| *d >= backoff.max / 2));
+    }
+}

@@ -1,0 +1,167 @@
+//! First contact: trade the bootstrap token and a CSR for a cluster certificate, once.
+//!
+//! Runs only when the store holds no identity. The token file is read here and nowhere else,
+//! and the token is never logged. Connection failures are retried with backoff (the hub may
+//! still be starting); an answer from the hub refusing the registration is final.
+
+use std::path::Path;
+
+use flotilla_proto::v1::registration_client::RegistrationClient;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tracing::{info, warn};
+
+use crate::channel::{ChannelError, registration_endpoint};
+use crate::config::AgentConfig;
+use crate::error::error_chain as chain;
+use crate::identity::{AgentIdentity, IdentityError, new_key_and_csr};
+use crate::store::{Store, StoreError};
+use crate::wire::{self, WireError};
+
+/// Why registration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    /// The token file could not be read.
+    #[error("cannot read the bootstrap token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token file is empty.
+    #[error("the bootstrap token file {0} is empty")]
+    EmptyToken(String),
+    /// The key or CSR could not be made.
+    #[error("cannot create the agent's key: {0}")]
+    Key(#[from] IdentityError),
+    /// The endpoint could not be configured.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The hub answered and refused.
+    #[error("the hub refused the registration ({code:?}): {message}")]
+    Refused {
+        /// gRPC status code.
+        code: Code,
+        /// The hub's message.
+        message: String,
+    },
+    /// The hub's answer is unusable.
+    #[error("the hub's registration answer is unusable: {0}")]
+    BadResponse(#[from] WireError),
+    /// The identity could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn read_token(path: &Path) -> Result<String, RegistrationError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RegistrationError::TokenFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(RegistrationError::EmptyToken(path.display().to_string()));
+    }
+    Ok(token)
+}
+
+/// Whether a failed Register call is worth repeating: only when the hub could not be reached.
+fn is_unreachable(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+}
+
+/// Registers with the hub and stores the identity; `None` if shut down first.
+pub async fn register(
+    config: &AgentConfig,
+    store: &Store,
+    shutdown: &CancellationToken,
+) -> Result<Option<AgentIdentity>, RegistrationError> {
+    let token = read_token(&config.token_file)?;
+    let (key_pem, csr_der) = new_key_and_csr(&config.name)?;
+    let endpoint = registration_endpoint(&config.hub, &config.ca_pem)?;
+    let mut delays = config.backoff.delays();
+    let response = loop {
+        let attempt = async {
+            let channel = endpoint.connect().await.map_err(|e| {
+                tonic::Status::unavailable(format!(
+                    "cannot connect to {}: {}",
+                    config.hub,
+                    chain(&e)
+                ))
+            })?;
+            RegistrationClient::new(channel)
+                .register(wire::register_request(
+                    token.clone(),
+                    csr_der.clone(),
+                    &config.name,
+                ))
+                .await
+        };
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            result = attempt => result,
+        };
+        match result {
+            Ok(response) => break response.into_inner(),
+            Err(status) if is_unreachable(&status) => {
+                let delay = delays.next().unwrap_or(config.backoff.max);
+                warn!(
+                    hub = %config.hub,
+                    retry_in = ?delay,
+                    "registration: hub unreachable: {}",
+                    status.message()
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(status) => {
+                return Err(RegistrationError::Refused {
+                    code: status.code(),
+                    message: status.message().to_string(),
+                });
+            }
+        }
+    };
+    let identity = wire::agent_identity(response, key_pem, &config.ca_pem)?;
+    store.save_identity(&identity)?;
+    info!(cluster_id = %identity.cluster_id, "registered with the hub");
+    Ok(Some(identity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_trimmed_and_must_not_be_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  secret-token\n").unwrap();
+        assert_eq!(read_token(&path).unwrap(), "secret-token");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(
+            read_token(&path),
+            Err(RegistrationError::EmptyToken(_))
+        ));
+        let err = read_token(&dir.path().join("missing")).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn only_unreachable_hubs_are_retried() {
+        assert!(is_unreachable(&tonic::Status::unavailable(
+            "connection refused"
+        )));
+        assert!(!is_unreachable(&tonic::Status::permission_denied(
+            "token already used"
+        )));
+        assert!(!is_unreachable(&tonic::Status::invalid_argument("bad csr")));
+        assert!(!is_unreachable(&tonic::Status::unauthenticated(
+            "unknown token"
+        )));
+    }
+}

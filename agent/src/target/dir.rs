@@ -1,0 +1,265 @@
+//! A directory as a target: object `id` is the file `PATH/<id.file_key()>.json` holding the
+//! object's canonical JSON. Used by the demo and by tests that need no cluster.
+//!
+//! Writes are atomic and durable: a temporary file is written and fsync'd, renamed over the
+//! object's file, and the directory is fsync'd. A file that already holds the exact bytes is
+//! not touched.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flotilla_common::object::ObjectId;
+use serde_json::Value;
+
+use super::{Change, Target, TargetError};
+
+/// Objects as files in one directory.
+#[derive(Debug, Clone)]
+pub struct DirTarget {
+    root: Arc<PathBuf>,
+}
+
+impl DirTarget {
+    /// Uses `root`, creating it if needed.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, TargetError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| TargetError {
+            op: "create",
+            object: root.display().to_string(),
+            transient: false,
+            source: Box::new(e),
+        })?;
+        Ok(DirTarget {
+            root: Arc::new(root),
+        })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file that holds object `id`.
+    pub fn path_of(&self, id: &ObjectId) -> PathBuf {
+        self.root.join(format!("{}.json", id.file_key()))
+    }
+
+    /// Runs blocking file IO off the async threads.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        object: String,
+        work: impl FnOnce(&Path) -> io::Result<R> + Send + 'static,
+    ) -> Result<R, TargetError> {
+        let root = Arc::clone(&self.root);
+        let result = tokio::task::spawn_blocking(move || work(&root)).await;
+        let error = |transient, source| TargetError {
+            op,
+            object: object.clone(),
+            transient,
+            source,
+        };
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            // Disk full, permissions fixed by an operator: worth another try.
+            Ok(Err(e)) => Err(error(true, Box::new(e))),
+            Err(join) => Err(error(true, Box::new(join))),
+        }
+    }
+}
+
+/// Refuses ids whose file name could leave the directory or hide as a dotfile.
+fn file_name(id: &ObjectId) -> Result<String, TargetError> {
+    let key = id.file_key();
+    if key.starts_with('.') || key.contains(['/', '\\', '\0']) {
+        return Err(TargetError {
+            op: "apply",
+            object: id.to_string(),
+            transient: false,
+            source: "the object's identity cannot be a file name".into(),
+        });
+    }
+    Ok(format!("{key}.json"))
+}
+
+fn sync_dir(root: &Path) -> io::Result<()> {
+    File::open(root)?.sync_all()
+}
+
+fn write_file(root: &Path, name: &str, bytes: &[u8]) -> io::Result<Change> {
+    let path = root.join(name);
+    match fs::read(&path) {
+        Ok(existing) if existing == bytes => return Ok(Change::Unchanged),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let tmp = root.join(format!(".{name}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, &path)?;
+    sync_dir(root)?;
+    Ok(Change::Changed)
+}
+
+fn remove_file(root: &Path, name: &str) -> io::Result<Change> {
+    match fs::remove_file(root.join(name)) {
+        Ok(()) => {
+            sync_dir(root)?;
+            Ok(Change::Changed)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Change::Unchanged),
+        Err(e) => Err(e),
+    }
+}
+
+/// The identity written in an object file, if it is one.
+fn id_of(value: &Value) -> Option<ObjectId> {
+    let api_version = value.get("apiVersion")?.as_str()?;
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), api_version.to_string()),
+    };
+    let meta = value.get("metadata")?;
+    Some(ObjectId {
+        group,
+        version,
+        kind: value.get("kind")?.as_str()?.to_string(),
+        namespace: meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        name: meta.get("name")?.as_str()?.to_string(),
+    })
+}
+
+fn list_files(root: &Path) -> io::Result<Vec<ObjectId>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !name.ends_with(".json") || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let Ok(value) = serde_json::from_slice::<Value>(&fs::read(entry.path())?) else {
+            continue;
+        };
+        // Only files named after the object they hold are ours.
+        if let Some(id) = id_of(&value).filter(|id| format!("{}.json", id.file_key()) == name) {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+impl Target for DirTarget {
+    async fn apply(&self, id: &ObjectId, bytes: &[u8]) -> Result<Change, TargetError> {
+        let name = file_name(id)?;
+        let bytes = bytes.to_vec();
+        self.blocking("apply", id.to_string(), move |root| {
+            write_file(root, &name, &bytes)
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &ObjectId) -> Result<Change, TargetError> {
+        let name = file_name(id).map_err(|e| TargetError { op: "delete", ..e })?;
+        self.blocking("delete", id.to_string(), move |root| {
+            remove_file(root, &name)
+        })
+        .await
+    }
+
+    async fn list_owned(&self) -> Result<Vec<ObjectId>, TargetError> {
+        self.blocking("list", String::new(), list_files).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::fixtures::config_map;
+    use crate::target::conformance;
+
+    #[tokio::test]
+    async fn passes_the_target_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::check(&DirTarget::new(dir.path().join("objects")).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn writes_canonical_json_once_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(dir.path()).unwrap();
+        let (entry, bytes) = config_map("web", "1");
+        target.apply(&entry.id, &bytes).await.unwrap();
+        let path = dir.path().join("core_v1_ConfigMap_default_web.json");
+        assert_eq!(target.path_of(&entry.id), path);
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        let before = fs::metadata(&path).unwrap();
+
+        // Level-based: a second apply does not replace the file (same inode, same mtime).
+        assert_eq!(
+            target.apply(&entry.id, &bytes).await.unwrap(),
+            Change::Unchanged
+        );
+        let after = fs::metadata(&path).unwrap();
+        assert_eq!(
+            (before.ino(), before.mtime_nsec()),
+            (after.ino(), after.mtime_nsec())
+        );
+
+        // Drift is corrected: a file edited behind the agent's back is rewritten.
+        fs::write(&path, b"{\"edited\":true}").unwrap();
+        assert_eq!(
+            target.apply(&entry.id, &bytes).await.unwrap(),
+            Change::Changed
+        );
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["core_v1_ConfigMap_default_web.json"]);
+    }
+
+    #[tokio::test]
+    async fn lists_only_files_named_after_their_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(dir.path()).unwrap();
+        let (entry, bytes) = config_map("web", "1");
+        target.apply(&entry.id, &bytes).await.unwrap();
+        fs::write(dir.path().join("README.txt"), "hi").unwrap();
+        fs::write(dir.path().join("other.json"), &bytes).unwrap();
+        fs::write(dir.path().join("broken.json"), "{").unwrap();
+        fs::write(
+            dir.path().join(".core_v1_ConfigMap_default_x.json.tmp"),
+            &bytes,
+        )
+        .unwrap();
+        assert_eq!(target.list_owned().await.unwrap(), vec![entry.id]);
+    }
+
+    #[tokio::test]
+    async fn ids_that_would_escape_the_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(dir.path().join("objects")).unwrap();
+        let (mut entry, bytes) = config_map("web", "1");
+        entry.id.kind = "../../escape".into();
+        let err = target.apply(&entry.id, &bytes).await.unwrap_err();
+        assert!(!err.transient);
+        assert_eq!(err.op, "apply");
+        let err = target.delete(&entry.id).await.unwrap_err();
+        assert_eq!(err.op, "delete");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,216 @@
+//! Git repositories and fleets for tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_cli::client::{self, StatusView};
+use flotilla_cli::fleet::{Binaries, LocalAgent, LocalHub, wait_for};
+use flotilla_common::labels::parse_labels;
+
+/// A Git repository in a temporary directory, driven with the `git` binary.
+pub struct GitRepo {
+    /// Work tree.
+    pub path: PathBuf,
+}
+
+impl GitRepo {
+    /// `git init -b main` at `path`.
+    pub fn init(path: &Path) -> Self {
+        std::fs::create_dir_all(path).expect("create repo dir");
+        let repo = GitRepo {
+            path: path.to_path_buf(),
+        };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    /// Runs git in the repository and returns stdout; panics with stderr on failure.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&self.path)
+            .args([
+                "-c",
+                "user.name=Flotilla Test",
+                "-c",
+                "user.email=test@flotilla.invalid",
+            ])
+            .args(args)
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Writes a file (creating directories).
+    pub fn write(&self, rel: &str, text: &str) -> &Self {
+        let full = self.path.join(rel);
+        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+        std::fs::write(full, text).expect("write file");
+        self
+    }
+
+    /// Creates a symlink `rel` pointing at `target`.
+    pub fn symlink(&self, rel: &str, target: &str) -> &Self {
+        let full = self.path.join(rel);
+        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(target, full).expect("symlink");
+        self
+    }
+
+    /// Stages everything and commits; returns the commit id.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// `file://` URL of the repository.
+    pub fn url(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+}
+
+/// A hub plus agents in one temporary directory, all real processes.
+pub struct Fleet {
+    /// Temporary directory holding everything.
+    pub dir: tempfile::TempDir,
+    /// Binaries under test.
+    pub bins: Binaries,
+    /// The hub.
+    pub hub: LocalHub,
+    /// Agents, in the order added.
+    pub agents: Vec<LocalAgent>,
+    /// The Git source.
+    pub repo: GitRepo,
+}
+
+/// Default deadline for convergence in tests: generous for a loaded 2-core CI machine.
+pub const CONVERGE: Duration = Duration::from_secs(90);
+
+impl Fleet {
+    /// Creates a repo (filled by `fill`), a hub polling it every 200 ms, and starts the hub.
+    pub async fn start(fill: impl FnOnce(&GitRepo)) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("flotilla-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let bins = Binaries::locate().expect("binaries built (cargo build --workspace --bins)");
+        let repo = GitRepo::init(&dir.path().join("repo"));
+        fill(&repo);
+        let config = format!(
+            "listen: 127.0.0.1:0\nsources:\n  - name: main\n    url: {}\n    branch: main\n    interval: 200ms\n",
+            repo.url()
+        );
+        let mut hub = LocalHub::init(&bins, dir.path(), &config)
+            .await
+            .expect("hub init");
+        hub.start().await.expect("hub start");
+        Fleet {
+            dir,
+            bins,
+            hub,
+            agents: Vec::new(),
+            repo,
+        }
+    }
+
+    /// Creates a token with `labels` and starts an agent registering as `name`.
+    pub async fn add_agent(&mut self, name: &str, labels: &str) -> usize {
+        let token = self.token(labels, Duration::from_secs(600)).await;
+        let mut agent = LocalAgent::new(&self.bins, self.dir.path(), name, &token, &self.hub)
+            .expect("agent dir");
+        agent.start().expect("agent start");
+        self.agents.push(agent);
+        self.agents.len() - 1
+    }
+
+    /// Creates a bootstrap token.
+    pub async fn token(&self, labels: &str, ttl: Duration) -> String {
+        let mut admin = client::connect_admin(&self.hub.url(), &self.hub.admin_dir())
+            .await
+            .expect("admin connect");
+        client::create_token(&mut admin, ttl, &parse_labels(labels).expect("labels"))
+            .await
+            .expect("create token")
+            .token
+    }
+
+    /// The hub's status view.
+    pub async fn status(&self) -> StatusView {
+        let mut admin = client::connect_admin(&self.hub.url(), &self.hub.admin_dir())
+            .await
+            .expect("admin connect");
+        client::status(&mut admin).await.expect("status")
+    }
+
+    /// Waits until `check` holds for the status, or panics after `deadline` with the last status.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        deadline: Duration,
+        check: impl Fn(&StatusView) -> bool,
+    ) -> StatusView {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            let status = self.status().await;
+            if check(&status) {
+                return status;
+            }
+            if tokio::time::Instant::now() >= end {
+                panic!(
+                    "timed out waiting for {what}; last status: {}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every cluster applied `commit`.
+    pub async fn wait_converged(&self, commit: &str) -> StatusView {
+        let n = self.agents.len();
+        self.wait_status(&format!("{n} clusters on {commit}"), CONVERGE, |s| {
+            s.clusters.len() == n && s.converged_at(commit)
+        })
+        .await
+    }
+
+    /// Reads one object file from an agent's directory target.
+    pub fn object(&self, agent: usize, file_key: &str) -> Option<serde_json::Value> {
+        let path = self.agents[agent]
+            .target_dir
+            .join(format!("{file_key}.json"));
+        let bytes = std::fs::read(path).ok()?;
+        Some(serde_json::from_slice(&bytes).expect("object file is JSON"))
+    }
+
+    /// Every log line the fleet's processes wrote.
+    pub fn all_logs(&self) -> String {
+        let mut out = std::fs::read_to_string(&self.hub.log_path).unwrap_or_default();
+        for a in &self.agents {
+            out.push_str(&std::fs::read_to_string(&a.log_path).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Stops every process.
+    pub async fn shutdown(mut self) {
+        for a in &mut self.agents {
+            a.stop().await;
+        }
+        self.hub.stop().await;
+    }
+}
+
+/// Polls a file-system condition until it holds.
+pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    if wait_for(deadline, || check().then_some(())).await.is_none() {
+        panic!("timed out after {deadline:?} waiting for {what}");
+    }
+}
