@@ -96,6 +96,11 @@ pub const CONVERGE: Duration = Duration::from_secs(90);
 impl Fleet {
     /// Creates a repo (filled by `fill`), a hub polling it every 200 ms, and starts the hub.
     pub async fn start(fill: impl FnOnce(&GitRepo)) -> Self {
+        Self::start_with_interval(fill, Duration::from_millis(200)).await
+    }
+
+    /// Like [`Fleet::start`] with another source poll interval.
+    pub async fn start_with_interval(fill: impl FnOnce(&GitRepo), interval: Duration) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-e2e-")
             .tempdir()
@@ -104,8 +109,9 @@ impl Fleet {
         let repo = GitRepo::init(&dir.path().join("repo"));
         fill(&repo);
         let config = format!(
-            "listen: 127.0.0.1:0\nsources:\n  - name: main\n    url: {}\n    branch: main\n    interval: 200ms\n",
-            repo.url()
+            "listen: 127.0.0.1:0\nsources:\n  - name: main\n    url: {}\n    branch: main\n    interval: {}ms\n",
+            repo.url(),
+            interval.as_millis()
         );
         let mut hub = LocalHub::init(&bins, dir.path(), &config)
             .await
