@@ -1,362 +1,280 @@
-//! The agent against a stand-in hub over real gRPC and (m)TLS on loopback, in one process:
-//! registration, Watch → GetClusterState → FetchObjects → apply, status reports and acks,
-//! rejection reporting, graceful shutdown, and restarting with no hub at all.
+//! The agent against the real hub, both in this process, over gRPC and (m)TLS on loopback, with
+//! a Git repository made by the `git` binary as the hub's source: registration with a token and
+//! no certificate, following commits (writes and prunes), restarts without the token file or
+//! without the hub, status reports that wait for the hub, refused tokens, and a hub that comes up
+//! after the agent.
 //!
-//! The stand-in speaks the flotilla.v1 contract and nothing more; end-to-end tests against the
-//! real hub live in `tests/`.
+//! What only a misbehaving hub can send is tested against `sync::offer` and the Watch handling in
+//! `agent/src/sync/tests.rs`: a forged or foreign signature and a chain through a forged header
+//! (`bad_offers_store_nothing_apply_nothing_and_are_reported`), withheld objects
+//! (`a_hub_that_withholds_objects_is_an_error_not_a_rejection`) and heartbeats repeating a
+//! refused version (`announcements_of_the_held_or_the_refused_version_ask_the_hub_nothing`). A
+//! hub whose signing key was replaced is in `tests/tests/e2e.rs`.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
 use flotilla_agent::config::{AgentConfig, Backoff, LogFormat, RunArgs};
-use flotilla_common::canonical::to_canonical_json;
-use flotilla_common::cluster_state::{
-    AppState, ClusterState, DriftMode, ObjectEntry, SignedClusterState, StateBody, StateHeader,
-};
-use flotilla_common::digest::Digest;
-use flotilla_common::object::ObjectId;
+use flotilla_agent::store::Store;
+use flotilla_hub::config::HubConfig;
+use flotilla_hub::datadir::DataDir;
+use flotilla_hub::server::HubError;
 use flotilla_proto::v1 as pb;
-use flotilla_proto::v1::agent_server::{Agent, AgentServer};
-use flotilla_proto::v1::registration_server::{Registration, RegistrationServer};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, IsCa, Issuer, KeyPair,
-    SanType,
-};
-use tokio::sync::{broadcast, watch};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::{Stream, StreamExt};
+use flotilla_proto::v1::admin_client::AdminClient;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-const CLUSTER: &str = "c-00000000000000aa";
-const TOKEN: &str = "flt_good-bootstrap-token";
 /// Generous: a loaded CI machine with two cores.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// How often a condition is looked at again.
+const POLL: Duration = Duration::from_millis(20);
 
-/// An app name and its objects, as `Hub::publish` takes them.
-type AppObjects<'a> = (&'a str, Vec<&'a (ObjectEntry, Vec<u8>)>);
+const MANIFEST: &str = "apps:\n  - name: web\n    path: web\n    namespace: demo\n";
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// What the stand-in hub holds.
-#[derive(Default)]
-struct Published {
-    states: BTreeMap<u64, SignedClusterState>,
-    blobs: HashMap<Digest, Vec<u8>>,
+/// A ConfigMap manifest for the repository.
+fn config_map(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
+    )
 }
 
-#[derive(Clone)]
-struct FakeHub {
-    ca: Arc<Issuer<'static, KeyPair>>,
-    published: Arc<Mutex<Published>>,
-    latest: Arc<Mutex<Option<pb::Announce>>>,
-    announce: broadcast::Sender<pb::Announce>,
-    /// Versions asked for with GetClusterState, in order.
-    gets: Arc<Mutex<Vec<u64>>>,
-    reports: watch::Sender<Vec<pb::StatusReport>>,
-}
-
-#[tonic::async_trait]
-impl Registration for FakeHub {
-    async fn register(
-        &self,
-        request: Request<pb::RegisterRequest>,
-    ) -> Result<Response<pb::RegisterResponse>, Status> {
-        assert!(
-            request.peer_certs().is_none_or(|c| c.is_empty()),
-            "registration presents no client certificate"
-        );
-        let req = request.into_inner();
-        if req.bootstrap_token != TOKEN {
-            return Err(Status::permission_denied(
-                "bootstrap token is unknown, already used or expired",
-            ));
+/// Waits until `probe` yields something, or fails naming `what` at the deadline.
+async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
         }
-        let csr = CertificateSigningRequestParams::from_der(&req.csr_der.into())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://flotilla/cluster/{CLUSTER}")
-                .try_into()
-                .unwrap(),
-        )];
-        let cert = params.signed_by(&csr.public_key, &self.ca).unwrap();
-        Ok(Response::new(pb::RegisterResponse {
-            cluster_id: CLUSTER.into(),
-            certificate_pem: cert.pem(),
-            ca_pem: String::new(),
-            signing_public_key: hub_key().verifying_key().to_bytes().to_vec(),
-        }))
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(POLL).await;
     }
 }
 
-fn require_client_cert<T>(request: &Request<T>) -> Result<(), Status> {
-    match request.peer_certs() {
-        Some(certs) if !certs.is_empty() => Ok(()),
-        _ => Err(Status::unauthenticated("a cluster certificate is required")),
+/// A loopback address nothing listens on (until someone binds it).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A Git repository in a temporary directory, driven with the `git` binary.
+struct GitRepo {
+    path: PathBuf,
+}
+
+impl GitRepo {
+    /// A repository on branch `main` holding the manifest and these files, committed.
+    fn init(path: &Path, files: &[(&str, &str)]) -> (GitRepo, String) {
+        std::fs::create_dir_all(path).unwrap();
+        let repo = GitRepo { path: path.into() };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.write("flotilla.yaml", MANIFEST);
+        for (rel, text) in files {
+            repo.write(rel, text);
+        }
+        let commit = repo.commit("initial");
+        (repo, commit)
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&self.path)
+            .args([
+                "-c",
+                "user.name=Test",
+                "-c",
+                "user.email=test@flotilla.invalid",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn write(&self, rel: &str, text: &str) -> &Self {
+        let path = self.path.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        self
+    }
+
+    fn remove(&self, rel: &str) -> &Self {
+        std::fs::remove_file(self.path.join(rel)).unwrap();
+        self
+    }
+
+    /// Commits everything; returns the commit id.
+    fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
     }
 }
 
-#[tonic::async_trait]
-impl Agent for FakeHub {
-    type WatchStream = BoxStream<pb::Announce>;
+/// A hub's data directory and source, not running.
+struct StoppedHub {
+    data: DataDir,
+    source: String,
+}
 
-    async fn watch(
-        &self,
-        request: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        require_client_cert(&request)?;
-        let have = request.into_inner().have_version;
-        // Subscribe before reading the latest, so nothing published in between is missed.
-        let live = BroadcastStream::new(self.announce.subscribe()).filter_map(Result::ok);
-        let latest = self.latest.lock().unwrap().clone();
-        let initial = tokio_stream::iter(latest.filter(|a| a.version > have));
-        Ok(Response::new(Box::pin(initial.chain(live).map(Ok))))
+impl StoppedHub {
+    /// A fresh data directory under `dir`, polling `repo`.
+    fn init(dir: &Path, repo: &GitRepo) -> StoppedHub {
+        let data = DataDir::new(dir.join("hub"));
+        data.init().unwrap();
+        StoppedHub {
+            data,
+            source: format!("file://{}", repo.path.display()),
+        }
     }
 
-    async fn get_cluster_state(
-        &self,
-        request: Request<pb::GetClusterStateRequest>,
-    ) -> Result<Response<pb::GetClusterStateResponse>, Status> {
-        require_client_cert(&request)?;
-        let req = request.into_inner();
-        self.gets.lock().unwrap().push(req.version);
-        let published = self.published.lock().unwrap();
-        let state = published
-            .states
-            .get(&req.version)
-            .ok_or_else(|| Status::not_found("no such version"))?;
-        let chain = published
-            .states
-            .range(req.have_version + 1..req.version)
-            .map(|(_, s)| pb::SignedHeader {
-                header: s.header.clone(),
-                signature: s.signature.clone(),
-            })
-            .collect();
-        Ok(Response::new(pb::GetClusterStateResponse {
-            state: Some(pb::SignedClusterState {
-                header: state.header.clone(),
-                signature: state.signature.clone(),
-                body: state.body.clone(),
-            }),
-            chain,
-        }))
-    }
-
-    type FetchObjectsStream = BoxStream<pb::Blob>;
-
-    async fn fetch_objects(
-        &self,
-        request: Request<pb::FetchObjectsRequest>,
-    ) -> Result<Response<Self::FetchObjectsStream>, Status> {
-        require_client_cert(&request)?;
-        let published = self.published.lock().unwrap();
-        let blobs: Vec<Result<pb::Blob, Status>> = request
-            .into_inner()
-            .digests
-            .into_iter()
-            .map(|d| {
-                let digest = Digest::from_slice(&d).unwrap();
-                let data = published.blobs.get(&digest).cloned().unwrap();
-                Ok(pb::Blob { digest: d, data })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(blobs))))
-    }
-
-    type ReportStatusStream = BoxStream<pb::Ack>;
-
-    async fn report_status(
-        &self,
-        request: Request<Streaming<pb::StatusReport>>,
-    ) -> Result<Response<Self::ReportStatusStream>, Status> {
-        require_client_cert(&request)?;
-        let reports = self.reports.clone();
-        let acks = request.into_inner().map(move |report| {
-            let report = report?;
-            let seq = report.seq;
-            reports.send_modify(|all| all.push(report));
-            Ok(pb::Ack { seq })
-        });
-        Ok(Response::new(Box::pin(acks)))
+    /// Runs the hub in a task, listening on `listen`, and connects an admin client.
+    async fn start(self, listen: SocketAddr) -> Hub {
+        let config = HubConfig::parse(&format!(
+            "listen: {listen}\nsources:\n  - name: main\n    url: {}\n    interval: 50ms\n",
+            self.source
+        ))
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(flotilla_hub::server::run(
+            self.data.clone(),
+            config,
+            shutdown.clone(),
+            move |addr| {
+                let _ = addr_tx.send(addr);
+            },
+        ));
+        let started = tokio::time::timeout(DEADLINE, addr_rx).await;
+        let Ok(Ok(addr)) = started else {
+            task.abort();
+            panic!("the hub did not start: {:?}", task.await);
+        };
+        let admin = self.data.admin_dir();
+        let read = |file: &str| std::fs::read_to_string(admin.join(file)).unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem")))
+            .identity(Identity::from_pem(read("admin.pem"), read("admin-key.pem")));
+        let channel = Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Hub {
+            stopped: self,
+            addr,
+            admin: AdminClient::new(channel),
+            shutdown,
+            task,
+        }
     }
 }
 
-fn hub_key() -> SigningKey {
-    SigningKey::from_bytes(&[3; 32])
-}
-
-fn config_map(name: &str, value: &str) -> (ObjectEntry, Vec<u8>) {
-    let bytes = to_canonical_json(&serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": "default"},
-        "data": {"value": value},
-    }));
-    let entry = ObjectEntry {
-        id: ObjectId {
-            group: String::new(),
-            version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: Some("default".into()),
-            name: name.into(),
-        },
-        digest: Digest::of(&bytes),
-        size: bytes.len() as u64,
-    };
-    (entry, bytes)
-}
-
+/// A hub running in this process.
 struct Hub {
+    stopped: StoppedHub,
     addr: SocketAddr,
-    ca_pem: String,
-    hub: FakeHub,
-    stop: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
+    admin: AdminClient<Channel>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), HubError>>,
 }
 
 impl Hub {
-    async fn start() -> Hub {
-        let mut ca_params = CertificateParams::default();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-        let ca = Issuer::new(ca_params, ca_key);
-        let server_key = KeyPair::generate().unwrap();
-        let mut server_params = CertificateParams::new(vec!["localhost".into()]).unwrap();
-        server_params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let server_pem = server_params.signed_by(&server_key, &ca).unwrap().pem();
-
-        let hub = FakeHub {
-            ca: Arc::new(ca),
-            published: Arc::default(),
-            latest: Arc::default(),
-            announce: broadcast::channel(16).0,
-            gets: Arc::default(),
-            reports: watch::channel(Vec::new()).0,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(server_pem, server_key.serialize_pem()))
-            .client_ca_root(Certificate::from_pem(&ca_pem))
-            .client_auth_optional(true);
-        let stop = CancellationToken::new();
-        let server = Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(RegistrationServer::new(hub.clone()))
-            .add_service(AgentServer::new(hub.clone()))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop.clone().cancelled_owned(),
-            );
-        let server = tokio::spawn(async move { server.await.unwrap() });
-        Hub {
-            addr,
-            ca_pem,
-            hub,
-            stop,
-            server,
-        }
-    }
-
     fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.addr.port())
+        format!("https://{}", self.addr)
     }
 
-    /// Publishes the next version with these apps, signed by `key`, and announces it.
-    fn publish(&self, key: &SigningKey, apps: Vec<AppObjects<'_>>) -> u64 {
-        let mut published = self.hub.published.lock().unwrap();
-        let (version, prev) = match published.states.last_key_value() {
-            Some((v, s)) => (v + 1, Some(s.digest())),
-            None => (1, None),
-        };
-        let mut body = StateBody::default();
-        for (name, objects) in apps {
-            for (entry, bytes) in &objects {
-                published.blobs.insert(entry.digest, bytes.clone());
-            }
-            body.apps.push(AppState {
-                name: name.into(),
-                source: "main".into(),
-                commit: format!("commit-{version}"),
-                release_id: "r".into(),
-                depends_on: vec![],
-                drift: DriftMode::Correct,
-                prune: true,
-                prune_protect: vec![],
-                objects: objects.iter().map(|(e, _)| e.clone()).collect(),
-            });
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let header = StateHeader {
-            cluster_id: CLUSTER.into(),
-            hub_epoch: 1,
-            version,
-            prev_digest: prev,
-            issued_at: now,
-            expires_at: now + 3600,
-            body_digest: Digest::of(b""),
-        };
-        let signed = ClusterState::sign(header, &body, key).unwrap();
-        let announce = pb::Announce {
-            version,
-            digest: signed.digest().0.to_vec(),
-            heartbeat: false,
-        };
-        published.states.insert(version, signed);
-        drop(published);
-        *self.hub.latest.lock().unwrap() = Some(announce.clone());
-        let _ = self.hub.announce.send(announce);
-        version
+    /// The CA certificate agents trust the hub by.
+    fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.stopped.data.admin_dir().join("ca.pem")).unwrap()
     }
 
-    /// Sends a keep-alive repeating `version`, without a digest, as the real hub does.
-    fn heartbeat(&self, version: u64) {
-        let _ = self.hub.announce.send(pb::Announce {
-            version,
-            digest: Vec::new(),
-            heartbeat: true,
-        });
+    async fn token(&self) -> String {
+        let request = pb::CreateTokenRequest {
+            ttl_seconds: 600,
+            labels: Default::default(),
+        };
+        let response = self.admin.clone().create_token(request).await.unwrap();
+        response.into_inner().token
     }
 
-    /// Waits until a received report satisfies `check`.
-    async fn report(
+    async fn clusters(&self) -> Vec<pb::Cluster> {
+        let mut admin = self.admin.clone();
+        let response = admin.list_clusters(pb::ListClustersRequest {}).await;
+        response.unwrap().into_inner().clusters
+    }
+
+    /// Waits until the hub's status of its one cluster satisfies `check`. (A status is not read
+    /// in one transaction: its report-derived fields may disagree until the next read.)
+    async fn wait_status(
         &self,
         what: &str,
-        check: impl Fn(&pb::StatusReport) -> bool,
-    ) -> pb::StatusReport {
-        let mut rx = self.hub.reports.subscribe();
-        tokio::time::timeout(DEADLINE, rx.wait_for(|all| all.iter().any(&check)))
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .unwrap()
-            .iter()
-            .find(|r| check(r))
-            .cloned()
-            .unwrap()
+        check: impl Fn(&pb::Cluster, &[pb::AppRow]) -> bool,
+    ) -> (pb::Cluster, Vec<pb::AppRow>) {
+        eventually(what, async || {
+            let mut admin = self.admin.clone();
+            let status = admin.get_status(pb::GetStatusRequest {}).await;
+            let mut clusters = status.unwrap().into_inner().clusters;
+            assert!(clusters.len() <= 1, "one cluster: {clusters:?}");
+            let status = clusters.pop()?;
+            let cluster = status.cluster.unwrap();
+            check(&cluster, &status.apps).then_some((cluster, status.apps))
+        })
+        .await
     }
 
-    async fn stop(self) {
-        self.stop.cancel();
-        self.server.await.unwrap();
+    /// Waits until the agent has reported `commit` applied, in the newest version.
+    async fn converged(&self, commit: &str) -> pb::Cluster {
+        let what = format!("{commit} applied");
+        let (cluster, _) = self
+            .wait_status(&what, |cluster, apps| {
+                cluster.applied_version == cluster.desired_version
+                    && !apps.is_empty()
+                    && apps.iter().all(|app| {
+                        app.desired_commit == commit
+                            && app.applied_commit == commit
+                            && app.phase == "applied"
+                    })
+            })
+            .await;
+        cluster
+    }
+
+    /// Stops the hub; returns what it needs to start again.
+    async fn stop(self) -> StoppedHub {
+        let Hub {
+            stopped,
+            admin,
+            shutdown,
+            task,
+            ..
+        } = self;
+        drop(admin);
+        shutdown.cancel();
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("the hub stops promptly")
+            .unwrap()
+            .unwrap();
+        stopped
     }
 }
 
+/// An agent's files: data directory, token, CA and the directory target.
 struct TestAgent {
+    name: String,
     dir: PathBuf,
     token_file: PathBuf,
     ca_file: PathBuf,
@@ -364,9 +282,12 @@ struct TestAgent {
 }
 
 impl TestAgent {
-    fn new(dir: &Path, ca_pem: &str, token: &str) -> TestAgent {
+    fn new(dir: &Path, name: &str, ca_pem: &str, token: &str) -> TestAgent {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
         let agent = TestAgent {
-            dir: dir.join("agent"),
+            name: name.into(),
+            dir: dir.join("data"),
             token_file: dir.join("token"),
             ca_file: dir.join("ca.pem"),
             objects: dir.join("objects"),
@@ -383,7 +304,7 @@ impl TestAgent {
             token_file: self.token_file.clone(),
             data_dir: self.dir.clone(),
             target: format!("dir:{}", self.objects.display()),
-            name: Some("edge-1".into()),
+            name: Some(self.name.clone()),
             deletion_budget: 50,
             override_deletion_budget: false,
             log_format: LogFormat::Text,
@@ -397,34 +318,49 @@ impl TestAgent {
     }
 
     fn start(&self, hub: &str) -> Running {
+        self.run(self.config(hub))
+    }
+
+    fn run(&self, config: AgentConfig) -> Running {
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(flotilla_agent::run(self.config(hub), shutdown.clone()));
+        let task = tokio::spawn(flotilla_agent::run(config, shutdown.clone()));
         Running { shutdown, task }
     }
 
-    fn object(&self, name: &str) -> Option<Vec<u8>> {
-        std::fs::read(
-            self.objects
-                .join(format!("core_v1_ConfigMap_default_{name}.json")),
-        )
-        .ok()
+    fn object_file(&self, name: &str) -> PathBuf {
+        self.objects
+            .join(format!("core_v1_ConfigMap_demo_{name}.json"))
     }
 
-    /// Polls the target directory (the only thing to watch here) until `check` holds.
-    async fn wait_for_object(&self, name: &str, want: bool) {
-        tokio::time::timeout(DEADLINE, async {
-            while self.object(name).is_some() != want {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for object {name} present={want}"));
+    /// The `value` of ConfigMap `name` in the target, if it is there.
+    fn value(&self, name: &str) -> Option<String> {
+        let bytes = std::fs::read(self.object_file(name)).ok()?;
+        let object: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        Some(object["data"]["value"].as_str().unwrap().to_string())
     }
+
+    /// The target's ConfigMap values, by name.
+    fn values(&self, names: &[&str]) -> Vec<Option<String>> {
+        names.iter().map(|n| self.value(n)).collect()
+    }
+
+    /// The cluster id the agent stored at registration; only while it is not running.
+    fn registered_as(&self) -> Option<String> {
+        let store = Store::open(&self.dir.join("agent.redb"), 10).unwrap();
+        store
+            .identity()
+            .unwrap()
+            .map(|identity| identity.cluster_id)
+    }
+}
+
+fn some(values: &[&str]) -> Vec<Option<String>> {
+    values.iter().map(|v| Some(v.to_string())).collect()
 }
 
 struct Running {
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), flotilla_agent::AgentError>>,
+    task: JoinHandle<Result<(), flotilla_agent::AgentError>>,
 }
 
 impl Running {
@@ -439,117 +375,181 @@ impl Running {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registers_follows_reports_and_survives_restarts_without_the_hub() {
+async fn registers_with_a_token_alone_then_follows_commits_without_it() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start().await;
-    let agent = TestAgent::new(dir.path(), &hub.ca_pem, TOKEN);
+    let (repo, first) = GitRepo::init(
+        &dir.path().join("repo"),
+        &[
+            ("web/a.yaml", &config_map("a", "1")),
+            ("web/b.yaml", &config_map("b", "2")),
+        ],
+    );
+    let hub = StoppedHub::init(dir.path(), &repo).start(free_addr()).await;
+    let agent = TestAgent::new(dir.path(), "edge-1", &hub.ca_pem(), &hub.token().await);
     let running = agent.start(&hub.url());
 
-    let (a, b, c) = (
-        config_map("a", "1"),
-        config_map("b", "2"),
-        config_map("c", "3"),
-    );
-    let v1 = hub.publish(&hub_key(), vec![("web", vec![&a, &b])]);
-    let report = hub
-        .report("version 1 applied", |r| r.applied_version == v1)
-        .await;
-    assert_eq!(report.apps.len(), 1);
-    assert_eq!(
-        (report.apps[0].phase.as_str(), report.apps[0].version),
-        ("applied", v1)
-    );
-    assert_eq!(agent.object("a").unwrap(), a.1);
-    assert_eq!(agent.object("b").unwrap(), b.1);
+    // A fresh agent has no certificate: the token alone registers it.
+    let cluster = hub.converged(&first).await;
+    assert_eq!(cluster.name, "edge-1");
+    assert_eq!(agent.values(&["a", "b"]), some(&["1", "2"]));
 
-    // Registered: the token file is never needed again.
+    // Registered, it never needs the token file again; b left Git, so it is pruned.
     std::fs::remove_file(&agent.token_file).unwrap();
-    let v2 = hub.publish(&hub_key(), vec![("web", vec![&a, &c])]);
-    hub.report("version 2 applied", |r| r.applied_version == v2)
-        .await;
-    assert!(agent.object("b").is_none(), "b left the app and is pruned");
-    assert_eq!(agent.object("c").unwrap(), c.1);
+    let second = repo
+        .remove("web/b.yaml")
+        .write("web/c.yaml", &config_map("c", "3"))
+        .commit("b out, c in");
+    hub.converged(&second).await;
+    assert_eq!(
+        agent.values(&["a", "b", "c"]),
+        [Some("1".into()), None, Some("3".into())]
+    );
 
-    // A state signed by another key is refused, reported, and changes nothing.
-    let evil = SigningKey::from_bytes(&[66; 32]);
-    let x = config_map("x", "evil");
-    let v3 = hub.publish(&evil, vec![("web", vec![&x])]);
-    let report = hub
-        .report("the rejection", |r| !r.rejection.is_empty())
+    // Nor after a restart.
+    running.stop().await;
+    let running = agent.start(&hub.url());
+    let third = repo
+        .write("web/a.yaml", &config_map("a", "4"))
+        .commit("a = 4");
+    let after = hub.converged(&third).await;
+    assert_eq!(agent.values(&["a", "c"]), some(&["4", "3"]));
+    assert_eq!(after.id, cluster.id, "the same registration");
+    assert_eq!(hub.clusters().await.len(), 1);
+
+    running.stop().await;
+    hub.stop().await;
+    assert_eq!(agent.registered_as(), Some(cluster.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_with_the_hub_down_the_agent_applies_from_disk_and_reports_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, first) = GitRepo::init(
+        &dir.path().join("repo"),
+        &[
+            ("web/a.yaml", &config_map("a", "1")),
+            ("web/b.yaml", &config_map("b", "2")),
+            ("web/c.yaml", &config_map("c", "3")),
+        ],
+    );
+    let hub = StoppedHub::init(dir.path(), &repo).start(free_addr()).await;
+    let agent = TestAgent::new(dir.path(), "edge-1", &hub.ca_pem(), &hub.token().await);
+    let mut config = agent.config(&hub.url());
+    config.deletion_budget = 1;
+    let running = agent.run(config.clone());
+    let before = hub.converged(&first).await;
+
+    // Two deletions against a budget of one: both withheld, the app reported failed.
+    let second = repo
+        .remove("web/b.yaml")
+        .remove("web/c.yaml")
+        .commit("b and c out");
+    let (withheld, apps) = hub
+        .wait_status("the deletions withheld", |cluster, apps| {
+            cluster.desired_version > before.desired_version
+                && apps.len() == 1
+                && apps[0].desired_commit == second
+                && apps[0].phase == "failed"
+        })
         .await;
     assert!(
-        report.rejection.contains("signature"),
+        apps[0].message.contains("deletion budget"),
         "{}",
-        report.rejection
+        apps[0].message
     );
-    assert_eq!(report.applied_version, v2);
-    assert!(agent.object("x").is_none());
-    assert_eq!(agent.object("a").unwrap(), a.1);
+    assert_eq!(withheld.applied_version, before.applied_version);
+    assert_eq!(agent.values(&["a", "b", "c"]), some(&["1", "2", "3"]));
 
-    // Heartbeats repeating the refused version do not fetch it again. Version 4 is signed
-    // properly but chains through the forged 3, so it is refused too; by the time that is
-    // reported, the heartbeat before it has been handled.
-    hub.heartbeat(v3);
-    let v4 = hub.publish(&hub_key(), vec![("web", vec![&a, &c])]);
-    let mut reports = hub.hub.reports.subscribe();
-    tokio::time::timeout(
-        DEADLINE,
-        reports.wait_for(|all| all.iter().filter(|r| !r.rejection.is_empty()).count() == 2),
-    )
-    .await
-    .expect("version 4 refused")
-    .unwrap();
-    assert_eq!(*hub.hub.gets.lock().unwrap(), [v1, v2, v3, v4]);
-    assert_eq!(agent.object("a").unwrap(), a.1);
+    // With the hub down, the agent restarts with the override: it applies what it holds on disk,
+    // restoring a drifted object and carrying out the deletions.
     running.stop().await;
+    let addr = hub.addr;
+    let stopped = hub.stop().await;
+    std::fs::remove_file(agent.object_file("a")).unwrap();
+    config.override_deletion_budget = true;
+    let running = agent.run(config);
+    eventually("the held state applied without the hub", async || {
+        (agent.values(&["a", "b", "c"]) == [Some("1".into()), None, None]).then_some(())
+    })
+    .await;
 
-    // With the hub gone, a restarted agent restores its state from disk and deletes nothing.
-    let url = hub.url();
+    // The report of that pass waited in the outbox; the hub has it once it is back.
+    let hub = stopped.start(addr).await;
+    let after = hub.converged(&second).await;
+    assert_eq!(after.applied_version, withheld.desired_version);
+
+    running.stop().await;
     hub.stop().await;
-    std::fs::remove_file(agent.objects.join("core_v1_ConfigMap_default_a.json")).unwrap();
-    let running = agent.start(&url);
-    agent.wait_for_object("a", true).await;
-    assert_eq!(agent.object("c").unwrap(), c.1);
-    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_stops_the_agent_with_the_hubs_message() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = Hub::start().await;
-    let agent = TestAgent::new(dir.path(), &hub.ca_pem, "flt_wrong-token");
-    let result = tokio::time::timeout(
-        DEADLINE,
-        flotilla_agent::run(agent.config(&hub.url()), CancellationToken::new()),
-    )
-    .await
-    .expect("registration fails promptly");
-    let err = result.unwrap_err();
-    let text = flotilla_agent::error::error_chain(&err);
-    assert!(text.contains("unknown, already used or expired"), "{text}");
-    assert!(
-        !text.contains("flt_wrong-token"),
-        "the token is not in the error: {text}"
+    let (repo, first) = GitRepo::init(
+        &dir.path().join("repo"),
+        &[("web/a.yaml", &config_map("a", "1"))],
     );
+    let hub = StoppedHub::init(dir.path(), &repo).start(free_addr()).await;
+    let used = hub.token().await;
+    let first_agent = TestAgent::new(dir.path(), "first", &hub.ca_pem(), &used);
+    let running = first_agent.start(&hub.url());
+    hub.converged(&first).await;
+    running.stop().await;
+
+    let unknown = format!("flt_{}", "A".repeat(43));
+    for (name, token) in [("unknown", &unknown), ("reused", &used)] {
+        let agent = TestAgent::new(dir.path(), name, &hub.ca_pem(), token);
+        let result = tokio::time::timeout(
+            DEADLINE,
+            flotilla_agent::run(agent.config(&hub.url()), CancellationToken::new()),
+        )
+        .await
+        .expect("registration fails promptly");
+        let text = flotilla_agent::error::error_chain(&result.unwrap_err());
+        assert!(
+            text.contains("unknown, already used or expired"),
+            "{name}: {text}"
+        );
+        assert!(
+            !text.contains(token.as_str()),
+            "{name}: the token is in {text}"
+        );
+        assert_eq!(agent.registered_as(), None, "{name}");
+    }
+    assert_eq!(hub.clusters().await.len(), 1);
     hub.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_waits_for_a_hub_that_is_not_up_yet_and_stops_on_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    // A port nobody listens on.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "https://127.0.0.1:{}",
-        listener.local_addr().unwrap().port()
+    let (repo, first) = GitRepo::init(
+        &dir.path().join("repo"),
+        &[("web/a.yaml", &config_map("a", "1"))],
     );
-    drop(listener);
-    let hub = Hub::start().await;
-    let agent = TestAgent::new(dir.path(), &hub.ca_pem, TOKEN);
+    // Tokens are durable: make one, then take the hub down.
+    let hub = StoppedHub::init(dir.path(), &repo).start(free_addr()).await;
+    let agent = TestAgent::new(dir.path(), "edge-1", &hub.ca_pem(), &hub.token().await);
+    let stopped = hub.stop().await;
+    let addr = free_addr();
+    let url = format!("https://{addr}");
+    let store_file = agent.dir.join("agent.redb");
+
+    // Shutdown while registration retries ends the agent cleanly, unregistered.
     let running = agent.start(&url);
-    // Shutdown during the retries ends the agent cleanly, unregistered.
+    eventually("the agent to start", async || {
+        store_file.exists().then_some(())
+    })
+    .await;
     running.stop().await;
-    let store = flotilla_agent::store::Store::open(&agent.dir.join("agent.redb"), 10).unwrap();
-    assert_eq!(store.identity().unwrap(), None);
+    assert_eq!(agent.registered_as(), None);
+
+    // Started before the hub, it registers once the hub listens.
+    let running = agent.start(&url);
+    let hub = stopped.start(addr).await;
+    let cluster = hub.converged(&first).await;
+    assert_eq!(agent.value("a").as_deref(), Some("1"));
+    running.stop().await;
     hub.stop().await;
+    assert_eq!(agent.registered_as(), Some(cluster.id));
 }

@@ -126,6 +126,17 @@ pub struct NewState {
     pub blobs: Vec<(Digest, Arc<Vec<u8>>)>,
 }
 
+/// One cluster as a status query sees it, read in one transaction.
+#[derive(Debug, Clone)]
+pub struct ClusterSnapshot {
+    /// Registration.
+    pub cluster: ClusterRecord,
+    /// Newest ClusterState and its version.
+    pub latest: Option<(u64, SignedClusterState)>,
+    /// Newest status report.
+    pub report: Option<StatusReport>,
+}
+
 /// The hub's redb database.
 #[derive(Clone)]
 pub struct HubStore {
@@ -296,6 +307,38 @@ impl HubStore {
         for entry in table.iter()? {
             let (_, v) = entry?;
             out.push(unjson("clusters", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every cluster with its newest state and report, from one read
+    /// transaction so a status answer never mixes two moments.
+    pub fn cluster_snapshots(&self) -> Result<Vec<ClusterSnapshot>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let clusters = txn.open_table(CLUSTERS)?;
+        let states = txn.open_table(STATES)?;
+        let reports = txn.open_table(REPORTS)?;
+        let mut out = Vec::new();
+        for entry in clusters.iter()? {
+            let (_, v) = entry?;
+            let cluster: ClusterRecord = unjson("clusters", v.value())?;
+            let id = cluster.id.as_str();
+            let latest = match states.range((id, 0)..=(id, u64::MAX))?.next_back() {
+                Some(entry) => {
+                    let (k, v) = entry?;
+                    Some((k.value().1, decode_state(v.value())?))
+                }
+                None => None,
+            };
+            let report = reports
+                .get(id)?
+                .map(|v| unjson("reports", v.value()))
+                .transpose()?;
+            out.push(ClusterSnapshot {
+                cluster,
+                latest,
+                report,
+            });
         }
         Ok(out)
     }

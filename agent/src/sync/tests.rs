@@ -1,4 +1,8 @@
 //! The offer path, fed directly: what gRPC would deliver, minus the network.
+//!
+//! This is where a misbehaving hub is tested — forged or foreign signatures, a chain through a
+//! forged header, withheld objects, announcements repeating a refused version — because the real
+//! hub that `tests/hub_session.rs` runs the agent against cannot be made to produce them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -160,6 +164,8 @@ async fn bad_offers_store_nothing_apply_nothing_and_are_reported() {
         ClusterState::sign(header, &StateBody { apps: next_apps() }, &hub_key()).unwrap()
     };
     let skipped = signed(3, Some(v2.digest()), next_apps());
+    let through_forged = signed(4, Some(forged.digest()), next_apps());
+    let forged_link = forged.signed_header();
     let cases = vec![
         Bad {
             name: "forged signature",
@@ -227,6 +233,14 @@ async fn bad_offers_store_nothing_apply_nothing_and_are_reported() {
                     }
                 )
             },
+        },
+        Bad {
+            name: "well signed, but chained through a forged header",
+            state: through_forged,
+            chain: vec![forged_link],
+            blobs: good_blobs.clone(),
+            now: NOW,
+            want: |r| *r == Rejection::BadSignature,
         },
         Bad {
             name: "expired",
@@ -380,4 +394,111 @@ async fn unrequested_objects_are_ignored() {
         }
     );
     assert_eq!(store.blob(&junk.0.digest).unwrap(), None);
+}
+
+/// A channel to a port nobody listens on: any call through it fails at once, so a test sees
+/// whether a call was made by whether it got an error.
+fn unreachable_hub() -> Channel {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_lazy()
+}
+
+/// The hub's heartbeats repeat its newest version even after the agent refused it; asking for
+/// that state again would fetch and report the same refusal on every heartbeat.
+#[tokio::test]
+async fn announcements_of_the_held_or_the_refused_version_ask_the_hub_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let a = config_map("a", "1");
+    let mut fetcher = MapFetcher {
+        blobs: fixtures::blobs(&[&a]),
+        ..MapFetcher::default()
+    };
+    let v1 = signed(1, None, vec![app("web", &[&a])]);
+    offer(&ctx(), &store, v1.clone(), &[], &mut fetcher, NOW)
+        .await
+        .unwrap();
+    let other_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let refused = signed_by(&other_key, CLUSTER, 2, Some(v1.digest()), vec![]);
+    let outcome = offer(&ctx(), &store, refused.clone(), &[], &mut fetcher, NOW).await;
+    assert_eq!(
+        outcome.unwrap(),
+        OfferOutcome::Rejected(Rejection::BadSignature)
+    );
+
+    let syncer = Syncer {
+        channel: unreachable_hub(),
+        store: store.clone(),
+        ctx: ctx(),
+        held: watch::channel(1).0,
+        reporter: Arc::new(Notify::new()),
+        backoff: Backoff::default(),
+        idle_timeout: Duration::from_secs(60),
+    };
+    let mut client = AgentClient::new(syncer.channel.clone());
+    // As `on_announcement` leaves it after refusing version 2.
+    let mut memory = SyncMemory {
+        rejected: Some((2, refused.digest())),
+        connected: true,
+    };
+    let announce = |version, digest: Option<Digest>, heartbeat| Announcement {
+        version,
+        digest,
+        heartbeat,
+    };
+    let (asks, skips) = (true, false);
+    let cases = [
+        (
+            "heartbeat at the held version",
+            announce(1, None, true),
+            skips,
+        ),
+        (
+            "the held version again",
+            announce(1, Some(v1.digest()), false),
+            skips,
+        ),
+        (
+            "heartbeat at the refused version",
+            announce(2, None, true),
+            skips,
+        ),
+        (
+            "the refused version again",
+            announce(2, Some(refused.digest()), false),
+            skips,
+        ),
+        (
+            "held version number, other digest",
+            announce(1, Some(refused.digest()), false),
+            asks,
+        ),
+        (
+            "refused version number, other digest",
+            announce(2, Some(v1.digest()), false),
+            asks,
+        ),
+        ("a newer version", announce(3, None, false), asks),
+    ];
+    for (case, announced, want_call) in cases {
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            syncer.on_announcement(&mut client, announced, &mut memory),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{case}: timed out"));
+        match (want_call, result) {
+            (false, Ok(())) => {}
+            (true, Err(SyncError::Rpc { call, .. })) => assert_eq!(call, "GetClusterState"),
+            (_, result) => panic!("{case}: {result:?}"),
+        }
+        assert_eq!(memory.rejected, Some((2, refused.digest())), "{case}");
+    }
+    assert_eq!(store.held().unwrap().unwrap().signed, v1);
 }

@@ -15,7 +15,7 @@ use super::registration::token_hash;
 use super::{ApiState, caller, internal};
 use crate::controller::unix_now;
 use crate::pki::PeerIdentity;
-use crate::store::{ClusterRecord, TokenRecord};
+use crate::store::{ClusterSnapshot, TokenRecord};
 
 /// Longest a bootstrap token may live.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -33,9 +33,9 @@ impl AdminService {
         }
     }
 
-    fn cluster_message(&self, c: &ClusterRecord) -> Result<pb::Cluster, Status> {
-        let latest = self.0.store.latest_state(&c.id).map_err(internal)?;
-        let report = self.0.store.report(&c.id).map_err(internal)?;
+    fn cluster_message(&self, snap: &ClusterSnapshot) -> pb::Cluster {
+        let c = &snap.cluster;
+        let report = snap.report.as_ref();
         let contact = self
             .0
             .last_contact
@@ -44,16 +44,16 @@ impl AdminService {
             .get(&c.id)
             .copied()
             .unwrap_or(0);
-        Ok(pb::Cluster {
+        pb::Cluster {
             id: c.id.clone(),
             name: c.name.clone(),
             labels: c.labels.clone().into_iter().collect(),
             registered_at: c.registered_at,
-            last_contact: contact.max(report.as_ref().map(|r| r.observed_at).unwrap_or(0)),
-            desired_version: latest.map(|(v, _)| v).unwrap_or(0),
-            applied_version: report.as_ref().map(|r| r.applied_version).unwrap_or(0),
-            rejection: report.and_then(|r| r.rejection).unwrap_or_default(),
-        })
+            last_contact: contact.max(report.map(|r| r.observed_at).unwrap_or(0)),
+            desired_version: snap.latest.as_ref().map(|(v, _)| *v).unwrap_or(0),
+            applied_version: report.map(|r| r.applied_version).unwrap_or(0),
+            rejection: report.and_then(|r| r.rejection.clone()).unwrap_or_default(),
+        }
     }
 }
 
@@ -109,11 +109,14 @@ impl Admin for AdminService {
         request: Request<pb::ListClustersRequest>,
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
         self.admin(&request)?;
-        let clusters = self.0.store.clusters().map_err(internal)?;
-        let clusters = clusters
+        let clusters = self
+            .0
+            .store
+            .cluster_snapshots()
+            .map_err(internal)?
             .iter()
-            .map(|c| self.cluster_message(c))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|snap| self.cluster_message(snap))
+            .collect();
         Ok(Response::new(pb::ListClustersResponse { clusters }))
     }
 
@@ -141,15 +144,13 @@ impl Admin for AdminService {
             });
         }
         let mut clusters = Vec::new();
-        for c in self.0.store.clusters().map_err(internal)? {
-            let cluster = self.cluster_message(&c)?;
-            let desired = self
-                .0
-                .store
-                .latest_state(&c.id)
-                .map_err(internal)?
+        for snap in self.0.store.cluster_snapshots().map_err(internal)? {
+            let cluster = self.cluster_message(&snap);
+            let desired = snap
+                .latest
+                .as_ref()
                 .and_then(|(_, s)| s.decode_unverified().ok());
-            let report = self.0.store.report(&c.id).map_err(internal)?;
+            let report = snap.report;
             let mut rows: BTreeMap<String, pb::AppRow> = BTreeMap::new();
             if let Some(state) = &desired {
                 for app in &state.body.apps {
