@@ -1,17 +1,13 @@
 //! The agent's own identity: its private key, the CSR it registers with, and what it can read
 //! back from the client certificate the hub issued.
 //!
-//! The agent does not depend on the hub crate, so the certificate is read here with
-//! x509-parser, the same parser the hub uses.
+//! The certificate is read with `flotilla_common::peer`, the same code the hub
+//! uses to decide who a caller is.
 
 use flotilla_common::ids::{NameError, validate_name};
+use flotilla_common::peer::{PeerIdentity, PeerIdentityError, parse_certificate, peer_identity};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
-use x509_parser::certificate::X509Certificate;
 use x509_parser::error::{PEMError, X509Error};
-use x509_parser::extensions::GeneralName;
-
-/// URI SAN prefix the hub puts in a cluster's client certificate.
-const CLUSTER_URI_PREFIX: &str = "spiffe://flotilla/cluster/";
 
 /// Why creating or reading the agent's identity failed. Messages never include key material.
 #[derive(Debug, thiserror::Error)]
@@ -102,36 +98,25 @@ pub fn new_key_and_csr(requested_name: &str) -> Result<(String, Vec<u8>), Identi
 /// The certificate's not_after as Unix seconds, for scheduling renewal.
 pub fn cert_expiry(cert_pem: &str) -> Result<i64, IdentityError> {
     let der = certificate_der(cert_pem)?;
-    let cert = parse_certificate(&der)?;
+    let cert = parse_certificate(&der).map_err(IdentityError::InvalidCertificate)?;
     Ok(cert.validity().not_after.timestamp())
 }
 
 /// The cluster id named by the certificate's single `spiffe://flotilla/cluster/<id>` URI SAN.
 pub fn cert_cluster_id(cert_pem: &str) -> Result<String, IdentityError> {
     let der = certificate_der(cert_pem)?;
-    let cert = parse_certificate(&der)?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(IdentityError::InvalidCertificate)?;
-    let uris: Vec<&str> = san
-        .iter()
-        .flat_map(|ext| ext.value.general_names.iter())
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        })
-        .collect();
-    // Same rule as the hub's peer check: a second URI would make the identity ambiguous.
-    let uri = match uris.as_slice() {
-        [] => return Err(IdentityError::NoClusterId),
-        [uri] => *uri,
-        more => return Err(IdentityError::MultipleUris(more.len())),
-    };
-    let id = uri
-        .strip_prefix(CLUSTER_URI_PREFIX)
-        .ok_or_else(|| IdentityError::NotAClusterCert(uri.to_string()))?;
-    validate_name("cluster id", id)?;
-    Ok(id.to_string())
+    match peer_identity(&der) {
+        Ok(PeerIdentity::Cluster(id)) => Ok(id),
+        Ok(PeerIdentity::Admin(name)) => Err(IdentityError::NotAClusterCert(format!(
+            "{}{name}",
+            flotilla_common::peer::ADMIN_URI_PREFIX
+        ))),
+        Err(PeerIdentityError::NoSpiffeId) => Err(IdentityError::NoClusterId),
+        Err(PeerIdentityError::ForeignUri(uri)) => Err(IdentityError::NotAClusterCert(uri)),
+        Err(PeerIdentityError::MultipleUris(n)) => Err(IdentityError::MultipleUris(n)),
+        Err(PeerIdentityError::InvalidName(e)) => Err(IdentityError::InvalidName(e)),
+        Err(PeerIdentityError::InvalidCertificate(e)) => Err(IdentityError::InvalidCertificate(e)),
+    }
 }
 
 /// Decodes the first PEM block, which must be a certificate.
@@ -146,21 +131,6 @@ fn certificate_der(cert_pem: &str) -> Result<Vec<u8>, IdentityError> {
         return Err(IdentityError::NotACertificate(pem.label));
     }
     Ok(pem.contents)
-}
-
-fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
-    match x509_parser::parse_x509_certificate(der) {
-        Ok(([], cert)) => Ok(cert),
-        Ok((_, _)) => Err(IdentityError::InvalidCertificate(
-            X509Error::InvalidCertificate,
-        )),
-        Err(x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e)) => {
-            Err(IdentityError::InvalidCertificate(e))
-        }
-        Err(x509_parser::nom::Err::Incomplete(_)) => Err(IdentityError::InvalidCertificate(
-            X509Error::InvalidCertificate,
-        )),
-    }
 }
 
 #[cfg(test)]

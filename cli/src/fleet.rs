@@ -131,6 +131,32 @@ async fn terminate(child: &mut Child, grace: Duration) {
     let _ = child.kill().await;
 }
 
+/// A child process that is stopped gracefully or killed, and killed if dropped.
+#[derive(Default)]
+struct Process(Option<Child>);
+
+impl Process {
+    fn set(&mut self, child: Child) {
+        self.0 = Some(child);
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            terminate(&mut child, Duration::from_secs(10)).await;
+        }
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or `deadline` passes.
 pub async fn wait_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let end = tokio::time::Instant::now() + deadline;
@@ -156,7 +182,7 @@ pub struct LocalHub {
     pub log_path: PathBuf,
     /// Address of the current (or last) run.
     pub addr: Option<SocketAddr>,
-    child: Option<Child>,
+    child: Process,
 }
 
 impl LocalHub {
@@ -184,7 +210,7 @@ impl LocalHub {
             data_dir,
             config_path,
             addr: None,
-            child: None,
+            child: Process::default(),
         })
     }
 
@@ -236,7 +262,7 @@ impl LocalHub {
             tokio::time::sleep(Duration::from_millis(25)).await;
         };
         self.addr = Some(addr);
-        self.child = Some(child);
+        self.child.set(child);
         Ok(addr)
     }
 
@@ -257,16 +283,12 @@ impl LocalHub {
 
     /// Stops gracefully (SIGTERM, then SIGKILL after 10 s).
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(10)).await;
-        }
+        self.child.stop().await;
     }
 
     /// Kills without warning (SIGKILL).
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
+        self.child.kill().await;
     }
 }
 
@@ -285,7 +307,7 @@ pub struct LocalAgent {
     pub log_path: PathBuf,
     hub_url: String,
     ca_path: PathBuf,
-    child: Option<Child>,
+    child: Process,
 }
 
 impl LocalAgent {
@@ -315,7 +337,7 @@ impl LocalAgent {
             log_path: root.join("agent.log"),
             hub_url: hub.url(),
             ca_path: hub.ca_path(),
-            child: None,
+            child: Process::default(),
         })
     }
 
@@ -346,28 +368,22 @@ impl LocalAgent {
             .kill_on_drop(true)
             .spawn()
             .map_err(io("starting flotilla-agent"))?;
-        self.child = Some(child);
+        self.child.set(child);
         Ok(())
     }
 
     /// Exit status if the process has ended.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.exited()
     }
 
     /// Stops gracefully.
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(10)).await;
-        }
+        self.child.stop().await;
     }
 
     /// Kills without warning.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
+        self.child.kill().await;
     }
 }

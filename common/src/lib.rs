@@ -10,5 +10,6 @@ pub mod ids;
 pub mod labels;
 pub mod limits;
 pub mod object;
+pub mod peer;
 pub mod status;
 pub mod yaml;

@@ -8,6 +8,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use flotilla_common::ids::{NameError, validate_name};
+use flotilla_common::peer::{ADMIN_URI_PREFIX, CLUSTER_URI_PREFIX, parse_certificate};
+pub use flotilla_common::peer::{PeerIdentity, PeerIdentityError};
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -15,14 +17,6 @@ use rcgen::{
     PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
-use x509_parser::certificate::X509Certificate;
-use x509_parser::error::X509Error;
-use x509_parser::extensions::GeneralName;
-
-/// URI SAN prefix of a cluster's client certificate.
-const CLUSTER_URI_PREFIX: &str = "spiffe://flotilla/cluster/";
-/// URI SAN prefix of an admin's client certificate.
-const ADMIN_URI_PREFIX: &str = "spiffe://flotilla/admin/";
 
 /// Backdating of not_before, so a peer whose clock lags a little accepts a fresh certificate.
 const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
@@ -82,29 +76,9 @@ pub enum PkiError {
     /// The CSR carries a key other than ECDSA P-256.
     #[error("the certificate signing request's key is not ECDSA P-256")]
     UnsupportedCsrKey,
-    /// A peer certificate could not be parsed.
-    #[error("the certificate could not be parsed")]
-    InvalidCertificate(#[source] X509Error),
-    /// A peer certificate carries no URI SAN.
-    #[error("the certificate has no spiffe://flotilla/... URI SAN")]
-    NoSpiffeId,
-    /// A peer certificate carries more than one URI SAN, so its identity is ambiguous.
-    #[error("the certificate has {0} URI SANs; exactly one spiffe://flotilla/... is allowed")]
-    MultipleUris(usize),
-    /// A peer certificate's URI SAN is not a Flotilla identity.
-    #[error(
-        "the certificate's URI SAN {0:?} is neither spiffe://flotilla/cluster/<id> nor spiffe://flotilla/admin/<name>"
-    )]
-    ForeignUri(String),
-}
-
-/// Who a verified client certificate was issued to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PeerIdentity {
-    /// A registered cluster's agent, by cluster id.
-    Cluster(String),
-    /// An operator, by admin name.
-    Admin(String),
+    /// A peer certificate names no Flotilla identity.
+    #[error(transparent)]
+    Identity(#[from] PeerIdentityError),
 }
 
 /// A freshly issued certificate together with its newly generated private key.
@@ -336,48 +310,9 @@ impl CertificateAuthority {
     }
 }
 
-/// Reads the Flotilla identity from a DER client certificate's single spiffe URI SAN.
-///
-/// This does not verify the chain: call it only on a certificate the TLS layer has already
-/// verified against the CA, which is what makes the URI trustworthy.
+/// Reads the Flotilla identity from a verified DER client certificate (see [`flotilla_common::peer`]).
 pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
-    let cert = parse_certificate(cert_der).map_err(PkiError::InvalidCertificate)?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(PkiError::InvalidCertificate)?;
-    let uris: Vec<&str> = san
-        .iter()
-        .flat_map(|ext| ext.value.general_names.iter())
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        })
-        .collect();
-    // Any second URI would make "who is this" depend on which one a reader looks at.
-    let uri = match uris.as_slice() {
-        [] => return Err(PkiError::NoSpiffeId),
-        [uri] => *uri,
-        more => return Err(PkiError::MultipleUris(more.len())),
-    };
-    if let Some(id) = uri.strip_prefix(CLUSTER_URI_PREFIX) {
-        validate_name("cluster id", id)?;
-        Ok(PeerIdentity::Cluster(id.to_string()))
-    } else if let Some(name) = uri.strip_prefix(ADMIN_URI_PREFIX) {
-        validate_name("admin name", name)?;
-        Ok(PeerIdentity::Admin(name.to_string()))
-    } else {
-        Err(PkiError::ForeignUri(uri.to_string()))
-    }
-}
-
-/// Parses exactly one DER certificate; trailing bytes mean the input is not what we think.
-fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, X509Error> {
-    match x509_parser::parse_x509_certificate(der) {
-        Ok(([], cert)) => Ok(cert),
-        Ok((_, _)) => Err(X509Error::InvalidCertificate),
-        Err(x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e)) => Err(e),
-        Err(x509_parser::nom::Err::Incomplete(_)) => Err(X509Error::InvalidCertificate),
-    }
+    Ok(flotilla_common::peer::peer_identity(cert_der)?)
 }
 
 fn common_name_dn(common_name: &str) -> DistinguishedName {
@@ -444,6 +379,8 @@ fn random_serial() -> SerialNumber {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use x509_parser::certificate::X509Certificate;
+    use x509_parser::extensions::GeneralName;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -731,7 +668,10 @@ mod tests {
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && !eku.client_auth);
         // A server certificate must never pass as a client identity.
-        assert!(matches!(peer_identity(&der), Err(PkiError::NoSpiffeId)));
+        assert!(matches!(
+            peer_identity(&der),
+            Err(PkiError::Identity(PeerIdentityError::NoSpiffeId))
+        ));
 
         assert!(matches!(
             ca.issue_server_cert(&[], &[], HOUR),
@@ -768,7 +708,7 @@ mod tests {
             let der = cert_with_uris(&ca, uris);
             let err = peer_identity(&der).unwrap_err();
             let got = format!("{err:?}");
-            assert!(got.starts_with(want), "{uris:?}: got {got}, want {want}");
+            assert!(got.contains(want), "{uris:?}: got {got}, want {want}");
         }
 
         let ok = cert_with_uris(&ca, &["spiffe://flotilla/cluster/edge-1"]);
@@ -778,13 +718,13 @@ mod tests {
         );
         assert!(matches!(
             peer_identity(b"garbage"),
-            Err(PkiError::InvalidCertificate(_))
+            Err(PkiError::Identity(PeerIdentityError::InvalidCertificate(_)))
         ));
         let mut trailing = ok.clone();
         trailing.push(0);
         assert!(matches!(
             peer_identity(&trailing),
-            Err(PkiError::InvalidCertificate(_))
+            Err(PkiError::Identity(PeerIdentityError::InvalidCertificate(_)))
         ));
     }
 }
