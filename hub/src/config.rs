@@ -65,6 +65,7 @@ struct RawSource {
     #[serde(default = "default_interval")]
     interval: String,
     token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -99,6 +100,9 @@ pub struct SourceConfig {
     pub interval: Duration,
     /// File holding an access token for https sources (read at each fetch, never logged).
     pub token_file: Option<PathBuf>,
+    /// PEM bundle of CA certificates an https source's server certificate may chain to, besides the
+    /// system roots (read at each fetch, so a rotated CA needs no restart).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The validated hub configuration.
@@ -130,6 +134,28 @@ fn duration(field: &str, value: &str) -> Result<Duration, ConfigError> {
         });
     }
     Ok(d)
+}
+
+/// Checks that a CA bundle file can be read and holds only PEM certificates, at least one.
+fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut count = 0;
+    for pem in x509_parser::pem::Pem::iter_from_buffer(&bytes) {
+        let pem = pem.map_err(|e| format!("not a PEM file: {e}"))?;
+        if pem.label != "CERTIFICATE" {
+            return Err(format!(
+                "holds a {:?} PEM block; only CERTIFICATE blocks belong in a CA bundle",
+                pem.label
+            ));
+        }
+        pem.parse_x509()
+            .map_err(|e| format!("certificate {} does not parse: {e}", count + 1))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(())
 }
 
 impl HubConfig {
@@ -192,12 +218,19 @@ impl HubConfig {
                     message: format!("{:?} is not a valid branch name", s.branch),
                 });
             }
+            if let Some(path) = &s.ca_file {
+                check_ca_file(path).map_err(|message| ConfigError::Invalid {
+                    field: field("caFile"),
+                    message: format!("{}: {message}", path.display()),
+                })?;
+            }
             sources.push(SourceConfig {
                 interval: duration(&field("interval"), &s.interval)?,
                 name: s.name,
                 url: s.url,
                 branch: s.branch,
                 token_file: s.token_file,
+                ca_file: s.ca_file,
             });
         }
         Ok(HubConfig {
@@ -254,5 +287,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn ca_file_must_hold_certificates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = crate::pki::CertificateAuthority::generate("test").unwrap();
+        let files = [
+            ("good.pem", format!("# private CA\n{}", ca.cert_pem())),
+            ("two.pem", format!("{}{}", ca.cert_pem(), ca.cert_pem())),
+            ("empty.pem", String::new()),
+            ("key.pem", format!("{}{}", ca.cert_pem(), ca.key_pem())),
+            (
+                "garbage.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+            ),
+        ];
+        for (name, text) in &files {
+            std::fs::write(tmp.path().join(name), text).unwrap();
+        }
+        let config = |file: &str| {
+            let path = tmp.path().join(file);
+            HubConfig::parse(&format!(
+                "sources:\n  - {{name: a, url: https://git.example/r.git}}\n  - {{name: b, url: https://git.example/s.git, caFile: {}}}\n",
+                path.display()
+            ))
+        };
+        for good in ["good.pem", "two.pem"] {
+            let c = config(good).unwrap();
+            assert_eq!(c.sources[0].ca_file, None);
+            assert_eq!(c.sources[1].ca_file, Some(tmp.path().join(good)));
+        }
+        let cases = [
+            ("missing.pem", "cannot read"),
+            ("empty.pem", "holds no PEM certificate"),
+            ("key.pem", "\"PRIVATE KEY\" PEM block"),
+            ("garbage.pem", "certificate 1 does not parse"),
+        ];
+        for (file, want) in cases {
+            let err = config(file).unwrap_err().to_string();
+            assert!(
+                err.contains("invalid sources[1].caFile")
+                    && err.contains(file)
+                    && err.contains(want),
+                "{file}: {err}"
+            );
+        }
     }
 }

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::config::{HubConfig, SourceConfig};
 use crate::manifest::{AppSpec, load_manifest};
 use crate::render::{ClusterInfo, RenderedApp, RepoTree, render_app};
-use crate::source::{GitMirror, read_tree};
+use crate::source::{FetchAuth, GitMirror, read_tree};
 use crate::store::{ClusterRecord, HubStore, NewState, SourceRecord, StoreError};
 
 /// A new ClusterState version is ready for a cluster.
@@ -199,10 +199,19 @@ impl Controller {
                 ),
                 None => None,
             };
+            let ca_pem = match &cfg.ca_file {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?,
+                ),
+                None => None,
+            };
+            let auth = FetchAuth {
+                token: token.as_deref(),
+                ca_pem: ca_pem.as_deref(),
+            };
             let mirror = GitMirror::open_or_init(&dir, &cfg.url).map_err(|e| e.to_string())?;
-            mirror
-                .fetch(&cfg.branch, token.as_deref())
-                .map_err(|e| e.to_string())
+            mirror.fetch(&cfg.branch, auth).map_err(|e| e.to_string())
         });
         let outcome = match tokio::time::timeout(self.fetch_timeout, fetch).await {
             Ok(Ok(result)) => result,

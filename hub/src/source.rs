@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use flotilla_common::limits::Limits;
 use gix::bstr::ByteSlice;
+use gix::error::ErrorExt;
 use gix::objs::tree::EntryKind;
 
 use crate::render::{RepoTree, TreeEntry};
@@ -56,6 +57,14 @@ pub enum SourceError {
         /// Mirror directory.
         dir: PathBuf,
         /// gix's message, credentials removed.
+        message: String,
+    },
+    /// The CA bundle to trust does not hold a usable certificate.
+    #[error("fetch {url}: CA bundle {message}")]
+    CaBundle {
+        /// Remote URL, user info removed.
+        url: String,
+        /// What is wrong with the bundle.
         message: String,
     },
     /// The remote has no such branch.
@@ -116,6 +125,32 @@ pub fn redact_url(url: &str) -> String {
             &url[authority_start + at + 1..]
         ),
         None => url.to_string(),
+    }
+}
+
+/// What a fetch presents to, and trusts from, an `https://` remote; `file://` remotes ignore it.
+#[derive(Clone, Copy, Default)]
+pub struct FetchAuth<'a> {
+    /// Access token, sent as the HTTP basic-auth password of user [`TOKEN_USER`].
+    pub token: Option<&'a str>,
+    /// PEM bundle of CA certificates trusted in addition to the system's roots (a private CA).
+    pub ca_pem: Option<&'a [u8]>,
+}
+
+impl FetchAuth<'_> {
+    /// No token, system roots only.
+    pub const NONE: FetchAuth<'static> = FetchAuth {
+        token: None,
+        ca_pem: None,
+    };
+}
+
+impl std::fmt::Debug for FetchAuth<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchAuth")
+            .field("token", &self.token.map(|_| "<redacted>"))
+            .field("ca_pem", &self.ca_pem.map(<[u8]>::len))
+            .finish()
     }
 }
 
@@ -181,8 +216,9 @@ impl GitMirror {
     }
 
     /// Fetches `refs/heads/<branch>` from the remote into the mirror's `refs/heads/<branch>` and returns the
-    /// commit id (hex). `token`, when given, is sent as the HTTP basic-auth password of user [`TOKEN_USER`].
-    pub fn fetch(&self, branch: &str, token: Option<&str>) -> Result<String, SourceError> {
+    /// commit id (hex), presenting `auth.token` and trusting `auth.ca_pem` over https.
+    pub fn fetch(&self, branch: &str, auth: FetchAuth<'_>) -> Result<String, SourceError> {
+        let token = auth.token;
         let remote_ref = format!("refs/heads/{branch}");
         let valid = !branch.is_empty()
             && !branch.starts_with('-')
@@ -196,8 +232,16 @@ impl GitMirror {
         let fetch_err = |e: &dyn std::error::Error| SourceError::Fetch {
             url: self.display_url(),
             dir: self.dir.clone(),
-            message: scrub(&chain(e), &self.url, token),
+            message: explain(scrub(&chain(e), &self.url, token)),
         };
+        let ca_certs = auth
+            .ca_pem
+            .map(parse_ca_bundle)
+            .transpose()
+            .map_err(|message| SourceError::CaBundle {
+                url: self.display_url(),
+                message,
+            })?;
         self.interrupt.store(false, Ordering::SeqCst);
         let repo = open_isolated(&self.dir).map_err(|e| SourceError::Mirror {
             dir: self.dir.clone(),
@@ -211,26 +255,36 @@ impl GitMirror {
             .with_refspecs([refspec.as_str()], gix::remote::Direction::Fetch)
             .map_err(|e| fetch_err(&e))?;
         install_crypto_provider();
+        let transport_options = match ca_certs {
+            Some(certs) => trusting(&repo, &self.url, certs).map_err(|e| fetch_err(&e))?,
+            None => None,
+        };
         let token = token.map(str::to_string);
-        let connection = remote
+        let mut connection = remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(|e| fetch_err(&e))?
             .with_credentials(move |action| match action {
-                gix::credentials::helper::Action::Get(ctx) => {
-                    Ok(token
-                        .as_ref()
-                        .map(|token| gix::credentials::protocol::Outcome {
-                            identity: gix::sec::identity::Account {
-                                username: TOKEN_USER.to_string(),
-                                password: token.clone(),
-                                oauth_refresh_token: None,
-                            },
-                            next: ctx.into(),
-                        }))
-                }
+                gix::credentials::helper::Action::Get(ctx) => match &token {
+                    Some(token) => Ok(Some(gix::credentials::protocol::Outcome {
+                        identity: gix::sec::identity::Account {
+                            username: TOKEN_USER.to_string(),
+                            password: token.clone(),
+                            oauth_refresh_token: None,
+                        },
+                        next: ctx.into(),
+                    })),
+                    // gix's own message for "no credentials" blames a credential helper we do not use.
+                    None => Err(gix::error::message(
+                        "the server requires authentication and the source has no token (set its tokenFile)",
+                    )
+                    .raise()),
+                },
                 // Nothing is stored or erased: credentials live only in memory, per fetch.
                 _ => Ok(None),
             });
+        if let Some(options) = transport_options {
+            connection = connection.with_transport_options(options);
+        }
         let prepare = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(|e| fetch_err(&e))?;
@@ -253,6 +307,56 @@ impl GitMirror {
         let repo = open_isolated(&self.dir).map_err(|e| fetch_err(&e))?;
         repo.find_commit(commit).map_err(|e| fetch_err(&e))?;
         Ok(commit.to_hex().to_string())
+    }
+}
+
+/// Parses a PEM bundle into the certificates reqwest adds to its roots; an empty bundle is an error, since
+/// it would silently trust nothing more than the defaults.
+fn parse_ca_bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|e| format!("cannot be parsed: {}", chain(&e)))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(certs)
+}
+
+/// HTTP transport options for `url` (from the isolated repository config) whose reqwest client trusts
+/// `certs` besides the system roots; `None` for non-HTTP URLs, which need no TLS.
+fn trusting(
+    repo: &gix::Repository,
+    url: &str,
+    certs: Vec<reqwest::Certificate>,
+) -> Result<Option<Box<dyn std::any::Any>>, gix::Error> {
+    use gix::protocol::transport::client::blocking_io::http;
+    let Some(options) = repo.transport_options(url, None)? else {
+        return Ok(None);
+    };
+    let Ok(mut options) = options.downcast::<http::Options>() else {
+        return Ok(None);
+    };
+    let backend = http::reqwest::Options {
+        configure_client: Some(Box::new(move |builder| {
+            Ok(certs.iter().cloned().fold(
+                builder,
+                reqwest::blocking::ClientBuilder::add_root_certificate,
+            ))
+        })),
+        configure_request: None,
+    };
+    options.backend = Some(Arc::new(std::sync::Mutex::new(backend)));
+    Ok(Some(options))
+}
+
+/// Adds a hint to messages whose cause an operator fixes in hub.yaml.
+fn explain(message: String) -> String {
+    // rustls's wording for a chain that ends at no trusted root.
+    if message.contains("UnknownIssuer") {
+        format!(
+            "{message} (the server's certificate is not signed by a trusted CA; set the source's caFile to the CA that issued it)"
+        )
+    } else {
+        message
     }
 }
 
@@ -465,7 +569,7 @@ mod tests {
         let (work, first) = work_repo(tmp.path());
         let mirror_dir = tmp.path().join("mirrors/web");
         let mirror = GitMirror::open_or_init(&mirror_dir, &file_url(&work)).unwrap();
-        assert_eq!(mirror.fetch("main", None).unwrap(), first);
+        assert_eq!(mirror.fetch("main", FetchAuth::NONE).unwrap(), first);
 
         let limits = Limits::default();
         let tree = read_tree(&mirror_dir, &first, &limits).unwrap();
@@ -496,9 +600,9 @@ mod tests {
         git(&work, &["commit", "-q", "-m", "second"]);
         let second = git(&work, &["rev-parse", "HEAD"]);
         let reopened = GitMirror::open_or_init(&mirror_dir, &file_url(&work)).unwrap();
-        assert_eq!(reopened.fetch("main", None).unwrap(), second);
+        assert_eq!(reopened.fetch("main", FetchAuth::NONE).unwrap(), second);
         assert_eq!(
-            reopened.fetch("main", None).unwrap(),
+            reopened.fetch("main", FetchAuth::NONE).unwrap(),
             second,
             "a fetch with nothing new is fine"
         );
@@ -536,7 +640,7 @@ mod tests {
         let (work, first) = work_repo(tmp.path());
         let mirror =
             GitMirror::open_or_init(&tmp.path().join("m"), work.to_str().unwrap()).unwrap();
-        assert_eq!(mirror.fetch("main", None).unwrap(), first);
+        assert_eq!(mirror.fetch("main", FetchAuth::NONE).unwrap(), first);
         assert!(mirror.dir().join("HEAD").exists());
     }
 
@@ -545,7 +649,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (work, _) = work_repo(tmp.path());
         let mirror = GitMirror::open_or_init(&tmp.path().join("m"), &file_url(&work)).unwrap();
-        let err = mirror.fetch("release", None).unwrap_err();
+        let err = mirror.fetch("release", FetchAuth::NONE).unwrap_err();
         assert!(matches!(err, SourceError::BranchNotFound { .. }), "{err}");
         assert!(
             err.to_string()
@@ -553,7 +657,7 @@ mod tests {
             "{err}"
         );
         for bad in ["", "a..b", "-x", "a:b", "x*", "a b", "a/"] {
-            let err = mirror.fetch(bad, None).unwrap_err();
+            let err = mirror.fetch(bad, FetchAuth::NONE).unwrap_err();
             assert!(
                 matches!(err, SourceError::BranchName { .. }),
                 "{bad}: {err}"
@@ -566,7 +670,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let missing = tmp.path().join("nowhere");
         let mirror = GitMirror::open_or_init(&tmp.path().join("m"), &file_url(&missing)).unwrap();
-        let err = mirror.fetch("main", None).unwrap_err().to_string();
+        let err = mirror
+            .fetch("main", FetchAuth::NONE)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("nowhere") && err.contains(&tmp.path().join("m").display().to_string()),
             "{err}"
@@ -683,7 +790,11 @@ mod tests {
             "http://user:s3cret@127.0.0.1:1/repo.git",
         ] {
             let mirror = GitMirror::open_or_init(&tmp.path().join("m"), url).unwrap();
-            let err = mirror.fetch("main", Some("t0ken-value")).unwrap_err();
+            let auth = FetchAuth {
+                token: Some("t0ken-value"),
+                ca_pem: None,
+            };
+            let err = mirror.fetch("main", auth).unwrap_err();
             let msg = format!("{err} {err:?}");
             assert!(matches!(err, SourceError::Fetch { .. }), "{msg}");
             assert!(
