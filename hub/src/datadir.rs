@@ -121,9 +121,14 @@ impl DataDir {
         self.root.join("pki").join(name)
     }
 
+    /// True once `init` completed (its last step writes `pki/ca.pem`).
+    pub fn is_initialized(&self) -> bool {
+        self.pki("ca.pem").exists()
+    }
+
     /// Creates the CA, the signing key and the admin bundle. Refuses to overwrite.
     pub fn init(&self) -> Result<(), DataDirError> {
-        if self.pki("ca.pem").exists() {
+        if self.is_initialized() {
             return Err(DataDirError::AlreadyInitialized(self.root.clone()));
         }
         for dir in [self.root.join("pki"), self.admin_dir(), self.mirrors_dir()] {

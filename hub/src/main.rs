@@ -29,6 +29,10 @@ enum Command {
         /// Data directory to create.
         #[arg(long)]
         data_dir: PathBuf,
+        /// Succeed without changing anything when the directory is already initialized
+        /// (for an init container that runs at every start).
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Serve gRPC over mTLS and keep clusters on the state declared in Git.
     Run {
@@ -49,8 +53,18 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     flotilla_hub::logging::init(&cli.log_format);
     match cli.command {
-        Command::Init { data_dir } => {
+        Command::Init {
+            data_dir,
+            if_missing,
+        } => {
             let dir = DataDir::new(&data_dir);
+            if if_missing && dir.is_initialized() {
+                println!(
+                    "{} is already initialized; nothing changed",
+                    data_dir.display()
+                );
+                return Ok(());
+            }
             dir.init().context("init failed")?;
             println!("initialized {}", data_dir.display());
             println!("admin bundle: {}", dir.admin_dir().display());

@@ -38,6 +38,20 @@ fn init_creates_keys_once() {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already initialized"));
+
+    // --if-missing (the init container's form) succeeds and keeps the keys.
+    let key = std::fs::read(data.join("pki/signing.key")).unwrap();
+    let kept = hub()
+        .args(["init", "--if-missing", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        kept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    assert_eq!(std::fs::read(data.join("pki/signing.key")).unwrap(), key);
 }
 
 #[test]
