@@ -2,24 +2,39 @@
 //! ClusterState — read from disk, never from the network (invariant 4).
 //!
 //! A pass reads one consistent snapshot (held state, inventory, blobs), plans it (`plan.rs`),
-//! writes and deletes through the [`Target`], then records the new inventory, the applied
-//! version and a status report in one transaction. A version counts as applied only when every
-//! app ended `applied`; a pass that hit a transient target error is retried with backoff.
+//! writes and deletes through the [`Target`], observes each app's health, then records the new
+//! inventory, the applied version and a status report in one transaction, and mirrors the
+//! inventory into the target (so a reinstalled agent adopts instead of orphaning). A version
+//! counts as applied only when every app ended `applied`; a pass that hit a transient target
+//! error is retried with backoff.
+//!
+//! Deletions happen only after every write of the app succeeded and only for objects a fresh,
+//! complete listing shows live; when the listing fails, no deletion happens in that pass.
+//! An app whose objects are not healthy yet holds back the apps that depend on it; the target's
+//! watches wake the applier when something changes, and such passes report only changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use flotilla_common::status::{AppPhase, AppStatus};
+use flotilla_common::object::ObjectId;
+use flotilla_common::status::{AppHealth, AppPhase, AppStatus};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Backoff;
-use crate::error::AgentError;
+use crate::error::{AgentError, error_chain};
 use crate::inventory::AppInventory;
 use crate::plan::{AppChanges, AppPlan, AppStep, PlanInput, plan};
 use crate::store::{ApplyRecord, ApplySnapshot, Store, StoreError};
-use crate::target::{Change, Target};
+use crate::target::{Applied, ApplyRequest, Change, Target};
+
+/// Objects handed to the target at once; shutdown is checked between batches.
+const BATCH: usize = 250;
+
+/// How long the applier lets watch events settle before a pass they triggered.
+const SETTLE: Duration = Duration::from_millis(200);
 
 /// Settings of the apply passes.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +43,16 @@ pub struct ApplySettings {
     pub deletion_budget: u32,
     /// Lifts the budget.
     pub override_budget: bool,
+}
+
+/// When a pass queues a status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportPolicy {
+    /// Every pass reports (start, new version, retry).
+    Always,
+    /// Only a pass that changed the inventory, the applied version or an app's status reports
+    /// (passes woken by the target's watches).
+    IfChanged,
 }
 
 /// What one pass did.
@@ -41,6 +66,8 @@ pub struct ApplyOutcome {
     pub written: usize,
     /// Objects the target already had.
     pub unchanged: usize,
+    /// Objects that drifted and were left as they are (`drift: report`).
+    pub drifted: usize,
     /// Objects deleted.
     pub deleted: usize,
     /// Every app ended applied.
@@ -49,68 +76,184 @@ pub struct ApplyOutcome {
     pub retry: bool,
     /// Shutdown interrupted the pass.
     pub interrupted: bool,
+    /// A status report was queued.
+    pub reported: bool,
 }
 
-/// Applies the held ClusterState once; `None` when nothing is held.
+/// Applies the held state once, reporting every pass; `None` when nothing is held.
 pub async fn apply_held<T: Target>(
     store: &Store,
-    target: &T,
+    target: &mut T,
     settings: ApplySettings,
     now: i64,
     shutdown: &CancellationToken,
+) -> Result<Option<ApplyOutcome>, StoreError> {
+    apply_held_with(store, target, settings, now, shutdown, ReportPolicy::Always).await
+}
+
+/// Applies the held state once under `policy`; `None` when nothing is held.
+pub async fn apply_held_with<T: Target>(
+    store: &Store,
+    target: &mut T,
+    settings: ApplySettings,
+    now: i64,
+    shutdown: &CancellationToken,
+    policy: ReportPolicy,
 ) -> Result<Option<ApplyOutcome>, StoreError> {
     let Some(snapshot) = store.apply_snapshot()? else {
         return Ok(None);
     };
     let version = snapshot.held.held.version;
+    let mut outcome = ApplyOutcome {
+        version,
+        apps: Vec::new(),
+        written: 0,
+        unchanged: 0,
+        drifted: 0,
+        deleted: 0,
+        complete: true,
+        retry: false,
+        interrupted: false,
+        reported: false,
+    };
+    // An agent whose store has no inventory (new, or reinstalled) adopts the copy kept in the
+    // target, so that it neither orphans nor double-owns what an earlier agent applied.
+    let mut base = snapshot.inventory.clone();
+    if base.is_empty() {
+        match target.load_inventory().await {
+            Ok(adopted) => {
+                if !adopted.is_empty() {
+                    info!(
+                        apps = adopted.len(),
+                        "adopted the inventory kept in the target"
+                    );
+                }
+                base = adopted;
+            }
+            Err(e) => {
+                let message = format!(
+                    "cannot read the inventory kept in the target: {}",
+                    error_chain(&e)
+                );
+                warn!("{message}; nothing is applied until it can be read");
+                outcome.complete = false;
+                outcome.retry = true;
+                for app in &snapshot.held.state.body.apps {
+                    outcome.apps.push(pending(
+                        app.name.clone(),
+                        app.commit.clone(),
+                        version,
+                        &message,
+                    ));
+                }
+                outcome.reported =
+                    record(store, &snapshot, &outcome, BTreeMap::new(), now, policy)?;
+                return Ok(Some(outcome));
+            }
+        }
+    }
     let plan = plan(PlanInput {
         desired: &snapshot.held.state.body.apps,
-        inventory: &snapshot.inventory,
+        inventory: &base,
         deletion_budget: settings.deletion_budget,
         override_budget: settings.override_budget,
     });
     let mut pass = Pass {
         snapshot: &snapshot,
+        base: &base,
         target,
         shutdown,
-        outcome: ApplyOutcome {
-            version,
-            apps: Vec::new(),
-            written: 0,
-            unchanged: 0,
-            deleted: 0,
-            complete: true,
-            retry: false,
-            interrupted: false,
-        },
+        outcome,
         inventory: BTreeMap::new(),
-        not_ready: BTreeSet::new(),
+        not_ready: BTreeMap::new(),
     };
     for app in &plan.apps {
         pass.run_app(app).await;
     }
     let Pass {
         mut outcome,
-        inventory,
+        mut inventory,
+        target,
         ..
     } = pass;
     outcome.complete &= !outcome.interrupted;
+    // Adopted apps that this pass did not touch still need recording in the store.
+    for (app, inv) in &base {
+        if !snapshot.inventory.contains_key(app) && !inventory.contains_key(app) {
+            inventory.insert(app.clone(), Some(inv.clone()));
+        }
+    }
+    let mut full = base.clone();
+    for (app, inv) in &inventory {
+        match inv {
+            Some(inv) => full.insert(app.clone(), inv.clone()),
+            None => full.remove(app),
+        };
+    }
+    if !outcome.interrupted
+        && let Err(e) = target.save_inventory(&full).await
+    {
+        warn!(
+            "cannot update the inventory kept in the target: {}",
+            error_chain(&e)
+        );
+        outcome.retry = true;
+    }
+    outcome.reported = record(store, &snapshot, &outcome, inventory, now, policy)?;
+    Ok(Some(outcome))
+}
+
+fn pending(app: String, commit: String, version: u64, message: &str) -> AppStatus {
+    AppStatus {
+        app,
+        commit,
+        version,
+        phase: AppPhase::Pending,
+        message: message.to_string(),
+        health: AppHealth::Progressing,
+        health_reason: message.to_string(),
+    }
+}
+
+/// Records the pass (inventory, applied version, report) unless `policy` says a pass that
+/// changed nothing stays quiet; returns whether a report was queued.
+fn record(
+    store: &Store,
+    snapshot: &ApplySnapshot,
+    outcome: &ApplyOutcome,
+    inventory: BTreeMap<String, Option<AppInventory>>,
+    now: i64,
+    policy: ReportPolicy,
+) -> Result<bool, StoreError> {
+    let completed_version = outcome.complete.then_some(outcome.version);
+    if policy == ReportPolicy::IfChanged {
+        let inventory_same = inventory
+            .iter()
+            .all(|(app, inv)| snapshot.inventory.get(app) == inv.as_ref());
+        let version_same = completed_version.is_none_or(|v| v == snapshot.applied_version);
+        if inventory_same && version_same && store.last_statuses()? == outcome.apps {
+            return Ok(false);
+        }
+    }
     store.record_apply(&ApplyRecord {
         inventory,
-        completed_version: outcome.complete.then_some(version),
+        completed_version,
         observed_at: now,
         apps: outcome.apps.clone(),
     })?;
-    Ok(Some(outcome))
+    Ok(true)
 }
 
 struct Pass<'a, T> {
     snapshot: &'a ApplySnapshot,
-    target: &'a T,
+    /// The inventory the plan was made from (the store's, or the adopted one).
+    base: &'a BTreeMap<String, AppInventory>,
+    target: &'a mut T,
     shutdown: &'a CancellationToken,
     outcome: ApplyOutcome,
     inventory: BTreeMap<String, Option<AppInventory>>,
-    not_ready: BTreeSet<String>,
+    /// Apps dependents must wait for, and why.
+    not_ready: BTreeMap<String, String>,
 }
 
 /// Failures of one app's objects: the first message, how many, and whether any is transient.
@@ -137,57 +280,91 @@ impl Failures {
     }
 }
 
+/// What writing one app's objects produced besides failures.
+#[derive(Default)]
+struct Written {
+    failures: Failures,
+    /// Drifted objects left alone, with the fields that differ.
+    drifted: Vec<(ObjectId, Vec<String>)>,
+}
+
 impl<T: Target> Pass<'_, T> {
     async fn run_app(&mut self, app: &AppPlan) {
         let version = self.outcome.version;
-        let status = |phase, message: String| AppStatus {
+        let status = |phase, message: String, health, health_reason: String| AppStatus {
             app: app.app.clone(),
             commit: app.commit.clone(),
             version,
             phase,
             message,
+            health,
+            health_reason,
         };
         let changes = match &app.step {
             AppStep::Skip { phase, message } => {
-                self.not_ready.insert(app.app.clone());
+                self.not_ready.insert(
+                    app.app.clone(),
+                    format!("waiting for dependency {}", app.app),
+                );
                 self.outcome.complete = false;
-                self.outcome.apps.push(status(*phase, message.clone()));
+                let health = match phase {
+                    AppPhase::Failed => AppHealth::Failed,
+                    _ => AppHealth::Progressing,
+                };
+                self.outcome
+                    .apps
+                    .push(status(*phase, message.clone(), health, message.clone()));
                 return;
             }
             AppStep::Apply(changes) => changes,
         };
-        // A dependency that failed while applying holds this app back too.
-        if let Some(dep) = app.depends_on.iter().find(|d| self.not_ready.contains(*d)) {
-            self.not_ready.insert(app.app.clone());
+        // A dependency that failed, waits, or is not healthy yet holds this app back too.
+        if let Some(why) = app.depends_on.iter().find_map(|d| self.not_ready.get(d)) {
+            let why = why.clone();
+            self.not_ready.insert(
+                app.app.clone(),
+                format!("waiting for dependency {}", app.app),
+            );
             self.outcome.complete = false;
-            let message = format!("waiting for dependency {dep}");
-            self.outcome.apps.push(status(AppPhase::Pending, message));
+            self.outcome.apps.push(status(
+                AppPhase::Pending,
+                why.clone(),
+                AppHealth::Progressing,
+                why,
+            ));
             return;
         }
-        let mut inventory = self
-            .snapshot
-            .inventory
-            .get(&app.app)
-            .cloned()
-            .unwrap_or_default();
-        let failures = self.change_objects(changes, &mut inventory).await;
+        let mut inventory = self.base.get(&app.app).cloned().unwrap_or_default();
+        let written = self.change_objects(app, changes, &mut inventory).await;
         inventory.prune = app.prune;
         inventory.prune_protect = app.prune_protect.clone();
         if self.outcome.interrupted {
             // Not a failure: the next start applies the held state again.
-            self.not_ready.insert(app.app.clone());
+            self.not_ready.insert(
+                app.app.clone(),
+                format!("waiting for dependency {}", app.app),
+            );
             self.outcome.complete = false;
             self.inventory.insert(app.app.clone(), Some(inventory));
             let message = "apply interrupted by shutdown".to_string();
-            self.outcome.apps.push(status(AppPhase::Pending, message));
+            self.outcome.apps.push(status(
+                AppPhase::Pending,
+                message.clone(),
+                AppHealth::Progressing,
+                message,
+            ));
             return;
         }
+        let failures = &written.failures;
         let message = failures.message().or_else(|| changes.failure.clone());
         if failures.transient {
             self.outcome.retry = true;
         }
         if message.is_some() {
-            self.not_ready.insert(app.app.clone());
+            self.not_ready.insert(
+                app.app.clone(),
+                format!("waiting for dependency {}", app.app),
+            );
             self.outcome.complete = false;
         }
         let keep = !app.removed || !inventory.objects.is_empty();
@@ -195,60 +372,117 @@ impl<T: Target> Pass<'_, T> {
             .insert(app.app.clone(), keep.then_some(inventory));
         match message {
             Some(message) => {
-                warn!(app = %app.app, version = self.outcome.version, "app failed: {message}");
-                self.outcome.apps.push(status(AppPhase::Failed, message));
+                warn!(app = %app.app, version, "app failed: {message}");
+                self.outcome.apps.push(status(
+                    AppPhase::Failed,
+                    message.clone(),
+                    AppHealth::Failed,
+                    message,
+                ));
             }
             // A removed app that is fully pruned is simply gone.
             None if app.removed => {}
-            None => self
-                .outcome
-                .apps
-                .push(status(AppPhase::Applied, String::new())),
+            None => {
+                let ids: Vec<ObjectId> = changes.writes.iter().map(|w| w.id.clone()).collect();
+                let (health, reason) = self.target.health(&ids).await;
+                if health != AppHealth::Healthy {
+                    self.not_ready.insert(
+                        app.app.clone(),
+                        format!("waiting for dependency {} to become healthy", app.app),
+                    );
+                }
+                let message = drift_message(&written.drifted);
+                self.outcome
+                    .apps
+                    .push(status(AppPhase::Applied, message, health, reason));
+            }
         }
     }
 
-    /// Writes, then (only if every write succeeded) deletes; updates `inventory` to match.
+    /// Writes, then (only if every write succeeded) deletes what a fresh listing shows live;
+    /// updates `inventory` to match.
     async fn change_objects(
         &mut self,
+        app: &AppPlan,
         changes: &AppChanges,
         inventory: &mut AppInventory,
-    ) -> Failures {
-        let mut failures = Failures::default();
+    ) -> Written {
+        let mut written = Written::default();
+        let failures = &mut written.failures;
         for id in &changes.released {
             inventory.remove(id);
         }
+        let mut requests = Vec::with_capacity(changes.writes.len());
         for entry in &changes.writes {
+            match self.snapshot.blobs.get(&entry.digest) {
+                Some(bytes) => requests.push(ApplyRequest {
+                    id: &entry.id,
+                    bytes,
+                    digest: entry.digest,
+                    previous: inventory.digest_of(&entry.id),
+                    app: &app.app,
+                    force: app.force,
+                    drift: app.drift,
+                }),
+                None => failures.add(
+                    format!("object {} is missing from the local store", entry.id),
+                    false,
+                ),
+            }
+        }
+        for batch in requests.chunks(BATCH) {
             if self.shutdown.is_cancelled() {
                 self.outcome.interrupted = true;
                 failures.add("interrupted by shutdown".into(), true);
-                return failures;
+                return written;
             }
-            let Some(bytes) = self.snapshot.blobs.get(&entry.digest) else {
-                failures.add(
-                    format!("object {} is missing from the local store", entry.id),
-                    false,
-                );
-                continue;
-            };
-            match self.target.apply(&entry.id, bytes).await {
-                Ok(change) => {
-                    inventory.insert(entry.id.clone(), entry.digest);
-                    match change {
-                        Change::Changed => self.outcome.written += 1,
-                        Change::Unchanged => self.outcome.unchanged += 1,
+            let results = self.target.apply(batch).await;
+            for (request, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(applied) => {
+                        inventory.insert(request.id.clone(), request.digest);
+                        match applied {
+                            Applied::Changed => self.outcome.written += 1,
+                            Applied::Unchanged => self.outcome.unchanged += 1,
+                            Applied::Drifted(fields) => {
+                                self.outcome.drifted += 1;
+                                written.drifted.push((request.id.clone(), fields));
+                            }
+                        }
                     }
+                    Err(e) => failures.add(e.to_string(), e.transient),
                 }
-                Err(e) => failures.add(e.to_string(), e.transient),
+            }
+            // An unavailable API server fails the rest the same way: stop and retry later.
+            if failures.transient {
+                return written;
             }
         }
-        if failures.count > 0 {
-            return failures;
+        if failures.count > 0 || changes.deletes.is_empty() {
+            return written;
         }
+        let live = match self.target.list_live(&changes.deletes).await {
+            Ok(live) => live,
+            Err(e) => {
+                let message = format!(
+                    "deletions withheld: the list of live objects is incomplete: {}",
+                    error_chain(&e)
+                );
+                warn!(app = %app.app, "{message}");
+                failures.add(message, true);
+                return written;
+            }
+        };
         for id in &changes.deletes {
             if self.shutdown.is_cancelled() {
                 self.outcome.interrupted = true;
                 failures.add("interrupted by shutdown".into(), true);
-                return failures;
+                return written;
+            }
+            if !live.contains(id) {
+                debug!(app = %app.app, object = %id, "already gone; forgotten");
+                inventory.remove(id);
+                continue;
             }
             match self.target.delete(id).await {
                 Ok(change) => {
@@ -260,13 +494,33 @@ impl<T: Target> Pass<'_, T> {
                 Err(e) => failures.add(e.to_string(), e.transient),
             }
         }
-        failures
+        written
     }
+}
+
+/// The app message for drift that was reported and left alone; empty when there is none.
+fn drift_message(drifted: &[(ObjectId, Vec<String>)]) -> String {
+    if drifted.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = drifted
+        .iter()
+        .take(5)
+        .map(|(id, fields)| format!("{id}: {}", fields.join(", ")))
+        .collect();
+    let more = match drifted.len() {
+        n if n > 5 => format!("; and {} more objects", n - 5),
+        _ => String::new(),
+    };
+    format!(
+        "drifted, not corrected (drift: report): {}{more}",
+        parts.join("; ")
+    )
 }
 
 /// The applier task: applies the held state at startup (no hub needed), then whenever `held`
 /// announces a newly committed version, and again after transient failures.
-pub(crate) struct Applier<T> {
+pub struct Applier<T> {
     /// The store.
     pub store: Store,
     /// The target; this task is its only user.
@@ -280,21 +534,32 @@ pub(crate) struct Applier<T> {
 }
 
 impl<T: Target> Applier<T> {
-    /// Runs until shutdown.
-    pub(crate) async fn run(
-        self,
-        mut held: watch::Receiver<u64>,
+    /// Runs until shutdown, then stops the target's background work.
+    pub async fn run(
+        mut self,
+        held: watch::Receiver<u64>,
         shutdown: CancellationToken,
+    ) -> Result<(), AgentError> {
+        let result = self.run_passes(held, &shutdown).await;
+        self.target.shutdown().await;
+        result
+    }
+
+    async fn run_passes(
+        &mut self,
+        mut held: watch::Receiver<u64>,
+        shutdown: &CancellationToken,
     ) -> Result<(), AgentError> {
         let mut delays = self.backoff.delays();
         let mut retry_in = None;
         // Level-based: whatever is held is applied again at startup, from disk alone, which
         // also finishes an apply that a crash interrupted and undoes drift from the downtime.
-        let mut due = self.store.held()?.is_some();
+        let mut due = self.store.held()?.is_some().then_some(ReportPolicy::Always);
+        let mut syncer_gone = false;
         loop {
-            if due {
+            if let Some(policy) = due {
                 retry_in = None;
-                if let Some(outcome) = self.pass(&shutdown).await? {
+                if let Some(outcome) = self.pass(shutdown, policy).await? {
                     if outcome.retry && !outcome.interrupted {
                         retry_in = delays.next();
                     } else {
@@ -308,43 +573,70 @@ impl<T: Target> Applier<T> {
                     None => std::future::pending().await,
                 }
             };
+            let new_version = async {
+                if syncer_gone {
+                    std::future::pending::<()>().await;
+                }
+                held.changed().await
+            };
             due = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                changed = held.changed() => changed.is_ok(),
-                _ = retry => true,
+                changed = new_version => match changed {
+                    Ok(()) => Some(ReportPolicy::Always),
+                    Err(_) => {
+                        // The syncer is gone; the held state can no longer change.
+                        syncer_gone = true;
+                        None
+                    }
+                },
+                _ = retry => Some(ReportPolicy::Always),
+                _ = self.target.changed() => {
+                    // Let a burst of events (a rollout, a multi-object edit) settle first.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(SETTLE) => {}
+                    }
+                    // A pending retry stays due: it reports regardless.
+                    Some(if retry_in.is_some() { ReportPolicy::Always } else { ReportPolicy::IfChanged })
+                }
             };
-            if !due {
-                // The syncer is gone, so only shutdown is left to wait for.
-                shutdown.cancelled().await;
-                return Ok(());
-            }
         }
     }
 
-    async fn pass(&self, shutdown: &CancellationToken) -> Result<Option<ApplyOutcome>, StoreError> {
-        let outcome = apply_held(
+    async fn pass(
+        &mut self,
+        shutdown: &CancellationToken,
+        policy: ReportPolicy,
+    ) -> Result<Option<ApplyOutcome>, StoreError> {
+        let outcome = apply_held_with(
             &self.store,
-            &self.target,
+            &mut self.target,
             self.settings,
             crate::unix_now(),
             shutdown,
+            policy,
         )
         .await?;
         let Some(outcome) = outcome else {
             return Ok(None);
         };
-        self.reporter.notify_one();
+        if outcome.reported {
+            self.reporter.notify_one();
+        }
         let apps = outcome.apps.len();
-        let (version, written, deleted, unchanged) = (
+        let (version, written, deleted, unchanged, drifted) = (
             outcome.version,
             outcome.written,
             outcome.deleted,
             outcome.unchanged,
+            outcome.drifted,
         );
-        if outcome.complete {
+        if !outcome.reported {
+            debug!("re-observed version={version}: nothing changed");
+        } else if outcome.complete {
             info!(
                 "applied version={version} apps={apps} written={written} deleted={deleted} \
-                 unchanged={unchanged}"
+                 unchanged={unchanged} drifted={drifted}"
             );
         } else {
             let count = |phase| outcome.apps.iter().filter(|a| a.phase == phase).count();

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_common::ids::validate_name;
 use flotilla_common::limits::Limits;
 
+use crate::target::kube::{KubeSource, check_kubeconfig};
+
 /// Default number of objects one apply may delete without the explicit override.
 pub const DEFAULT_DELETION_BUDGET: u32 = 50;
 
@@ -47,7 +49,8 @@ pub struct RunArgs {
     /// Directory of the agent's durable store (`agent.redb`).
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Where objects are applied: `dir:PATH` writes one JSON file per object under PATH.
+    /// Where objects are applied: `kube` (in-cluster, else $KUBECONFIG or ~/.kube/config),
+    /// `kube:KUBECONFIG` (that file's current context), or `dir:PATH` (one JSON file per object).
     #[arg(long)]
     pub target: String,
     /// Name requested at registration (a DNS label); defaults to the host name.
@@ -78,12 +81,16 @@ pub enum LogFormat {
 pub enum TargetSpec {
     /// One canonical-JSON file per object in this directory.
     Dir(PathBuf),
+    /// A Kubernetes cluster.
+    Kube(KubeSource),
 }
 
 impl fmt::Display for TargetSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TargetSpec::Dir(path) => write!(f, "dir:{}", path.display()),
+            TargetSpec::Kube(KubeSource::Infer) => write!(f, "kube"),
+            TargetSpec::Kube(KubeSource::Kubeconfig(path)) => write!(f, "kube:{}", path.display()),
         }
     }
 }
@@ -92,13 +99,21 @@ impl FromStr for TargetSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const SUPPORTED: &str = "supported: kube, kube:KUBECONFIG, dir:PATH";
         match s.split_once(':') {
+            _ if s == "kube" => Ok(TargetSpec::Kube(KubeSource::Infer)),
+            Some(("kube", path)) if !path.is_empty() => Ok(TargetSpec::Kube(
+                KubeSource::Kubeconfig(PathBuf::from(path)),
+            )),
+            Some(("kube", _)) => Err(
+                "kube: needs a kubeconfig path, e.g. kube:/etc/flotilla/kubeconfig \
+                 (or plain `kube` for in-cluster or $KUBECONFIG)"
+                    .into(),
+            ),
             Some(("dir", path)) if !path.is_empty() => Ok(TargetSpec::Dir(PathBuf::from(path))),
             Some(("dir", _)) => Err("dir: needs a path, e.g. dir:/var/lib/flotilla/objects".into()),
-            Some((kind, _)) => Err(format!("unknown target kind {kind:?}; supported: dir:PATH")),
-            None => Err(format!(
-                "{s:?} is not of the form KIND:VALUE; supported: dir:PATH"
-            )),
+            Some((kind, _)) => Err(format!("unknown target kind {kind:?}; {SUPPORTED}")),
+            None => Err(format!("{s:?} is not a target; {SUPPORTED}")),
         }
     }
 }
@@ -197,6 +212,10 @@ impl AgentConfig {
             return Err(invalid("--data-dir", "must not be empty"));
         }
         let target: TargetSpec = args.target.parse().map_err(|e| invalid("--target", e))?;
+        if let TargetSpec::Kube(KubeSource::Kubeconfig(path)) = &target {
+            check_kubeconfig(path)
+                .map_err(|e| invalid("--target", format!("kubeconfig {}: {e}", path.display())))?;
+        }
         let name = args.name.unwrap_or_else(|| default_name.to_string());
         validate_name("cluster name", &name).map_err(|e| invalid("--name", e.to_string()))?;
         Ok(AgentConfig {
@@ -326,10 +345,41 @@ mod tests {
     }
 
     #[test]
+    fn kube_targets_are_checked_before_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = args(dir.path(), &[("--target", "kube")]).unwrap();
+        assert_eq!(config.target, TargetSpec::Kube(KubeSource::Infer));
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+             users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n\
+             current-context: x\n",
+        )
+        .unwrap();
+        let spec = format!("kube:{}", kubeconfig.display());
+        let config = args(dir.path(), &[("--target", &spec)]).unwrap();
+        assert_eq!(
+            config.target,
+            TargetSpec::Kube(KubeSource::Kubeconfig(kubeconfig.clone()))
+        );
+        assert_eq!(config.target.to_string(), spec);
+        std::fs::write(
+            &kubeconfig,
+            "apiVersion: v1\nkind: Config\ncurrent-context: nope\n",
+        )
+        .unwrap();
+        let err = args(dir.path(), &[("--target", &spec)]).unwrap_err();
+        assert!(err.to_string().contains("current-context"), "{err}");
+    }
+
+    #[test]
     fn bad_flags_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let cases: &[(&str, &str)] = &[
-            ("--target", "kube:x"),
+            ("--target", "kube:/nonexistent/kubeconfig"),
+            ("--target", "kube:"),
+            ("--target", "ftp:x"),
             ("--target", "dir:"),
             ("--target", "/tmp/x"),
             ("--name", "Bad_Name"),

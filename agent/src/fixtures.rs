@@ -1,4 +1,5 @@
 //! Test data: signed ClusterStates for a made-up cluster, and objects to put in them.
+//! Compiled for unit tests and, with the `testing` feature, for integration tests.
 
 use std::collections::BTreeMap;
 
@@ -67,6 +68,7 @@ pub fn app(name: &str, objects: &[&(ObjectEntry, Vec<u8>)]) -> AppState {
         drift: DriftMode::Correct,
         prune: true,
         prune_protect: Vec::new(),
+        force: false,
         objects: objects.iter().map(|(entry, _)| entry.clone()).collect(),
     }
 }
@@ -102,4 +104,41 @@ pub fn signed_by(
 /// A ClusterState for [`CLUSTER`], signed by [`hub_key`].
 pub fn signed(version: u64, prev: Option<Digest>, apps: Vec<AppState>) -> SignedClusterState {
     signed_by(&hub_key(), CLUSTER, version, prev, apps)
+}
+
+/// A ConfigMap in `namespace` with one data entry; its entry and canonical bytes.
+pub fn config_map_in(namespace: &str, name: &str, value: &str) -> (ObjectEntry, Vec<u8>) {
+    object(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"value": value},
+    }))
+}
+
+/// Any object given as JSON; its entry (identity read from the object) and canonical bytes.
+pub fn object(value: serde_json::Value) -> (ObjectEntry, Vec<u8>) {
+    let bytes = to_canonical_json(&value);
+    let api_version = value["apiVersion"].as_str().expect("apiVersion");
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), api_version.to_string()),
+    };
+    let entry = ObjectEntry {
+        id: ObjectId {
+            group,
+            version,
+            kind: value["kind"].as_str().expect("kind").into(),
+            namespace: value["metadata"]["namespace"].as_str().map(str::to_string),
+            name: value["metadata"]["name"].as_str().expect("name").into(),
+        },
+        digest: Digest::of(&bytes),
+        size: bytes.len() as u64,
+    };
+    (entry, bytes)
+}
+
+/// A Namespace object.
+pub fn namespace(name: &str) -> (ObjectEntry, Vec<u8>) {
+    object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
 }

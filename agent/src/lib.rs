@@ -2,9 +2,10 @@
 //! durably on disk and applies it to a target, reporting status back.
 //!
 //! Data flow (DESIGN.md §3): `sync` watches the hub, verifies and commits new states to the
-//! `store`; the `apply` task plans (`plan`, pure) and applies the held state to a `target`;
-//! every pass and every rejection queues a report that `status` delivers. Proto types are
-//! converted in `wire` only.
+//! `store`; the `apply` task plans (`plan`, pure) and applies the held state to a `target`
+//! (a directory, or a Kubernetes cluster through `target::kube`), observes `health` and reacts
+//! to the target's watches (`drift`); every pass that changes something and every rejection
+//! queues a report that `status` delivers. Proto types are converted in `wire` only.
 
 #![warn(missing_docs)]
 
@@ -19,7 +20,9 @@ use tracing::info;
 pub mod apply;
 pub mod channel;
 pub mod config;
+pub mod drift;
 pub mod error;
+pub mod health;
 pub mod identity;
 pub mod inventory;
 pub mod plan;
@@ -30,8 +33,9 @@ pub mod sync;
 pub mod target;
 pub mod wire;
 
-#[cfg(test)]
-mod fixtures;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod fixtures;
 
 pub use config::AgentConfig;
 pub use error::AgentError;
@@ -44,6 +48,7 @@ use crate::store::{Store, StoreError};
 use crate::sync::{OfferContext, Syncer};
 use crate::target::Target;
 use crate::target::dir::DirTarget;
+use crate::target::kube::{KubeOptions, KubeTarget};
 
 /// Current time, unix seconds.
 pub(crate) fn unix_now() -> i64 {
@@ -61,6 +66,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     match &config.target {
         TargetSpec::Dir(path) => {
             let target = DirTarget::new(path)?;
+            run_with(config, store, target, shutdown).await
+        }
+        TargetSpec::Kube(source) => {
+            let target = KubeTarget::connect(source, KubeOptions::default(), &shutdown).await?;
             run_with(config, store, target, shutdown).await
         }
     }

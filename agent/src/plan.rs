@@ -14,11 +14,13 @@
 //! - an app removed from the ClusterState is pruned by the same rules, under the prune settings
 //!   it last had;
 //! - apps run in `depends_on` order; a cycle, an unknown dependency or an object claimed twice
-//!   fails the app, and an app whose dependency did not get applied waits (pending).
+//!   fails the app, and an app whose dependency did not get applied waits (pending);
+//! - within an app, writes go CustomResourceDefinitions first, then Namespaces, then other
+//!   cluster-scoped objects, then namespaced ones, so that what an object needs exists first.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use flotilla_common::cluster_state::{AppState, ObjectEntry};
+use flotilla_common::cluster_state::{AppState, DriftMode, ObjectEntry};
 use flotilla_common::object::ObjectId;
 use flotilla_common::status::AppPhase;
 
@@ -66,6 +68,10 @@ pub struct AppPlan {
     pub prune: bool,
     /// Protected kinds to record with the app's inventory.
     pub prune_protect: Vec<String>,
+    /// Whether server-side apply takes over other managers' fields.
+    pub force: bool,
+    /// What to do about drift.
+    pub drift: DriftMode,
     /// What to do.
     pub step: AppStep,
 }
@@ -87,7 +93,7 @@ pub enum AppStep {
 /// The object changes of one app.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AppChanges {
-    /// Objects to write, sorted by id.
+    /// Objects to write, in apply order ([`apply_rank`], then id).
     pub writes: Vec<ObjectEntry>,
     /// Objects to delete, after every write succeeded.
     pub deletes: Vec<ObjectId>,
@@ -105,6 +111,17 @@ pub fn kind_key(id: &ObjectId) -> String {
         id.kind.clone()
     } else {
         format!("{}/{}", id.group, id.kind)
+    }
+}
+
+/// Where an object goes in an app's apply order: CRDs (0), Namespaces (1), other cluster-scoped
+/// objects (2), namespaced objects (3).
+pub fn apply_rank(id: &ObjectId) -> u8 {
+    match (id.group.as_str(), id.kind.as_str(), &id.namespace) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition", _) => 0,
+        ("", "Namespace", _) => 1,
+        (_, _, None) => 2,
+        (_, _, Some(_)) => 3,
     }
 }
 
@@ -152,6 +169,8 @@ pub fn plan(input: PlanInput<'_>) -> ApplyPlan {
             removed: false,
             prune: app.prune,
             prune_protect: app.prune_protect.clone(),
+            force: app.force,
+            drift: app.drift,
             step,
         });
     }
@@ -176,6 +195,8 @@ pub fn plan(input: PlanInput<'_>) -> ApplyPlan {
             removed: true,
             prune: owned.prune,
             prune_protect: owned.prune_protect.clone(),
+            force: false,
+            drift: DriftMode::Correct,
             step: AppStep::Apply(changes),
         });
     }
@@ -317,7 +338,7 @@ fn changes(
     wanted: &BTreeSet<&ObjectId>,
 ) -> AppChanges {
     let mut writes = app.objects.clone();
-    writes.sort_by(|a, b| a.id.cmp(&b.id));
+    writes.sort_by(|a, b| (apply_rank(&a.id), &a.id).cmp(&(apply_rank(&b.id), &b.id)));
     let mut changes = AppChanges {
         writes,
         ..AppChanges::default()

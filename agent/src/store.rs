@@ -403,6 +403,18 @@ impl Store {
         Ok(seq)
     }
 
+    /// The app statuses of the newest recorded pass.
+    pub fn last_statuses(&self) -> Result<Vec<AppStatus>, StoreError> {
+        let txn = self.read()?;
+        let last = txn
+            .open_table(LAST_STATUS)
+            .map_err(db_err("read last status"))?;
+        match last.get("apps").map_err(db_err("read last status"))? {
+            Some(v) => from_json("last status", v.value()),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Queues a report that the newest offered ClusterState was refused; returns its seq.
     ///
     /// The report repeats the newest app statuses and applied version, so the hub's view of

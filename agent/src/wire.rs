@@ -158,6 +158,8 @@ pub fn status_report(report: &StatusReport) -> pb::StatusReport {
                 version: a.version,
                 phase: a.phase.as_str().to_string(),
                 message: a.message.clone(),
+                health: a.health.as_str().to_string(),
+                health_reason: a.health_reason.clone(),
             })
             .collect(),
         rejection: report.rejection.clone().unwrap_or_default(),
@@ -171,7 +173,7 @@ pub fn ack_seq(ack: &pb::Ack) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use flotilla_common::status::{AppPhase, AppStatus};
+    use flotilla_common::status::{AppHealth, AppPhase, AppStatus};
 
     use super::*;
     use crate::fixtures;
@@ -188,6 +190,8 @@ mod tests {
                 version: 4,
                 phase: AppPhase::Failed,
                 message: "boom".into(),
+                health: AppHealth::Degraded,
+                health_reason: "Deployment web: 1 of 2 available".into(),
             }],
             rejection: Some("stale".into()),
         };
@@ -204,6 +208,10 @@ mod tests {
                 app.message.as_str()
             ),
             ("web", "abc", 4, "failed", "boom")
+        );
+        assert_eq!(
+            (app.health.as_str(), app.health_reason.as_str()),
+            ("degraded", "Deployment web: 1 of 2 available")
         );
         assert_eq!(
             status_report(&StatusReport {

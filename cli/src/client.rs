@@ -123,6 +123,10 @@ pub struct AppView {
     pub phase: String,
     /// Detail.
     pub message: String,
+    /// unknown | progressing | healthy | degraded | failed (empty before the first report).
+    pub health: String,
+    /// Why the app is not healthy.
+    pub health_reason: String,
 }
 
 /// One cluster and its apps.
@@ -220,6 +224,8 @@ pub async fn status(client: &mut AdminClient<Channel>) -> Result<StatusView, Cli
                         applied_version: a.applied_version,
                         phase: a.phase,
                         message: a.message,
+                        health: a.health,
+                        health_reason: a.health_reason,
                     })
                     .collect(),
             })

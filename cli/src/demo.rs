@@ -9,6 +9,7 @@ use flotilla_common::labels::parse_labels;
 
 use crate::client::{self, StatusView};
 use crate::fleet::{Binaries, LocalAgent, LocalHub};
+use flotilla_kubesim::KubeSim;
 
 /// Options of `flotilla demo`.
 #[derive(Debug, Clone)]
@@ -19,6 +20,17 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
     /// How long to wait for each convergence.
     pub timeout: Duration,
+    /// What the agents apply to.
+    pub clusters: ClusterKind,
+}
+
+/// What the demo's agents apply to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterKind {
+    /// A Kubernetes API simulator per cluster (kubesim), reachable with kubectl.
+    Kube,
+    /// A directory per cluster, one JSON file per object.
+    Dir,
 }
 
 /// The demo's clusters: name and labels.
@@ -227,24 +239,33 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let mut hub: Option<LocalHub> = None;
-    let mut agents: Vec<LocalAgent> = Vec::new();
-    let result = run_in(&opts, &bins, &dir, &mut hub, &mut agents).await;
-    for agent in &mut agents {
+    let mut fleet = DemoFleet::default();
+    let result = run_in(&opts, &bins, &dir, &mut fleet).await;
+    for agent in &mut fleet.agents {
         agent.stop().await;
     }
-    if let Some(hub) = &mut hub {
+    if let Some(hub) = &mut fleet.hub {
         hub.stop().await;
     }
+    for sim in fleet.clusters.drain(..) {
+        sim.shutdown().await;
+    }
     result
+}
+
+/// Everything the demo started, so it can all be stopped whatever happened.
+#[derive(Default)]
+struct DemoFleet {
+    hub: Option<LocalHub>,
+    agents: Vec<LocalAgent>,
+    clusters: Vec<KubeSim>,
 }
 
 async fn run_in(
     opts: &DemoOptions,
     bins: &Binaries,
     dir: &Path,
-    hub_slot: &mut Option<LocalHub>,
-    agents: &mut Vec<LocalAgent>,
+    fleet: &mut DemoFleet,
 ) -> anyhow::Result<()> {
     let repo = dir.join("repo");
     let first = create_repo(&repo)?;
@@ -258,7 +279,7 @@ async fn run_in(
         "listen: 127.0.0.1:0\nsources:\n  - name: demo\n    url: file://{}\n    branch: main\n    interval: 1s\n",
         repo.display()
     );
-    let hub = hub_slot.insert(LocalHub::init(bins, dir, &config).await?);
+    let hub = fleet.hub.insert(LocalHub::init(bins, dir, &config).await?);
     hub.start().await?;
     println!(
         "hub listening on {} (log: {})",
@@ -271,13 +292,23 @@ async fn run_in(
         let labels = parse_labels(labels)?;
         let token = client::create_token(&mut admin, Duration::from_secs(600), &labels).await?;
         let mut agent = LocalAgent::new(bins, dir, name, &token.token, hub)?;
+        let target = match opts.clusters {
+            ClusterKind::Kube => {
+                let sim = KubeSim::start(&dir.join(name).join("kube"))
+                    .with_context(|| format!("starting the simulated cluster {name}"))?;
+                let kubeconfig = sim.kubeconfig_path().to_path_buf();
+                fleet.clusters.push(sim);
+                agent.use_kubernetes(kubeconfig.clone());
+                format!("simulated Kubernetes, kubeconfig {}", kubeconfig.display())
+            }
+            ClusterKind::Dir => format!("directory {}", agent.target_dir.display()),
+        };
         agent.start()?;
         println!(
-            "agent {name} started with labels {} (target: {})",
+            "agent {name} started with labels {} ({target})",
             flotilla_common::labels::format_labels(&labels),
-            agent.target_dir.display()
         );
-        agents.push(agent);
+        fleet.agents.push(agent);
     }
 
     println!(
@@ -296,12 +327,19 @@ async fn run_in(
 
     println!();
     println!("What to look at:");
-    for agent in agents.iter() {
-        println!(
-            "  {}: objects in {}",
-            agent.name,
-            agent.target_dir.display()
-        );
+    for agent in fleet.agents.iter() {
+        match &agent.kubeconfig {
+            Some(kubeconfig) => println!(
+                "  {}: kubectl --kubeconfig {} get deploy,svc,cm -n guestbook",
+                agent.name,
+                kubeconfig.display()
+            ),
+            None => println!(
+                "  {}: objects in {}",
+                agent.name,
+                agent.target_dir.display()
+            ),
+        }
     }
     println!(
         "  status: flotilla status --hub {} --admin-dir {}",

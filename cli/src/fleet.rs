@@ -292,15 +292,18 @@ impl LocalHub {
     }
 }
 
-/// A `flotilla-agent` process with a directory target.
+/// A `flotilla-agent` process with a directory target, or a Kubernetes target
+/// after [`LocalAgent::use_kubernetes`].
 pub struct LocalAgent {
     bins: Binaries,
     /// Cluster name it registers as.
     pub name: String,
     /// Agent data directory.
     pub data_dir: PathBuf,
-    /// Directory the objects are written to.
+    /// Directory the objects are written to (directory target).
     pub target_dir: PathBuf,
+    /// Kubeconfig of the cluster to apply to, instead of the directory.
+    pub kubeconfig: Option<PathBuf>,
     /// Bootstrap token file.
     pub token_file: PathBuf,
     /// Combined stdout/stderr of every run.
@@ -333,12 +336,25 @@ impl LocalAgent {
             name: name.into(),
             data_dir: root.join("data"),
             target_dir: root.join("cluster"),
+            kubeconfig: None,
             token_file,
             log_path: root.join("agent.log"),
             hub_url: hub.url(),
             ca_path: hub.ca_path(),
             child: Process::default(),
         })
+    }
+
+    /// Applies to the Kubernetes cluster of `kubeconfig` instead of a directory.
+    pub fn use_kubernetes(&mut self, kubeconfig: PathBuf) {
+        self.kubeconfig = Some(kubeconfig);
+    }
+
+    fn target_arg(&self) -> String {
+        match &self.kubeconfig {
+            Some(k) => format!("kube:{}", k.display()),
+            None => format!("dir:{}", self.target_dir.display()),
+        }
     }
 
     /// Points the agent at another hub URL (e.g. through a proxy).
@@ -360,7 +376,7 @@ impl LocalAgent {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--target")
-            .arg(format!("dir:{}", self.target_dir.display()))
+            .arg(self.target_arg())
             .arg("--name")
             .arg(&self.name)
             .stdout(out)

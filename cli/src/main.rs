@@ -81,6 +81,9 @@ enum Command {
         /// How long to wait for each convergence.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// What the agents apply to: a simulated Kubernetes cluster each, or a directory each.
+        #[arg(long, value_enum, default_value = "kube")]
+        clusters: demo::ClusterKind,
     },
 }
 
@@ -161,8 +164,19 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", render::to_yaml(&objects)?);
             }
         }
-        Command::Demo { once, dir, timeout } => {
-            demo::run(demo::DemoOptions { once, dir, timeout }).await?;
+        Command::Demo {
+            once,
+            dir,
+            timeout,
+            clusters,
+        } => {
+            demo::run(demo::DemoOptions {
+                once,
+                dir,
+                timeout,
+                clusters,
+            })
+            .await?;
         }
     }
     Ok(())

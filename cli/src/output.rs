@@ -103,6 +103,7 @@ pub fn status_table(status: &StatusView) -> String {
         "APPLIED",
         "VERSION",
         "STATE",
+        "HEALTH",
         "LAST CONTACT",
         "MESSAGE",
     ]);
@@ -123,6 +124,7 @@ pub fn status_table(status: &StatusView) -> String {
                 "".into(),
                 c.cluster.applied_version.to_string(),
                 "".into(),
+                "".into(),
                 ago(now, c.cluster.last_contact),
                 message_for(""),
             ]);
@@ -140,8 +142,17 @@ pub fn status_table(status: &StatusView) -> String {
                 } else {
                     a.phase.clone()
                 },
+                if a.health.is_empty() {
+                    "unknown".into()
+                } else {
+                    a.health.clone()
+                },
                 ago(now, c.cluster.last_contact),
-                message_for(&a.message),
+                message_for(&match (a.message.is_empty(), a.health_reason.is_empty()) {
+                    (_, true) => a.message.clone(),
+                    (true, false) => a.health_reason.clone(),
+                    (false, false) => format!("{}; {}", a.message, a.health_reason),
+                }),
             ]);
         }
     }

@@ -64,6 +64,10 @@ pub struct AppState {
     pub prune_protect: Vec<String>,
     /// Objects, sorted by id.
     pub objects: Vec<ObjectEntry>,
+    /// Whether server-side apply takes over fields other field managers own. Left out of the
+    /// encoding when false, so states signed before the field existed keep their bytes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// The signed part of a ClusterState.

@@ -35,6 +35,49 @@ impl AppPhase {
     }
 }
 
+/// How one app's live objects are doing, in the spirit of kstatus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppHealth {
+    /// Not observed: the record predates health, or the target cannot tell.
+    #[default]
+    Unknown,
+    /// Objects are being rolled out or have not reached their desired state yet.
+    Progressing,
+    /// Every object reached its desired state.
+    Healthy,
+    /// An object that had reached its desired state lost it (e.g. replicas unavailable).
+    Degraded,
+    /// An object failed for good (e.g. a Deployment past its progress deadline, a failed Job),
+    /// or the app could not be applied.
+    Failed,
+}
+
+impl AppHealth {
+    /// Lower-case name, as shown by the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppHealth::Unknown => "unknown",
+            AppHealth::Progressing => "progressing",
+            AppHealth::Healthy => "healthy",
+            AppHealth::Degraded => "degraded",
+            AppHealth::Failed => "failed",
+        }
+    }
+
+    /// Parses the lower-case name; the empty string is `Unknown`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "unknown" => Some(AppHealth::Unknown),
+            "progressing" => Some(AppHealth::Progressing),
+            "healthy" => Some(AppHealth::Healthy),
+            "degraded" => Some(AppHealth::Degraded),
+            "failed" => Some(AppHealth::Failed),
+            _ => None,
+        }
+    }
+}
+
 /// One app's observed status on a cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppStatus {
@@ -48,6 +91,12 @@ pub struct AppStatus {
     pub phase: AppPhase,
     /// Human-readable detail, empty when applied.
     pub message: String,
+    /// Health of the app's live objects.
+    #[serde(default)]
+    pub health: AppHealth,
+    /// Why the app is not healthy (the first object that is not, and how many more); empty when healthy.
+    #[serde(default)]
+    pub health_reason: String,
 }
 
 /// A status report from an agent: the apps' state plus any ClusterState it rejected.

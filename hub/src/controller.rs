@@ -511,6 +511,7 @@ fn app_state(
             drift: app.drift,
             prune: app.prune,
             prune_protect: app.prune_protect.clone(),
+            force: app.force,
             objects,
         },
         blobs,

@@ -128,9 +128,26 @@ impl Fleet {
 
     /// Creates a token with `labels` and starts an agent registering as `name`.
     pub async fn add_agent(&mut self, name: &str, labels: &str) -> usize {
+        self.add_agent_with(name, labels, None).await
+    }
+
+    /// Like [`Fleet::add_agent`], applying to the Kubernetes cluster of `kubeconfig`.
+    pub async fn add_kube_agent(&mut self, name: &str, labels: &str, kubeconfig: &Path) -> usize {
+        self.add_agent_with(name, labels, Some(kubeconfig)).await
+    }
+
+    async fn add_agent_with(
+        &mut self,
+        name: &str,
+        labels: &str,
+        kubeconfig: Option<&Path>,
+    ) -> usize {
         let token = self.token(labels, Duration::from_secs(600)).await;
         let mut agent = LocalAgent::new(&self.bins, self.dir.path(), name, &token, &self.hub)
             .expect("agent dir");
+        if let Some(k) = kubeconfig {
+            agent.use_kubernetes(k.to_path_buf());
+        }
         agent.start().expect("agent start");
         self.agents.push(agent);
         self.agents.len() - 1

@@ -1,13 +1,17 @@
 use std::time::Duration;
 
-use flotilla_common::cluster_state::{AppState, ObjectEntry};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use flotilla_common::cluster_state::{AppState, DriftMode, ObjectEntry};
 use flotilla_common::object::ObjectId;
 
 use super::*;
 use crate::fixtures::{self, app, config_map, signed};
 use crate::store::HeldState;
-use crate::target::TargetError;
+use crate::target::conformance::{apply_one, request};
 use crate::target::dir::DirTarget;
+use crate::target::{Applied, TargetError};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -46,10 +50,14 @@ const BUDGET: ApplySettings = ApplySettings {
     override_budget: false,
 };
 
-async fn pass<T: Target>(store: &Store, target: &T, settings: ApplySettings) -> ApplyOutcome {
+async fn pass<T: Target + Clone>(
+    store: &Store,
+    target: &T,
+    settings: ApplySettings,
+) -> ApplyOutcome {
     apply_held(
         store,
-        target,
+        &mut target.clone(),
         settings,
         fixtures::NOW,
         &CancellationToken::new(),
@@ -64,6 +72,7 @@ fn files(setup: &Setup) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(&setup.objects)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
         .map(|n| {
             n.trim_start_matches("core_v1_ConfigMap_default_")
                 .trim_end_matches(".json")
@@ -87,9 +96,15 @@ fn phases(outcome: &ApplyOutcome) -> Vec<String> {
 async fn applies_the_held_state_once_and_records_it() {
     let s = setup();
     assert_eq!(
-        apply_held(&s.store, &s.target, BUDGET, 0, &CancellationToken::new())
-            .await
-            .unwrap(),
+        apply_held(
+            &s.store,
+            &mut s.target.clone(),
+            BUDGET,
+            0,
+            &CancellationToken::new()
+        )
+        .await
+        .unwrap(),
         None,
         "nothing held, nothing applied"
     );
@@ -125,7 +140,11 @@ async fn prunes_only_what_it_applied() {
     pass(&s.store, &s.target, BUDGET).await;
     // Someone else's object in the same place.
     let foreign = config_map("foreign", "x");
-    s.target.apply(&foreign.0.id, &foreign.1).await.unwrap();
+    apply_one(
+        &mut s.target.clone(),
+        request(&foreign, None, DriftMode::Correct),
+    )
+    .await;
 
     commit(&s.store, vec![app("web", &[&a])], &[]);
     let outcome = pass(&s.store, &s.target, BUDGET).await;
@@ -200,27 +219,72 @@ async fn over_budget_writes_but_withholds_deletions_until_overridden() {
     assert_eq!(s.store.applied_version().unwrap(), 2);
 }
 
-/// A directory target that cannot write objects named "bad".
-struct Flaky(DirTarget);
+/// A directory target whose applies of objects named "bad" fail (transiently) while `fail_bad`
+/// is set, and whose listing fails while `fail_list` is set.
+#[derive(Clone)]
+struct Faulty {
+    inner: DirTarget,
+    fail_bad: Arc<AtomicBool>,
+    fail_list: Arc<AtomicBool>,
+}
 
-impl Target for Flaky {
-    async fn apply(&self, id: &ObjectId, bytes: &[u8]) -> Result<Change, TargetError> {
-        if id.name == "bad" {
+impl Faulty {
+    fn new(inner: DirTarget) -> Self {
+        Faulty {
+            inner,
+            fail_bad: Arc::new(AtomicBool::new(true)),
+            fail_list: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Target for Faulty {
+    async fn apply(&mut self, batch: &[ApplyRequest<'_>]) -> Vec<Result<Applied, TargetError>> {
+        let mut out = Vec::new();
+        for req in batch {
+            if req.id.name == "bad" && self.fail_bad.load(Ordering::SeqCst) {
+                out.push(Err(TargetError {
+                    op: "apply",
+                    object: req.id.to_string(),
+                    transient: true,
+                    source: "connection reset".into(),
+                }));
+            } else {
+                out.extend(self.inner.apply(std::slice::from_ref(req)).await);
+            }
+        }
+        out
+    }
+    async fn delete(&mut self, id: &ObjectId) -> Result<Change, TargetError> {
+        self.inner.delete(id).await
+    }
+    async fn list_live(&mut self, ids: &[ObjectId]) -> Result<BTreeSet<ObjectId>, TargetError> {
+        if self.fail_list.load(Ordering::SeqCst) {
             return Err(TargetError {
-                op: "apply",
-                object: id.to_string(),
+                op: "list",
+                object: "v1/ConfigMap objects".into(),
                 transient: true,
-                source: "connection reset".into(),
+                source: "connection refused".into(),
             });
         }
-        self.0.apply(id, bytes).await
+        self.inner.list_live(ids).await
     }
-    async fn delete(&self, id: &ObjectId) -> Result<Change, TargetError> {
-        self.0.delete(id).await
+    async fn health(&mut self, ids: &[ObjectId]) -> (AppHealth, String) {
+        self.inner.health(ids).await
     }
-    async fn list_owned(&self) -> Result<Vec<ObjectId>, TargetError> {
-        self.0.list_owned().await
+    async fn load_inventory(&mut self) -> Result<BTreeMap<String, AppInventory>, TargetError> {
+        self.inner.load_inventory().await
     }
+    async fn save_inventory(
+        &mut self,
+        inventory: &BTreeMap<String, AppInventory>,
+    ) -> Result<(), TargetError> {
+        self.inner.save_inventory(inventory).await
+    }
+    async fn changed(&mut self) {
+        self.inner.changed().await
+    }
+    async fn shutdown(&mut self) {}
 }
 
 #[tokio::test]
@@ -238,7 +302,7 @@ async fn a_failed_app_holds_back_its_dependents_and_is_retried() {
         vec![app("base", &[&bad, &good]), dependent],
         &[&bad, &good, &top],
     );
-    let flaky = Flaky(s.target.clone());
+    let flaky = Faulty::new(s.target.clone());
     let outcome = pass(&s.store, &flaky, BUDGET).await;
     assert!(!outcome.complete);
     assert!(outcome.retry);
@@ -302,31 +366,10 @@ async fn a_new_version_wakes_the_applier_and_transient_failures_are_retried() {
     let reporter = Arc::new(Notify::new());
     let (held_tx, held_rx) = watch::channel(0);
     let shutdown = CancellationToken::new();
-    // Fails "bad" until the file `allow` exists in the data dir.
-    struct Healing(DirTarget, std::path::PathBuf);
-    impl Target for Healing {
-        async fn apply(&self, id: &ObjectId, bytes: &[u8]) -> Result<Change, TargetError> {
-            if id.name == "bad" && !self.1.exists() {
-                return Err(TargetError {
-                    op: "apply",
-                    object: id.to_string(),
-                    transient: true,
-                    source: "not yet".into(),
-                });
-            }
-            self.0.apply(id, bytes).await
-        }
-        async fn delete(&self, id: &ObjectId) -> Result<Change, TargetError> {
-            self.0.delete(id).await
-        }
-        async fn list_owned(&self) -> Result<Vec<ObjectId>, TargetError> {
-            self.0.list_owned().await
-        }
-    }
-    let allow = s.objects.parent().unwrap().join("allow");
+    let healing = Faulty::new(s.target.clone());
     let applier = Applier {
         store: s.store.clone(),
-        target: Healing(s.target.clone(), allow.clone()),
+        target: healing.clone(),
         settings: BUDGET,
         backoff: Backoff {
             min: Duration::from_millis(5),
@@ -343,7 +386,7 @@ async fn a_new_version_wakes_the_applier_and_transient_failures_are_retried() {
         .await
         .expect("first pass");
     assert_eq!(s.store.applied_version().unwrap(), 0);
-    std::fs::write(&allow, "").unwrap();
+    healing.fail_bad.store(false, Ordering::SeqCst);
     // Retries keep reporting until one completes.
     tokio::time::timeout(Duration::from_secs(10), async {
         while s.store.applied_version().unwrap() != version {
@@ -364,10 +407,16 @@ async fn shutdown_interrupts_a_pass_without_calling_it_failed() {
     commit(&s.store, vec![app("web", &[&a])], &[&a]);
     let cancelled = CancellationToken::new();
     cancelled.cancel();
-    let outcome = apply_held(&s.store, &s.target, BUDGET, fixtures::NOW, &cancelled)
-        .await
-        .unwrap()
-        .unwrap();
+    let outcome = apply_held(
+        &s.store,
+        &mut s.target.clone(),
+        BUDGET,
+        fixtures::NOW,
+        &cancelled,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(outcome.interrupted && !outcome.complete);
     assert_eq!(
         phases(&outcome),
@@ -375,4 +424,100 @@ async fn shutdown_interrupts_a_pass_without_calling_it_failed() {
     );
     assert_eq!(outcome.written, 0);
     assert_eq!(s.store.applied_version().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn no_deletion_while_the_live_listing_is_incomplete() {
+    let s = setup();
+    let (a, b) = (config_map("a", "1"), config_map("b", "2"));
+    commit(&s.store, vec![app("web", &[&a, &b])], &[&a, &b]);
+    pass(&s.store, &s.target, BUDGET).await;
+    commit(&s.store, vec![app("web", &[&a])], &[]);
+    let faulty = Faulty::new(s.target.clone());
+    faulty.fail_list.store(true, Ordering::SeqCst);
+    let outcome = pass(&s.store, &faulty, BUDGET).await;
+    assert!(!outcome.complete && outcome.retry);
+    assert_eq!(outcome.deleted, 0);
+    assert_eq!(files(&s), ["a", "b"]);
+    assert!(
+        outcome.apps[0].message.starts_with(
+            "deletions withheld: the list of live objects is incomplete: cannot list v1/ConfigMap objects"
+        ),
+        "{}",
+        outcome.apps[0].message
+    );
+    assert_eq!(
+        s.store.inventory().unwrap()["web"].objects.len(),
+        2,
+        "the withheld deletion stays owned"
+    );
+    faulty.fail_list.store(false, Ordering::SeqCst);
+    let outcome = pass(&s.store, &faulty, BUDGET).await;
+    assert!(outcome.complete);
+    assert_eq!(files(&s), ["a"]);
+}
+
+#[tokio::test]
+async fn an_agent_with_an_empty_store_adopts_the_inventory_kept_in_the_target() {
+    let s = setup();
+    let (a, b) = (config_map("a", "1"), config_map("b", "2"));
+    commit(&s.store, vec![app("web", &[&a, &b])], &[&a, &b]);
+    pass(&s.store, &s.target, BUDGET).await;
+
+    // Reinstalled: a new store, the same target; the new state drops b.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("agent.redb"), 100).unwrap();
+    commit(&store, vec![app("web", &[&a])], &[&a]);
+    let outcome = pass(&store, &s.target, BUDGET).await;
+    assert!(outcome.complete);
+    assert_eq!(
+        (outcome.written, outcome.unchanged, outcome.deleted),
+        (0, 1, 1),
+        "adopted objects are neither rewritten nor orphaned"
+    );
+    assert_eq!(files(&s), ["a"]);
+    assert_eq!(store.inventory().unwrap()["web"].objects.len(), 1);
+}
+
+#[tokio::test]
+async fn passes_woken_by_the_target_report_only_changes() {
+    let s = setup();
+    let a = config_map("a", "1");
+    commit(&s.store, vec![app("web", &[&a])], &[&a]);
+    pass(&s.store, &s.target, BUDGET).await;
+    let quiet = apply_held_with(
+        &s.store,
+        &mut s.target.clone(),
+        BUDGET,
+        fixtures::NOW,
+        &CancellationToken::new(),
+        ReportPolicy::IfChanged,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!quiet.reported);
+    assert_eq!(s.store.outbox_after(0).unwrap().len(), 1);
+    assert_eq!(quiet.apps[0].health, AppHealth::Healthy);
+}
+
+#[tokio::test]
+async fn reported_drift_is_left_alone_and_named_in_the_message() {
+    let s = setup();
+    let a = config_map("a", "1");
+    let mut web = app("web", &[&a]);
+    web.drift = DriftMode::Report;
+    commit(&s.store, vec![web], &[&a]);
+    pass(&s.store, &s.target, BUDGET).await;
+    let path = s.target.path_of(&a.0.id);
+    let edited = br#"{"apiVersion":"v1","data":{"value":"edited"},"kind":"ConfigMap","metadata":{"name":"a","namespace":"default"}}"#;
+    std::fs::write(&path, edited).unwrap();
+    let outcome = pass(&s.store, &s.target, BUDGET).await;
+    assert_eq!((outcome.written, outcome.drifted), (0, 1));
+    assert_eq!(outcome.apps[0].phase, AppPhase::Applied);
+    assert_eq!(
+        outcome.apps[0].message,
+        "drifted, not corrected (drift: report): v1/ConfigMap default/a: .data.value"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), edited);
 }

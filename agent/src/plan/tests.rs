@@ -15,7 +15,10 @@ fn id(spec: &str) -> ObjectId {
         [group, kind, name] => (*group, *kind, *name),
         _ => panic!("bad object spec {spec}"),
     };
-    let cluster_scoped = matches!(kind, "Namespace" | "CustomResourceDefinition");
+    let cluster_scoped = matches!(
+        kind,
+        "Namespace" | "CustomResourceDefinition" | "ClusterRole"
+    );
     ObjectId {
         group: group.into(),
         version: "v1".into(),
@@ -71,6 +74,7 @@ impl App {
             drift: DriftMode::Correct,
             prune: self.prune,
             prune_protect: self.prune_protect.iter().map(|k| k.to_string()).collect(),
+            force: false,
             objects: self
                 .objects
                 .iter()
@@ -224,6 +228,28 @@ fn prune_rules() {
         ),
     ];
     check(cases);
+}
+
+#[test]
+fn apply_order_within_an_app() {
+    check(vec![case(
+        "CRDs, then Namespaces, then cluster-scoped, then namespaced objects",
+        vec![app(
+            "platform",
+            &[
+                "ConfigMap/a",
+                "example.com/Widget/w",
+                "rbac.authorization.k8s.io/ClusterRole/r",
+                "Namespace/ns",
+                "apiextensions.k8s.io/CustomResourceDefinition/widgets.example.com",
+            ],
+        )],
+        vec![],
+        &[
+            "platform: write apiextensions.k8s.io/CustomResourceDefinition/widgets.example.com \
+           Namespace/ns rbac.authorization.k8s.io/ClusterRole/r ConfigMap/a example.com/Widget/w",
+        ],
+    )]);
 }
 
 #[test]

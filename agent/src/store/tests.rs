@@ -21,6 +21,8 @@ fn status(app: &str, phase: AppPhase) -> AppStatus {
         version: 1,
         phase,
         message: String::new(),
+        health: Default::default(),
+        health_reason: String::new(),
     }
 }
 

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::apply::{ApplySettings, apply_held};
 use crate::fixtures::{self, CLUSTER, NOW, app, config_map, hub_key, signed, signed_by};
-use crate::target::Target;
+
 use crate::target::dir::DirTarget;
 
 /// Serves blobs from a map and remembers what was asked.
@@ -128,9 +128,15 @@ async fn bad_offers_store_nothing_apply_nothing_and_are_reported() {
         deletion_budget: 50,
         override_budget: false,
     };
-    apply_held(&store, &target, settings, NOW, &CancellationToken::new())
-        .await
-        .unwrap();
+    apply_held(
+        &store,
+        &mut target.clone(),
+        settings,
+        NOW,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     let acked: Vec<u64> = store
         .outbox_after(0)
         .unwrap()
@@ -269,7 +275,7 @@ async fn bad_offers_store_nothing_apply_nothing_and_are_reported() {
     ];
 
     let held_before = store.held().unwrap();
-    let files_before = target.list_owned().await.unwrap();
+    let files_before = target.list_all().await.unwrap();
     let mut seen_seqs = BTreeSet::new();
     for case in cases {
         let mut fetcher = MapFetcher {
@@ -305,16 +311,22 @@ async fn bad_offers_store_nothing_apply_nothing_and_are_reported() {
         assert_eq!(report.applied_version, 2, "{}", case.name);
         assert_eq!(report.apps.len(), 1, "{}", case.name);
         // Nothing applied: an apply pass still converges on version 2.
-        let outcome = apply_held(&store, &target, settings, NOW, &CancellationToken::new())
-            .await
-            .unwrap()
-            .unwrap();
+        let outcome = apply_held(
+            &store,
+            &mut target.clone(),
+            settings,
+            NOW,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(
             (outcome.version, outcome.written, outcome.deleted),
             (2, 0, 0)
         );
         assert_eq!(
-            target.list_owned().await.unwrap(),
+            target.list_all().await.unwrap(),
             files_before,
             "{}",
             case.name

@@ -1,16 +1,26 @@
-//! Where objects are applied. A [`Target`] is level-based: applying the bytes an object already
-//! has changes nothing, deleting an absent object changes nothing.
+//! Where objects are applied. A [`Target`] is level-based: applying what an object already is
+//! writes nothing, deleting an absent object changes nothing.
 //!
-//! Implementations: [`dir::DirTarget`] (one JSON file per object); the Kubernetes target
-//! implements the same trait and runs the same conformance suite.
+//! Implementations: [`dir::DirTarget`] (one JSON file per object) and [`kube::KubeTarget`]
+//! (server-side apply to a Kubernetes API server). Both pass the suite in `conformance`.
+//!
+//! The applier task owns its target (`&mut self` everywhere): a target's caches and watches are
+//! state with one owner.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
+use flotilla_common::cluster_state::DriftMode;
+use flotilla_common::digest::Digest;
 use flotilla_common::object::ObjectId;
+use flotilla_common::status::AppHealth;
 
-#[cfg(test)]
-pub(crate) mod conformance;
+use crate::inventory::AppInventory;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
 pub mod dir;
+pub mod kube;
 
 /// Whether an operation changed the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +29,38 @@ pub enum Change {
     Changed,
     /// The target already was as asked.
     Unchanged,
+}
+
+/// What applying one object did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The object was written (created, changed, or drift corrected).
+    Changed,
+    /// The object already was as desired; nothing was written.
+    Unchanged,
+    /// The object drifted from what was applied and the app's drift mode is `report`: nothing
+    /// was written. The fields that differ, e.g. `.spec.replicas`.
+    Drifted(Vec<String>),
+}
+
+/// One object to apply.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyRequest<'a> {
+    /// The object.
+    pub id: &'a ObjectId,
+    /// Its canonical JSON, as signed.
+    pub bytes: &'a [u8],
+    /// Digest of `bytes`.
+    pub digest: Digest,
+    /// Digest the app last applied for this object; `Some(digest)` means this exact
+    /// configuration was applied before, so any difference live is drift.
+    pub previous: Option<Digest>,
+    /// The app the object belongs to.
+    pub app: &'a str,
+    /// Take over fields other field managers own.
+    pub force: bool,
+    /// What to do about drift.
+    pub drift: DriftMode,
 }
 
 /// An operation on the target failed. Messages name the object, never its contents.
@@ -37,17 +79,44 @@ pub struct TargetError {
 }
 
 /// A place objects are applied to, e.g. a directory or a Kubernetes cluster.
-pub trait Target: Send + Sync + 'static {
-    /// Makes object `id` exactly `bytes` (its canonical JSON).
+pub trait Target: Send + 'static {
+    /// Applies a batch, in order (the planner sorts CRDs, Namespaces and other cluster-scoped
+    /// objects first); one result per request.
     fn apply(
-        &self,
-        id: &ObjectId,
-        bytes: &[u8],
-    ) -> impl Future<Output = Result<Change, TargetError>> + Send;
+        &mut self,
+        batch: &[ApplyRequest<'_>],
+    ) -> impl Future<Output = Vec<Result<Applied, TargetError>>> + Send;
 
     /// Removes object `id`.
-    fn delete(&self, id: &ObjectId) -> impl Future<Output = Result<Change, TargetError>> + Send;
+    fn delete(&mut self, id: &ObjectId)
+    -> impl Future<Output = Result<Change, TargetError>> + Send;
 
-    /// Every object this target holds that Flotilla could have written, sorted.
-    fn list_owned(&self) -> impl Future<Output = Result<Vec<ObjectId>, TargetError>> + Send;
+    /// Which of `ids` exist and carry Flotilla's ownership mark, from a complete, fresh listing.
+    /// Any doubt about completeness is an error: prune must not act on a partial view.
+    fn list_live(
+        &mut self,
+        ids: &[ObjectId],
+    ) -> impl Future<Output = Result<BTreeSet<ObjectId>, TargetError>> + Send;
+
+    /// Health of one app's objects, and why it is not healthy.
+    fn health(&mut self, ids: &[ObjectId]) -> impl Future<Output = (AppHealth, String)> + Send;
+
+    /// The inventory kept in the target itself, for an agent whose store has none.
+    fn load_inventory(
+        &mut self,
+    ) -> impl Future<Output = Result<BTreeMap<String, AppInventory>, TargetError>> + Send;
+
+    /// Makes the inventory kept in the target match `inventory` (every app; absent apps are
+    /// forgotten). Writes nothing when it already matches.
+    fn save_inventory(
+        &mut self,
+        inventory: &BTreeMap<String, AppInventory>,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    /// Resolves when objects the target watches changed behind the agent's back (drift, or a
+    /// controller updating status); never resolves for a target that cannot watch.
+    fn changed(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// Stops background work (watches) and waits for it.
+    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
 }

@@ -21,6 +21,7 @@ fn body(commit: &str) -> StateBody {
             drift: DriftMode::Correct,
             prune: true,
             prune_protect: vec![],
+            force: false,
             objects: vec![ObjectEntry {
                 id: ObjectId {
                     group: String::new(),

@@ -174,6 +174,8 @@ impl Admin for AdminService {
                 row.applied_version = app.version;
                 row.phase = app.phase.as_str().to_string();
                 row.message = app.message.clone();
+                row.health = app.health.as_str().to_string();
+                row.health_reason = app.health_reason.clone();
             }
             clusters.push(pb::ClusterStatus {
                 cluster: Some(cluster),

@@ -1,7 +1,7 @@
 //! Conversions between flotilla.v1 messages and domain types.
 
 use flotilla_common::cluster_state::{SignedClusterState, SignedHeader};
-use flotilla_common::status::{AppPhase, AppStatus, StatusReport};
+use flotilla_common::status::{AppHealth, AppPhase, AppStatus, StatusReport};
 use flotilla_proto::v1 as pb;
 use tonic::Status;
 
@@ -33,6 +33,10 @@ pub fn status_report(r: pb::StatusReport) -> Result<StatusReport, Status> {
                 commit: a.commit,
                 version: a.version,
                 message: a.message,
+                health: AppHealth::parse(&a.health).ok_or_else(|| {
+                    Status::invalid_argument(format!("unknown health {:?}", a.health))
+                })?,
+                health_reason: a.health_reason,
             })
         })
         .collect::<Result<Vec<_>, Status>>()?;

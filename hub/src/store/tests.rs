@@ -151,6 +151,8 @@ fn reports_are_idempotent_by_seq() {
             version: seq,
             phase: AppPhase::Applied,
             message: String::new(),
+            health: Default::default(),
+            health_reason: String::new(),
         }],
         rejection: None,
     };

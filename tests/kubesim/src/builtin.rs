@@ -263,37 +263,38 @@ const NO_STATUS: &[&str] = &[
 mod tests {
     use std::collections::BTreeSet;
     use std::path::{Path, PathBuf};
-    use std::process::Command;
 
     use super::builtin_resources;
 
     /// The k8s-openapi module our version feature selects.
     const VERSION_DIR: &str = "v1_33";
 
+    /// k8s-openapi's source for the version in Cargo.lock, found in cargo's
+    /// registry without running cargo (a `cargo metadata` child can wait on
+    /// locks held by the `cargo test` that runs this test).
     fn k8s_openapi_dir() -> PathBuf {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let run = |offline: bool| {
-            let mut cmd = Command::new(&cargo);
-            cmd.args(["metadata", "--format-version", "1"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if offline {
-                cmd.arg("--offline");
-            }
-            cmd.output().ok().filter(|o| o.status.success())
-        };
-        let out = run(true)
-            .or_else(|| run(false))
-            .expect("cargo metadata failed");
-        let meta: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
-        let pkg = meta["packages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "k8s-openapi")
-            .expect("k8s-openapi in cargo metadata");
-        let manifest = PathBuf::from(pkg["manifest_path"].as_str().unwrap());
-        manifest.parent().unwrap().join("src").join(VERSION_DIR)
+        let lock_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.lock");
+        let lock = std::fs::read_to_string(&lock_path).expect("workspace Cargo.lock");
+        let version = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"k8s-openapi\""))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+            .map(|v| v.trim_end_matches('"').to_string())
+            .expect("k8s-openapi in Cargo.lock");
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo")
+            });
+        let registry = cargo_home.join("registry").join("src");
+        std::fs::read_dir(&registry)
+            .expect("cargo registry sources")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join(format!("k8s-openapi-{version}")))
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| panic!("k8s-openapi-{version} not under {}", registry.display()))
+            .join("src")
+            .join(VERSION_DIR)
     }
 
     fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

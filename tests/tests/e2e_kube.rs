@@ -1,0 +1,139 @@
+//! End-to-end on Kubernetes: the real hub and agent binaries, each agent
+//! applying to its own Kubernetes API simulator (kubesim) with the `kube`
+//! target.
+
+use std::time::Duration;
+
+use flotilla_kubesim::KubeSim;
+use flotilla_tests::fixture::{CONVERGE, Fleet, GitRepo, eventually};
+use serde_json::json;
+
+const MANIFEST: &str = r#"apps:
+  - name: base
+    path: apps/base
+    namespace: web
+  - name: web
+    path: apps/web
+    namespace: web
+    dependsOn: [base]
+    values: {replicas: 2}
+"#;
+
+const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  color: blue\n";
+
+const WEB: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  annotations: {cluster: "{{ cluster.name }}"}
+spec:
+  replicas: {{ values.replicas }}
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: "web:1"}]
+"#;
+
+fn fill(repo: &GitRepo) {
+    repo.write("flotilla.yaml", MANIFEST)
+        .write("apps/base/objects.yaml", BASE)
+        .write("apps/web/deployment.yaml.j2", WEB);
+    repo.commit("initial");
+}
+
+fn color(sim: &KubeSim) -> Option<String> {
+    sim.get("v1", "ConfigMap", "web", "settings")
+        .and_then(|cm| cm["data"]["color"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_converge_simulated_clusters_correct_drift_and_prune() {
+    let mut fleet = Fleet::start(fill).await;
+    let sims: Vec<KubeSim> = ["one", "two"]
+        .iter()
+        .map(|n| KubeSim::start(&fleet.dir.path().join(format!("{n}-kube"))).unwrap())
+        .collect();
+    fleet
+        .add_kube_agent("one", "tier=core", sims[0].kubeconfig_path())
+        .await;
+    fleet
+        .add_kube_agent("two", "tier=edge", sims[1].kubeconfig_path())
+        .await;
+    let first = fleet.repo.git(&["rev-parse", "HEAD"]);
+    fleet.wait_converged(&first).await;
+
+    for (sim, name) in sims.iter().zip(["one", "two"]) {
+        assert_eq!(color(sim).as_deref(), Some("blue"));
+        let deploy = sim
+            .get("apps/v1", "Deployment", "web", "web")
+            .expect("deployment applied");
+        assert_eq!(deploy["metadata"]["annotations"]["cluster"], name);
+        assert_eq!(
+            deploy["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "flotilla"
+        );
+        let managers: Vec<&str> = deploy["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["manager"].as_str())
+            .collect();
+        assert!(managers.contains(&"flotilla"), "{managers:?}");
+    }
+    // The simulator makes workloads ready, so every app ends healthy.
+    fleet
+        .wait_status("every app healthy", CONVERGE, |s| {
+            s.clusters
+                .iter()
+                .all(|c| c.apps.iter().all(|a| a.health == "healthy"))
+        })
+        .await;
+
+    // Drift behind the agent's back is corrected (drift: correct is the default).
+    sims[0]
+        .patch_as(
+            "intruder",
+            "v1",
+            "ConfigMap",
+            "web",
+            "settings",
+            &json!({"data": {"color": "red"}}),
+        )
+        .unwrap();
+    eventually("drift corrected", CONVERGE, || {
+        color(&sims[0]).as_deref() == Some("blue")
+    })
+    .await;
+
+    // A change reaches both clusters; an object that left Git is pruned.
+    fleet.repo.write(
+        "apps/base/objects.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n",
+    );
+    fleet.repo.write(
+        "apps/web/deployment.yaml.j2",
+        &WEB.replace("web:1", "web:2"),
+    );
+    let second = fleet.repo.commit("web v2, no settings");
+    fleet.wait_converged(&second).await;
+    for sim in &sims {
+        eventually("settings pruned", Duration::from_secs(30), || {
+            color(sim).is_none()
+        })
+        .await;
+        let deploy = sim.get("apps/v1", "Deployment", "web", "web").unwrap();
+        assert_eq!(
+            deploy["spec"]["template"]["spec"]["containers"][0]["image"],
+            "web:2"
+        );
+        assert!(
+            sim.get("v1", "Namespace", "", "web").is_some(),
+            "namespaces are never pruned"
+        );
+    }
+    fleet.shutdown().await;
+    for sim in sims {
+        sim.shutdown().await;
+    }
+}
