@@ -35,6 +35,16 @@ enum Command {
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
+    /// One agent with the Kubernetes target on a simulated cluster: time to
+    /// apply a large app, resident memory, and API requests while idle.
+    Kube {
+        /// Objects in the app (one Namespace plus ConfigMaps).
+        #[arg(long, default_value_t = 1000)]
+        objects: usize,
+        /// How long to count API requests after convergence.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        quiet: Duration,
+    },
 }
 
 const MANIFEST: &str = "apps:\n  - name: bench\n    path: app\n    namespace: bench\n";
@@ -117,9 +127,99 @@ async fn latency(agents: usize, rounds: usize, interval: Duration) -> anyhow::Re
     Ok(())
 }
 
+/// Resident set size of a process in KiB, from /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn kube(objects: usize, quiet: Duration) -> anyhow::Result<()> {
+    let configmaps = objects.saturating_sub(1);
+    let mut fleet = Fleet::start_with_interval(
+        |repo: &GitRepo| {
+            repo.write("flotilla.yaml", "apps:\n  - name: big\n    path: app\n    namespace: big\n");
+            let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: big\n");
+            for i in 0..configmaps {
+                yaml.push_str(&format!(
+                    "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i:05}\ndata:\n  index: \"{i}\"\n"
+                ));
+            }
+            repo.write("app/objects.yaml", &yaml);
+            repo.commit("big app");
+        },
+        Duration::from_millis(100),
+    )
+    .await;
+    let sim = flotilla_kubesim::KubeSim::start(&fleet.dir.path().join("kube"))?;
+    let commit = fleet.repo.git(&["rev-parse", "HEAD"]);
+    let start = Instant::now();
+    fleet
+        .add_kube_agent("big", "tier=bench", sim.kubeconfig_path())
+        .await;
+    let pid = fleet.agents[0].pid().context("agent pid")?;
+    let mut peak_rss = 0;
+    let deadline = start + Duration::from_secs(120);
+    let applied = loop {
+        peak_rss = peak_rss.max(rss_kib(pid).unwrap_or(0));
+        let live = sim
+            .list("v1", "ConfigMap")
+            .iter()
+            .filter(|c| c["metadata"]["namespace"] == "big")
+            .count();
+        if live == configmaps {
+            break start.elapsed();
+        }
+        if Instant::now() > deadline {
+            bail!("only {live} of {configmaps} ConfigMaps applied within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let status = fleet.wait_converged(&commit).await;
+    let reported = start.elapsed();
+    if !status.converged_at(&commit) {
+        bail!("hub does not show the cluster converged on {commit}");
+    }
+    // Let the agent finish its post-apply observation before counting.
+    fleet
+        .wait_status("app healthy", Duration::from_secs(60), |s| {
+            s.clusters
+                .iter()
+                .all(|c| c.apps.iter().all(|a| a.health == "healthy"))
+        })
+        .await;
+    sim.reset_request_counts();
+    let quiet_start = Instant::now();
+    while quiet_start.elapsed() < quiet {
+        peak_rss = peak_rss.max(rss_kib(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let counts = sim.request_counts();
+    let idle_rss = rss_kib(pid).unwrap_or(0);
+    let minutes = quiet.as_secs_f64() / 60.0;
+    println!(
+        "objects={objects} (1 Namespace + {configmaps} ConfigMaps), agent --target kube on kubesim"
+    );
+    println!("agent start -> all objects live on the cluster: {applied:.1?}");
+    println!("agent start -> converged in hub status: {reported:.1?}");
+    println!("agent RSS: peak {peak_rss} KiB, idle after {quiet:?} {idle_rss} KiB");
+    println!(
+        "API requests while idle for {quiet:?}: {} total ({:.2}/min), {} writes",
+        counts.total(),
+        counts.total() as f64 / minutes,
+        counts.writes()
+    );
+    fleet.shutdown().await;
+    sim.shutdown().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Kube { objects, quiet } => kube(objects, quiet).await.context("kube benchmark"),
         Command::Latency {
             agents,
             rounds,

@@ -144,6 +144,10 @@ impl Process {
         self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
+    fn pid(&self) -> Option<u32> {
+        self.0.as_ref().and_then(Child::id)
+    }
+
     async fn stop(&mut self) {
         if let Some(mut child) = self.0.take() {
             terminate(&mut child, Duration::from_secs(10)).await;
@@ -391,6 +395,11 @@ impl LocalAgent {
     /// Exit status if the process has ended.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.exited()
+    }
+
+    /// Process id while running (for resource measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.pid()
     }
 
     /// Stops gracefully.
