@@ -4,17 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-fn git(repo: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["-c", "user.name=T", "-c", "user.email=t@flotilla.invalid"])
-        .args(args)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
-}
+use flotilla_testkit::git;
 
 fn repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use flotilla_hub::controller::Controller;
 use flotilla_hub::pki::CertificateAuthority;
 use flotilla_hub::source::{FetchAuth, GitMirror, SourceError, TOKEN_USER, read_tree};
 use flotilla_hub::store::HubStore;
+use flotilla_testkit::{git, write};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -32,34 +33,6 @@ use tokio_util::task::TaskTracker;
 
 const TOKEN: &str = "flt-git-token-canary-7f3a9c";
 const WRONG_TOKEN: &str = "flt-wrong-token-canary-1b2d";
-
-/// Runs the git binary with no user or system config, failing the test on error; returns stdout.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn write(dir: &Path, path: &str, text: &str) {
-    let path = dir.join(path);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
 /// A work repository and the bare repository `<root>/srv/fleet.git` the server exports.
 struct Repos {

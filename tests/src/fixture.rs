@@ -1,80 +1,12 @@
 //! Git repositories and fleets for tests.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use flotilla_cli::client::{self, StatusView};
 use flotilla_cli::fleet::{Binaries, LocalAgent, LocalHub, wait_for};
 use flotilla_common::labels::parse_labels;
-
-/// A Git repository in a temporary directory, driven with the `git` binary.
-pub struct GitRepo {
-    /// Work tree.
-    pub path: PathBuf,
-}
-
-impl GitRepo {
-    /// `git init -b main` at `path`.
-    pub fn init(path: &Path) -> Self {
-        std::fs::create_dir_all(path).expect("create repo dir");
-        let repo = GitRepo {
-            path: path.to_path_buf(),
-        };
-        repo.git(&["init", "-q", "-b", "main"]);
-        repo
-    }
-
-    /// Runs git in the repository and returns stdout; panics with stderr on failure.
-    pub fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(&self.path)
-            .args([
-                "-c",
-                "user.name=Flotilla Test",
-                "-c",
-                "user.email=test@flotilla.invalid",
-            ])
-            .args(args)
-            .output()
-            .expect("run git");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// Writes a file (creating directories).
-    pub fn write(&self, rel: &str, text: &str) -> &Self {
-        let full = self.path.join(rel);
-        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
-        std::fs::write(full, text).expect("write file");
-        self
-    }
-
-    /// Creates a symlink `rel` pointing at `target`.
-    pub fn symlink(&self, rel: &str, target: &str) -> &Self {
-        let full = self.path.join(rel);
-        std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
-        std::os::unix::fs::symlink(target, full).expect("symlink");
-        self
-    }
-
-    /// Stages everything and commits; returns the commit id.
-    pub fn commit(&self, message: &str) -> String {
-        self.git(&["add", "-A"]);
-        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
-        self.git(&["rev-parse", "HEAD"])
-    }
-
-    /// `file://` URL of the repository.
-    pub fn url(&self) -> String {
-        format!("file://{}", self.path.display())
-    }
-}
+pub use flotilla_testkit::GitRepo;
 
 /// A hub plus agents in one temporary directory, all real processes.
 pub struct Fleet {
