@@ -20,7 +20,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// How long the steady-state test watches for writes.
+/// How long the steady-state test watches for writes. This is the one fixed
+/// wait in the suite: it asserts that nothing happens, and an absence has no
+/// condition to wait on.
 const QUIET: Duration = Duration::from_secs(3);
 
 struct Running {
