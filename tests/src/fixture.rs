@@ -160,6 +160,15 @@ impl Fleet {
             a.stop().await;
         }
         self.hub.stop().await;
+        // Logged errors are handled errors someone must look at; a passing
+        // test leaves none behind (STYLE: tests fail on unexpected ERROR logs).
+        let logs = self.all_logs();
+        let errors: Vec<&str> = logs.lines().filter(|l| l.contains(" ERROR ")).collect();
+        assert!(
+            errors.is_empty(),
+            "unexpected ERROR log lines:\n{}",
+            errors.join("\n")
+        );
     }
 }
 
