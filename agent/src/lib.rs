@@ -27,6 +27,7 @@ pub mod identity;
 pub mod inventory;
 pub mod plan;
 pub mod registration;
+pub mod renew;
 pub mod status;
 pub mod store;
 pub mod sync;
@@ -43,6 +44,7 @@ pub use error::AgentError;
 use crate::apply::{Applier, ApplySettings};
 use crate::config::TargetSpec;
 use crate::identity::AgentIdentity;
+use crate::renew::Renewer;
 use crate::status::Reporter;
 use crate::store::{Store, StoreError};
 use crate::sync::{OfferContext, Syncer};
@@ -99,7 +101,7 @@ async fn run_with<T: Target>(
     let held_version = store.held()?.map_or(0, |h| h.held.version);
     let (held_tx, held_rx) = watch::channel(held_version);
     let reporter_wake = Arc::new(Notify::new());
-    let channel = channel::agent_channel(&config.hub, &identity)?;
+    let (channels, channel) = watch::channel(channel::agent_channel(&config.hub, &identity)?);
 
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
@@ -126,7 +128,7 @@ async fn run_with<T: Target>(
         &fatal_tx,
         "sync",
         Syncer {
-            channel: channel.clone(),
+            channels: channel.clone(),
             store: store.clone(),
             ctx: OfferContext {
                 cluster_id: identity.cluster_id.clone(),
@@ -145,9 +147,22 @@ async fn run_with<T: Target>(
         &fatal_tx,
         "status",
         Reporter {
-            channel,
-            store,
+            channels: channel,
+            store: store.clone(),
             wake: reporter_wake,
+            backoff: config.backoff,
+        }
+        .run(stop.clone()),
+    );
+    spawn(
+        &tasks,
+        &fatal_tx,
+        "renew",
+        Renewer {
+            hub: config.hub.clone(),
+            store,
+            identity,
+            channels,
             backoff: config.backoff,
         }
         .run(stop.clone()),

@@ -36,8 +36,8 @@ pub enum ReportError {
 
 /// The reporter task.
 pub(crate) struct Reporter {
-    /// mTLS channel to the hub.
-    pub channel: Channel,
+    /// mTLS channel to the hub; replaced when the certificate is renewed.
+    pub channels: tokio::sync::watch::Receiver<Channel>,
     /// The store holding the outbox.
     pub store: Store,
     /// Woken whenever a report is queued.
@@ -101,7 +101,8 @@ impl Reporter {
         // Queue what is pending before the call, so a hub that answers only after the first
         // message is served. The outbox is bounded, so the channel is too.
         let mut sent = self.send_queued(&tx, 0)?;
-        let mut acks = AgentClient::new(self.channel.clone())
+        let channel = self.channels.borrow().clone();
+        let mut acks = AgentClient::new(channel)
             .report_status(UnboundedReceiverStream::new(rx))
             .await
             .map_err(|s| ReportError::Rpc(Box::new(s)))?
@@ -176,6 +177,12 @@ mod tests {
         ) -> Result<Response<Self::FetchObjectsStream>, Status> {
             Err(Status::unimplemented("fetch"))
         }
+        async fn renew(
+            &self,
+            _: Request<pb::RenewRequest>,
+        ) -> Result<Response<pb::RenewResponse>, Status> {
+            Err(Status::unimplemented("renew"))
+        }
         async fn report_status(
             &self,
             request: Request<Streaming<pb::StatusReport>>,
@@ -238,9 +245,12 @@ mod tests {
         );
         let wake = Arc::new(Notify::new());
         let reporter = Reporter {
-            channel: Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect_lazy(),
+            channels: tokio::sync::watch::channel(
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect_lazy(),
+            )
+            .1,
             store: store.clone(),
             wake: Arc::clone(&wake),
             backoff: Backoff {

@@ -218,8 +218,8 @@ impl ObjectFetcher for GrpcFetcher {
 
 /// The sync task: one Watch stream at a time, reopened with backoff.
 pub(crate) struct Syncer {
-    /// mTLS channel to the hub.
-    pub channel: Channel,
+    /// mTLS channel to the hub; replaced when the certificate is renewed.
+    pub channels: watch::Receiver<Channel>,
     /// The store.
     pub store: Store,
     /// Identity and trust.
@@ -281,7 +281,8 @@ impl Syncer {
     }
 
     async fn session(&self, memory: &mut SyncMemory) -> Result<(), SyncError> {
-        let mut client = AgentClient::new(self.channel.clone());
+        let channel = self.channels.borrow().clone();
+        let mut client = AgentClient::new(channel);
         let have_version = self.store.held()?.map_or(0, |h| h.held.version);
         let mut stream = client
             .watch(WatchRequest { have_version })

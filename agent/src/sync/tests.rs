@@ -445,7 +445,7 @@ async fn announcements_of_the_held_or_the_refused_version_ask_the_hub_nothing() 
     );
 
     let syncer = Syncer {
-        channel: unreachable_hub(),
+        channels: watch::channel(unreachable_hub()).1,
         store: store.clone(),
         ctx: ctx(),
         held: watch::channel(1).0,
@@ -453,7 +453,7 @@ async fn announcements_of_the_held_or_the_refused_version_ask_the_hub_nothing() 
         backoff: Backoff::default(),
         idle_timeout: Duration::from_secs(60),
     };
-    let mut client = AgentClient::new(syncer.channel.clone());
+    let mut client = AgentClient::new(syncer.channels.borrow().clone());
     // As `on_announcement` leaves it after refusing version 2.
     let mut memory = SyncMemory {
         rejected: Some((2, refused.digest())),
