@@ -27,6 +27,7 @@ pub mod identity;
 pub mod inventory;
 pub mod plan;
 pub mod registration;
+pub mod retry;
 pub mod status;
 pub mod store;
 pub mod sync;
@@ -43,6 +44,7 @@ pub use error::AgentError;
 use crate::apply::{Applier, ApplySettings};
 use crate::config::TargetSpec;
 use crate::identity::AgentIdentity;
+use crate::retry::RetryPolicy;
 use crate::status::Reporter;
 use crate::store::{Store, StoreError};
 use crate::sync::{OfferContext, Syncer};
@@ -81,7 +83,7 @@ async fn run_with<T: Target>(
     target: T,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let identity = match store.identity()? {
+    let identity = match store.blocking(Store::identity).await? {
         Some(identity) => identity,
         None => match registration::register(&config, &store, &shutdown).await? {
             Some(identity) => identity,
@@ -96,7 +98,10 @@ async fn run_with<T: Target>(
         "agent starting"
     );
 
-    let held_version = store.held()?.map_or(0, |h| h.held.version);
+    let held_version = store
+        .blocking(Store::held)
+        .await?
+        .map_or(0, |h| h.held.version);
     let (held_tx, held_rx) = watch::channel(held_version);
     let reporter_wake = Arc::new(Notify::new());
     let channel = channel::agent_channel(&config.hub, &identity)?;
@@ -114,9 +119,14 @@ async fn run_with<T: Target>(
             target,
             settings: ApplySettings {
                 deletion_budget: config.deletion_budget,
+                deletion_window: config.deletion_window,
                 override_budget: config.override_deletion_budget,
             },
             backoff: config.backoff,
+            retry: RetryPolicy {
+                ceiling: config.retry_ceiling,
+                ..RetryPolicy::default()
+            },
             reporter: Arc::clone(&reporter_wake),
         }
         .run(held_rx, stop.clone()),
