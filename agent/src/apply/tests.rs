@@ -552,6 +552,49 @@ async fn an_agent_with_an_empty_store_adopts_the_inventory_kept_in_the_target() 
 }
 
 #[tokio::test]
+async fn adoption_takes_apps_and_prune_settings_from_the_signed_state_only() {
+    let s = setup();
+    let (a, b, c) = (
+        config_map("a", "1"),
+        config_map("b", "2"),
+        config_map("c", "3"),
+    );
+    // An earlier agent applied a, b and c, under two apps that both had prune on.
+    commit(
+        &s.store,
+        vec![app("web", &[&a, &b]), app("old", &[&c])],
+        &[&a, &b, &c],
+    );
+    assert!(pass(&s.store, &s.target, BUDGET).await.complete);
+    assert_eq!(files(&s), ["a", "b", "c"]);
+
+    // Reinstalled with a state that has no "old" app and "web" with prune off: the copy in the
+    // target says prune on for both, but only the signed state is policy.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("agent.redb"), 100).unwrap();
+    let mut web = app("web", &[&a]);
+    web.prune = false;
+    commit(&store, vec![web], &[&a]);
+    let outcome = pass(&store, &s.target, BUDGET).await;
+    assert!(outcome.complete);
+    assert_eq!(outcome.deleted, 0);
+    assert_eq!(
+        files(&s),
+        ["a", "b", "c"],
+        "b released, c not adopted: nothing deleted"
+    );
+    let inventory = store.inventory().unwrap();
+    assert_eq!(inventory.keys().collect::<Vec<_>>(), ["web"]);
+    assert!(!inventory["web"].prune, "the signed setting is recorded");
+
+    // Even after "web" leaves the state, it is pruned under the signed setting: nothing goes.
+    commit(&store, vec![], &[]);
+    let outcome = pass(&store, &s.target, BUDGET).await;
+    assert_eq!(outcome.deleted, 0);
+    assert_eq!(files(&s), ["a", "b", "c"]);
+}
+
+#[tokio::test]
 async fn passes_woken_by_the_target_report_only_changes() {
     let s = setup();
     let a = config_map("a", "1");
