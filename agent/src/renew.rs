@@ -108,11 +108,10 @@ impl Renewer {
             match attempt {
                 Ok(identity) => {
                     // Durable first: a crash after this point restarts with the new identity.
-                    let store = self.store.clone();
                     let saved = identity.clone();
-                    tokio::task::spawn_blocking(move || store.save_identity(&saved))
-                        .await
-                        .expect("identity save task panicked")?;
+                    self.store
+                        .blocking(move |store| store.save_identity(&saved))
+                        .await?;
                     self.channels
                         .send_replace(agent_channel(&self.hub, &identity)?);
                     info!(

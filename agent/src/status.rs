@@ -81,13 +81,17 @@ impl Reporter {
     }
 
     /// Sends everything queued after `sent`; returns the new high-water mark.
-    fn send_queued(
+    async fn send_queued(
         &self,
         tx: &mpsc::UnboundedSender<flotilla_proto::v1::StatusReport>,
         sent: u64,
     ) -> Result<u64, ReportError> {
+        let queued = self
+            .store
+            .blocking(move |store| store.outbox_after(sent))
+            .await?;
         let mut sent = sent;
-        for report in self.store.outbox_after(sent)? {
+        for report in queued {
             sent = report.seq;
             if tx.send(wire::status_report(&report)).is_err() {
                 return Err(ReportError::Closed);
@@ -100,7 +104,7 @@ impl Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
         // Queue what is pending before the call, so a hub that answers only after the first
         // message is served. The outbox is bounded, so the channel is too.
-        let mut sent = self.send_queued(&tx, 0)?;
+        let mut sent = self.send_queued(&tx, 0).await?;
         let channel = self.channels.borrow().clone();
         let mut acks = AgentClient::new(channel)
             .report_status(UnboundedReceiverStream::new(rx))
@@ -109,7 +113,7 @@ impl Reporter {
             .into_inner();
         *opened = true;
         loop {
-            sent = self.send_queued(&tx, sent)?;
+            sent = self.send_queued(&tx, sent).await?;
             tokio::select! {
                 // notify_one keeps a permit, so a report queued since send_queued is not missed.
                 _ = self.wake.notified() => {}
@@ -118,7 +122,7 @@ impl Reporter {
                         return Err(ReportError::Closed);
                     };
                     let seq = wire::ack_seq(&ack);
-                    self.store.ack(seq)?;
+                    self.store.blocking(move |store| store.ack(seq)).await?;
                     debug!(seq, "status report acknowledged");
                 }
             }

@@ -321,6 +321,8 @@ impl TestAgent {
             target: format!("dir:{}", self.objects.display()),
             name: Some(self.name.clone()),
             deletion_budget: 50,
+            deletion_budget_window: "1h".into(),
+            retry_ceiling: "5m".into(),
             override_deletion_budget: false,
             log_format: LogFormat::Text,
         };

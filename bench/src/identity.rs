@@ -151,14 +151,17 @@ pub async fn identity(clusters: usize) -> anyhow::Result<()> {
     // A live Watch per cluster with its renewed certificate; delete each and time the end.
     let mut ends = Vec::with_capacity(clusters);
     for r in &registered {
-        let mut client =
-            AgentClient::new(channel(&url, &ca, Some((&r.cert, &r.key))).await?);
+        let mut client = AgentClient::new(channel(&url, &ca, Some((&r.cert, &r.key))).await?);
         let mut watch = client
             .watch(pb::WatchRequest { have_version: 0 })
             .await?
             .into_inner();
         let first = watch.message().await?.context("watch ended early")?;
-        ensure!(first.version > 0, "cluster {} has no ClusterState yet", r.id);
+        ensure!(
+            first.version > 0,
+            "cluster {} has no ClusterState yet",
+            r.id
+        );
         let started = Instant::now();
         admin
             .delete_cluster(pb::DeleteClusterRequest {

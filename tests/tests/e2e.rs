@@ -441,7 +441,10 @@ async fn operators_relabel_describe_and_delete_clusters_with_the_cli() {
     assert_eq!(fleet.object(0, DEPLOY).unwrap()["spec"]["replicas"], 2);
 
     // Relabelled into the edge target, the cluster gets the edge values without a commit.
-    let labelled = cli_json(&fleet, &["cluster", "label", "core-eu", "tier=edge", "region-"]);
+    let labelled = cli_json(
+        &fleet,
+        &["cluster", "label", "core-eu", "tier=edge", "region-"],
+    );
     assert_eq!(labelled["labels"], serde_json::json!({"tier": "edge"}));
     eventually("the edge values applied", CONVERGE, || {
         fleet

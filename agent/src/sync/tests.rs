@@ -126,6 +126,7 @@ async fn bad_offers_store_nothing_apply_nothing_and_are_reported() {
         .unwrap();
     let settings = ApplySettings {
         deletion_budget: 50,
+        deletion_window: std::time::Duration::ZERO,
         override_budget: false,
     };
     apply_held(
