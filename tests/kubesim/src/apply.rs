@@ -226,6 +226,7 @@ impl Store {
             }
             crate::validate::name(rt, name, &applied)?;
             let mut obj = applied;
+            self.defaults(rt, &mut obj);
             let meta = meta_mut(&mut obj);
             meta.insert("uid".into(), json!(new_uid()));
             meta.insert("creationTimestamp".into(), json!(ctx.now));

@@ -230,6 +230,7 @@ fn resource(
             let obj = store.get(&rt, &ns, &name)?;
             if table::wanted(accept) {
                 return ok(&table::table(
+                    &rt,
                     &[obj],
                     store.resource_version(),
                     query.get("includeObject").unwrap_or_default(),
@@ -241,6 +242,7 @@ fn resource(
             let (items, rv) = store.list(&rt, &filter(&rp, query)?);
             if table::wanted(accept) {
                 return ok(&table::table(
+                    &rt,
                     &items,
                     rv,
                     query.get("includeObject").unwrap_or_default(),

@@ -335,7 +335,7 @@ impl Store {
     }
 
     /// Values the real API server fills in on create.
-    fn defaults(&self, rt: &ResourceType, obj: &mut Value) {
+    pub(crate) fn defaults(&self, rt: &ResourceType, obj: &mut Value) {
         if rt.group.is_empty() && rt.kind == "Namespace" {
             let name = meta_str(obj, "name").to_string();
             let meta = meta_mut(obj);
