@@ -3,6 +3,7 @@
 
 mod admin;
 mod agent;
+mod limits;
 mod registration;
 mod wire;
 
@@ -18,6 +19,7 @@ use crate::controller::ControllerHandle;
 use crate::pki::{CertificateAuthority, PeerIdentity, peer_identity};
 use crate::store::HubStore;
 
+pub use limits::ApiLimits;
 pub use registration::CLUSTER_CERT_VALIDITY;
 
 /// Shared state of the gRPC services.
@@ -38,20 +40,33 @@ pub struct ApiState {
     pub heartbeat: std::time::Duration,
     /// Configured sources, for status.
     pub sources: Arc<Vec<crate::config::SourceConfig>>,
+    /// Per-caller limits and their counters.
+    pub limits: Arc<ApiLimits>,
+    /// Stream tasks (Watch, FetchObjects, ReportStatus), awaited at shutdown.
+    pub tasks: tokio_util::task::TaskTracker,
+    /// Ends the stream tasks.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The three services, ready to add to a tonic router.
 pub fn services(
     state: ApiState,
+    transport: &crate::config::TransportLimits,
 ) -> (
     RegistrationServer<registration::RegistrationService>,
     AgentServer<agent::AgentService>,
     AdminServer<admin::AdminService>,
 ) {
     (
-        RegistrationServer::new(registration::RegistrationService(state.clone())),
-        AgentServer::new(agent::AgentService(state.clone())),
-        AdminServer::new(admin::AdminService(state)),
+        RegistrationServer::new(registration::RegistrationService(state.clone()))
+            .max_decoding_message_size(transport.max_recv_message_bytes)
+            .max_encoding_message_size(transport.max_send_message_bytes),
+        AgentServer::new(agent::AgentService(state.clone()))
+            .max_decoding_message_size(transport.max_recv_message_bytes)
+            .max_encoding_message_size(transport.max_send_message_bytes),
+        AdminServer::new(admin::AdminService(state))
+            .max_decoding_message_size(transport.max_recv_message_bytes)
+            .max_encoding_message_size(transport.max_send_message_bytes),
     )
 }
 
