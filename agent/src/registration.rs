@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use flotilla_proto::v1::registration_client::RegistrationClient;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::{info, warn};
@@ -91,7 +90,7 @@ pub async fn register(
                     chain(&e)
                 ))
             })?;
-            RegistrationClient::new(channel)
+            crate::channel::registration_client(channel)
                 .register(wire::register_request(
                     token.clone(),
                     csr_der.clone(),

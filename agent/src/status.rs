@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use flotilla_proto::v1::agent_client::AgentClient;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -101,7 +100,7 @@ impl Reporter {
         // Queue what is pending before the call, so a hub that answers only after the first
         // message is served. The outbox is bounded, so the channel is too.
         let mut sent = self.send_queued(&tx, 0)?;
-        let mut acks = AgentClient::new(self.channel.clone())
+        let mut acks = crate::channel::agent_client(self.channel.clone())
             .report_status(UnboundedReceiverStream::new(rx))
             .await
             .map_err(|s| ReportError::Rpc(Box::new(s)))?

@@ -305,6 +305,16 @@ impl HubStore {
         Ok(())
     }
 
+    /// Whether a token exists, is unused and unexpired, read without the write lock.
+    pub fn token_usable(&self, token_hash: &[u8; 32], now: i64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(v) = txn.open_table(TOKENS)?.get(token_hash.as_slice())? else {
+            return Ok(false);
+        };
+        let record: TokenRecord = unjson("tokens", v.value())?;
+        Ok(record.used_by.is_none() && now <= record.expires_at)
+    }
+
     /// Consumes a token and creates the cluster in one transaction, so a token
     /// registers at most one cluster even when two agents race with it.
     pub fn register(

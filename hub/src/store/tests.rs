@@ -281,3 +281,19 @@ fn last_report_time_is_the_hubs_clock() {
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0].reported_at, 500, "not the agent's observed_at");
 }
+
+#[test]
+fn token_usable_reads_without_consuming() {
+    let (_d, s) = store();
+    s.put_token(&[1; 32], &token(100)).unwrap();
+    assert!(s.token_usable(&[1; 32], 10).unwrap());
+    assert!(
+        s.token_usable(&[1; 32], 10).unwrap(),
+        "a read consumes nothing"
+    );
+    assert!(!s.token_usable(&[1; 32], 101).unwrap(), "expired");
+    assert!(!s.token_usable(&[2; 32], 10).unwrap(), "unknown");
+    s.register(&[1; 32], 10, |t| cluster("c-1", "a", t))
+        .unwrap();
+    assert!(!s.token_usable(&[1; 32], 10).unwrap(), "used");
+}
