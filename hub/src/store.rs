@@ -159,6 +159,9 @@ pub struct HubStore {
     retention: u64,
 }
 
+/// A digest and its bytes, or `None` when the caller may not read it.
+pub type MaybeBlob = (Digest, Option<Vec<u8>>);
+
 /// What pruning removed in one commit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -614,7 +617,7 @@ impl HubStore {
         digests: &[Digest],
         max_blobs: usize,
         max_bytes: u64,
-    ) -> Result<Vec<(Digest, Option<Vec<u8>>)>, StoreError> {
+    ) -> Result<Vec<MaybeBlob>, StoreError> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(CLUSTER_BLOBS)?;
         let blobs = txn.open_table(BLOBS)?;
