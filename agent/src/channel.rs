@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use flotilla_proto::v1::agent_client::AgentClient;
+use flotilla_proto::v1::registration_client::RegistrationClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::identity::AgentIdentity;
@@ -11,6 +13,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings keep idle streams alive through NATs and detect dead links.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message the agent decodes: the hub's default `transport.maxSendMessageBytes`, room
+/// for a ClusterState at the object-count limit with its chain, or one object at the size limit.
+pub const MAX_RECV_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest message the agent encodes: the hub's default `transport.maxRecvMessageBytes`.
+pub const MAX_SEND_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A channel could not be configured.
 #[derive(Debug, thiserror::Error)]
@@ -53,4 +60,18 @@ pub fn agent_channel(hub: &str, identity: &AgentIdentity) -> Result<Channel, Cha
         .ca_certificate(Certificate::from_pem(&identity.ca_pem))
         .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
     Ok(endpoint(hub, tls)?.connect_lazy())
+}
+
+/// An Agent-service client with the agent's message-size limits.
+pub fn agent_client(channel: Channel) -> AgentClient<Channel> {
+    AgentClient::new(channel)
+        .max_decoding_message_size(MAX_RECV_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_SEND_MESSAGE_BYTES)
+}
+
+/// A Registration-service client with the agent's message-size limits.
+pub fn registration_client(channel: Channel) -> RegistrationClient<Channel> {
+    RegistrationClient::new(channel)
+        .max_decoding_message_size(MAX_RECV_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_SEND_MESSAGE_BYTES)
 }

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use flotilla_proto::v1::registration_client::RegistrationClient;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::{info, warn};
@@ -67,9 +66,13 @@ fn read_token(path: &Path) -> Result<String, RegistrationError> {
     Ok(token)
 }
 
-/// Whether a failed Register call is worth repeating: only when the hub could not be reached.
+/// Whether a failed Register call is worth repeating: only when the hub could not be reached
+/// or shed the attempt (its per-address rate limit, which agents behind one NAT share).
 fn is_unreachable(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
+    )
 }
 
 /// Registers with the hub and stores the identity; `None` if shut down first.
@@ -91,7 +94,7 @@ pub async fn register(
                     chain(&e)
                 ))
             })?;
-            RegistrationClient::new(channel)
+            crate::channel::registration_client(channel)
                 .register(wire::register_request(
                     token.clone(),
                     csr_der.clone(),
@@ -110,7 +113,7 @@ pub async fn register(
                 warn!(
                     hub = %config.hub,
                     retry_in = ?delay,
-                    "registration: hub unreachable: {}",
+                    "registration: hub unreachable or busy: {}",
                     status.message()
                 );
                 tokio::select! {
@@ -155,9 +158,12 @@ mod tests {
     }
 
     #[test]
-    fn only_unreachable_hubs_are_retried() {
+    fn only_unreachable_or_shedding_hubs_are_retried() {
         assert!(is_unreachable(&tonic::Status::unavailable(
             "connection refused"
+        )));
+        assert!(is_unreachable(&tonic::Status::resource_exhausted(
+            "over rpc.registrationsPerMinute"
         )));
         assert!(!is_unreachable(&tonic::Status::permission_denied(
             "token already used"

@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use flotilla_proto::v1 as pb;
-use flotilla_proto::v1::agent_client::AgentClient;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -142,7 +141,7 @@ impl Renewer {
     async fn renew_once(&self) -> Result<AgentIdentity, RenewError> {
         let (key_pem, csr_der) = new_key_and_csr(&self.identity.cluster_id)?;
         let channel = self.channels.borrow().clone();
-        let response = AgentClient::new(channel)
+        let response = crate::channel::agent_client(channel)
             .renew(pb::RenewRequest { csr_der })
             .await
             .map_err(|s| RenewError::Rpc(Box::new(s)))?

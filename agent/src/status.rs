@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use flotilla_proto::v1::agent_client::AgentClient;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +105,7 @@ impl Reporter {
         // message is served. The outbox is bounded, so the channel is too.
         let mut sent = self.send_queued(&tx, 0).await?;
         let channel = self.channels.borrow().clone();
-        let mut acks = AgentClient::new(channel)
+        let mut acks = crate::channel::agent_client(channel)
             .report_status(UnboundedReceiverStream::new(rx))
             .await
             .map_err(|s| ReportError::Rpc(Box::new(s)))?

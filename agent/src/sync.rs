@@ -13,7 +13,7 @@ use std::time::Duration;
 use ed25519_dalek::VerifyingKey;
 use flotilla_common::cluster_state::{
     ObjectEntry, Rejection, SignedClusterState, SignedHeader, Verdict, verify_cluster_state,
-    verify_object,
+    verify_cluster_state_without_chain, verify_object,
 };
 use flotilla_common::digest::Digest;
 use flotilla_common::limits::Limits;
@@ -127,16 +127,40 @@ pub async fn offer<F: ObjectFetcher>(
     fetcher: &mut F,
     now: i64,
 ) -> Result<OfferOutcome, SyncError> {
+    offer_with_chain(ctx, store, signed, Some(chain), fetcher, now).await
+}
+
+/// [`offer`], where `chain` is `None` when the hub cannot give the headers between the held
+/// version and the offered one (it pruned them, or there are too many): the state is then
+/// checked without the hash-chain link, as on first sync, and never accepted if older.
+pub async fn offer_with_chain<F: ObjectFetcher>(
+    ctx: &OfferContext,
+    store: &Store,
+    signed: SignedClusterState,
+    chain: Option<&[SignedHeader]>,
+    fetcher: &mut F,
+    now: i64,
+) -> Result<OfferOutcome, SyncError> {
     let held = store.blocking(Store::held).await?.map(|h| h.held);
-    let verdict = verify_cluster_state(
-        &signed,
-        chain,
-        &ctx.key,
-        &ctx.cluster_id,
-        held.as_ref(),
-        now,
-        &ctx.limits,
-    );
+    let verdict = match chain {
+        Some(chain) => verify_cluster_state(
+            &signed,
+            chain,
+            &ctx.key,
+            &ctx.cluster_id,
+            held.as_ref(),
+            now,
+            &ctx.limits,
+        ),
+        None => verify_cluster_state_without_chain(
+            &signed,
+            &ctx.key,
+            &ctx.cluster_id,
+            held.as_ref(),
+            now,
+            &ctx.limits,
+        ),
+    };
     let state = match verdict {
         Ok(Verdict::AlreadyHeld) => return Ok(OfferOutcome::AlreadyHeld),
         Ok(Verdict::Accept(state)) => state,
@@ -288,7 +312,7 @@ impl Syncer {
 
     async fn session(&self, memory: &mut SyncMemory) -> Result<(), SyncError> {
         let channel = self.channels.borrow().clone();
-        let mut client = AgentClient::new(channel);
+        let mut client = crate::channel::agent_client(channel);
         let have_version = self
             .store
             .blocking(Store::held)
@@ -344,9 +368,24 @@ impl Syncer {
             client: client.clone(),
         };
         let now = crate::unix_now();
-        match offer(&self.ctx, &self.store, signed, &chain, &mut fetcher, now).await? {
+        let chained = chain.is_some();
+        match offer_with_chain(
+            &self.ctx,
+            &self.store,
+            signed,
+            chain.as_deref(),
+            &mut fetcher,
+            now,
+        )
+        .await?
+        {
             OfferOutcome::Accepted { version, fetched } => {
                 memory.rejected = None;
+                if !chained {
+                    warn!(
+                        "accepted version={version} without the hash chain from held version={have_version}: the hub no longer holds the versions between"
+                    );
+                }
                 info!("accepted version={version} fetched_objects={fetched}");
                 self.held.send_replace(version);
             }

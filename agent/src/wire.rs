@@ -143,9 +143,10 @@ pub fn cluster_state_request(version: u64, have_version: u64) -> pb::GetClusterS
 }
 
 /// The offered state and the chain of headers since the held version.
+/// The state and its chain; `None` for the chain when the hub says it cannot give it in full.
 pub fn cluster_state_response(
     response: pb::GetClusterStateResponse,
-) -> Result<(SignedClusterState, Vec<SignedHeader>), WireError> {
+) -> Result<(SignedClusterState, Option<Vec<SignedHeader>>), WireError> {
     let state = response.state.ok_or(WireError::Missing {
         message: "GetClusterStateResponse",
         field: "state",
@@ -164,7 +165,7 @@ pub fn cluster_state_response(
             signature: state.signature,
             body: state.body,
         },
-        chain,
+        (!response.chain_unavailable).then_some(chain),
     ))
 }
 
@@ -275,10 +276,17 @@ mod tests {
                 header: b"h".to_vec(),
                 signature: b"s".to_vec(),
             }],
+            chain_unavailable: false,
         };
-        let (state, chain) = cluster_state_response(response).unwrap();
+        let (state, chain) = cluster_state_response(response.clone()).unwrap();
         assert_eq!(state, signed);
-        assert_eq!(chain[0].header, b"h");
+        assert_eq!(chain.unwrap()[0].header, b"h");
+        let unavailable = pb::GetClusterStateResponse {
+            chain: vec![],
+            chain_unavailable: true,
+            ..response
+        };
+        assert_eq!(cluster_state_response(unavailable).unwrap().1, None);
         assert!(matches!(
             cluster_state_response(pb::GetClusterStateResponse::default()),
             Err(WireError::Missing { field: "state", .. })

@@ -4,7 +4,7 @@
 //! is checked to have recorded every renewal before a figure is printed.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use flotilla_agent::identity::{cert_cluster_id, cert_expiry, new_key_and_csr};

@@ -4,9 +4,15 @@
 //! the Git source and times (a) until every agent's target holds the new
 //! object and (b) until the hub's status shows every cluster converged on
 //! the commit. A round only counts after every cluster is verified on it.
+//!
+//! `register-flood`: a hub serving N agents while clients hammer `Register` with bad tokens
+//! from one address: how many attempts per second the hub sheds (ResourceExhausted) and how
+//! long a commit then takes to converge on every agent.
 
 mod identity;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -54,6 +60,120 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         quiet: Duration,
     },
+    /// Registration attempts shed per second while agents are served.
+    RegisterFlood {
+        /// Agents served during the flood.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// Concurrent flooding clients (each its own TLS connection).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// How long the flood lasts.
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+#[derive(Default)]
+struct FloodCounts {
+    shed: AtomicU64,
+    refused: AtomicU64,
+    other: AtomicU64,
+}
+
+async fn flood_client(url: String, ca: String, until: Instant, counts: Arc<FloodCounts>) {
+    use flotilla_proto::v1 as pb;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let Ok(endpoint) = Channel::from_shared(url) else {
+        return;
+    };
+    let Ok(endpoint) =
+        endpoint.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+    else {
+        return;
+    };
+    let mut client = pb::registration_client::RegistrationClient::new(endpoint.connect_lazy());
+    while Instant::now() < until {
+        let answer = client
+            .register(pb::RegisterRequest {
+                bootstrap_token: "flt_flood".into(),
+                csr_der: vec![0; 64],
+                requested_name: "flood".into(),
+                labels: Default::default(),
+            })
+            .await;
+        let counter = match answer {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => &counts.shed,
+            Err(s) if s.code() == tonic::Code::PermissionDenied => &counts.refused,
+            _ => &counts.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn register_flood(agents: usize, clients: usize, duration: Duration) -> anyhow::Result<()> {
+    let mut fleet = Fleet::start_with_interval(
+        |repo: &GitRepo| {
+            repo.write("flotilla.yaml", MANIFEST)
+                .write("app/cm.yaml", &config_map(0));
+            repo.commit("round 0");
+        },
+        Duration::from_millis(100),
+    )
+    .await;
+    for i in 0..agents {
+        fleet.add_agent(&format!("bench-{i}"), "tier=bench").await;
+    }
+    let first = fleet.repo.git(&["rev-parse", "HEAD"]);
+    fleet.wait_converged(&first).await;
+
+    let ca = std::fs::read_to_string(fleet.hub.ca_path()).context("reading the hub CA")?;
+    let counts = Arc::new(FloodCounts::default());
+    let start = Instant::now();
+    let until = start + duration;
+    let flooders: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(flood_client(
+                fleet.hub.url(),
+                ca.clone(),
+                until,
+                counts.clone(),
+            ))
+        })
+        .collect();
+    // While the flood runs, a commit must still reach every agent.
+    fleet.repo.write("app/cm.yaml", &config_map(1));
+    let commit_at = Instant::now();
+    let commit = fleet.repo.commit("round 1");
+    let status = fleet.wait_converged(&commit).await;
+    let converged = commit_at.elapsed();
+    if status.clusters.len() != agents || !status.converged_at(&commit) {
+        bail!("hub does not show every cluster on {commit} during the flood");
+    }
+    let flooding_at_convergence = Instant::now() < until;
+    for f in flooders {
+        f.await.context("flood client")?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let shed = counts.shed.load(Ordering::Relaxed);
+    let refused = counts.refused.load(Ordering::Relaxed);
+    let other = counts.other.load(Ordering::Relaxed);
+    println!("agents={agents} flood clients={clients} duration={duration:?} (one peer address)");
+    println!(
+        "registration attempts: {:.0}/s shed (ResourceExhausted), {:.1}/s checked and refused (bad token), {other} other",
+        shed as f64 / secs,
+        refused as f64 / secs,
+    );
+    println!(
+        "commit -> converged on all {agents} agents during the flood: {converged:.1?}{}",
+        if flooding_at_convergence {
+            ""
+        } else {
+            " (the flood ended first)"
+        }
+    );
+    fleet.shutdown().await;
+    Ok(())
 }
 
 const MANIFEST: &str = "apps:\n  - name: bench\n    path: app\n    namespace: bench\n";
@@ -232,6 +352,13 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("identity benchmark"),
         Command::Kube { objects, quiet } => kube(objects, quiet).await.context("kube benchmark"),
+        Command::RegisterFlood {
+            agents,
+            clients,
+            duration,
+        } => register_flood(agents, clients, duration)
+            .await
+            .context("register-flood benchmark"),
         Command::Latency {
             agents,
             rounds,

@@ -63,7 +63,10 @@ pub async fn connect_admin(
         .connect()
         .await
         .map_err(connect)?;
-    Ok(AdminClient::new(channel))
+    // The hub's default transport.maxSendMessageBytes and maxRecvMessageBytes.
+    Ok(AdminClient::new(channel)
+        .max_decoding_message_size(16 * 1024 * 1024)
+        .max_encoding_message_size(4 * 1024 * 1024))
 }
 
 /// A registered cluster as the CLI shows it.

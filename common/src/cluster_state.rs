@@ -306,6 +306,34 @@ pub fn verify_cluster_state(
     now: i64,
     limits: &Limits,
 ) -> Result<Verdict, Rejection> {
+    verify(offered, Some(chain), key, cluster_id, held, now, limits)
+}
+
+/// [`verify_cluster_state`] for when the hub cannot give the chain from the held version
+/// (it pruned those versions or there are too many): every check but the hash-chain link,
+/// which is what a newly registered agent, holding nothing, does too. Versions older than
+/// the held one and older epochs are still refused, and a state that directly follows the
+/// held one (no version skipped) must still link to it.
+pub fn verify_cluster_state_without_chain(
+    offered: &SignedClusterState,
+    key: &VerifyingKey,
+    cluster_id: &str,
+    held: Option<&HeldVersion>,
+    now: i64,
+    limits: &Limits,
+) -> Result<Verdict, Rejection> {
+    verify(offered, None, key, cluster_id, held, now, limits)
+}
+
+fn verify(
+    offered: &SignedClusterState,
+    chain: Option<&[SignedHeader]>,
+    key: &VerifyingKey,
+    cluster_id: &str,
+    held: Option<&HeldVersion>,
+    now: i64,
+    limits: &Limits,
+) -> Result<Verdict, Rejection> {
     let header = verify_header(&offered.signed_header(), key, cluster_id)?;
     let digest = offered.digest();
     if let Some(held) = held {
@@ -329,7 +357,13 @@ pub fn verify_cluster_state(
             });
         }
         if header.hub_epoch == held.hub_epoch {
-            verify_chain(&header, chain, key, cluster_id, held)?;
+            match chain {
+                Some(chain) => verify_chain(&header, chain, key, cluster_id, held)?,
+                None if header.version == held.version + 1 => {
+                    verify_chain(&header, &[], key, cluster_id, held)?
+                }
+                None => {}
+            }
         }
     }
     if now > header.expires_at {

@@ -57,6 +57,68 @@ struct RawConfig {
     cluster_cert_ttl: String,
     #[serde(default = "default_renew_min_interval")]
     renew_min_interval: String,
+    #[serde(default)]
+    transport: RawTransport,
+    #[serde(default)]
+    rpc: RawRpc,
+}
+
+/// `transport:` in hub.yaml; defaults in [`TransportLimits::default`].
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct RawTransport {
+    tls_handshake_timeout: String,
+    max_connections: u64,
+    max_concurrent_streams: u64,
+    request_timeout: String,
+    max_recv_message_bytes: u64,
+    max_send_message_bytes: u64,
+}
+
+impl Default for RawTransport {
+    fn default() -> Self {
+        let d = TransportLimits::default();
+        RawTransport {
+            tls_handshake_timeout: humantime::format_duration(d.tls_handshake_timeout).to_string(),
+            max_connections: d.max_connections as u64,
+            max_concurrent_streams: u64::from(d.max_concurrent_streams),
+            request_timeout: humantime::format_duration(d.request_timeout).to_string(),
+            max_recv_message_bytes: d.max_recv_message_bytes as u64,
+            max_send_message_bytes: d.max_send_message_bytes as u64,
+        }
+    }
+}
+
+/// `rpc:` in hub.yaml; defaults in [`RpcLimits::default`].
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct RawRpc {
+    registrations_per_minute: u64,
+    registration_burst: u64,
+    max_streams_per_cluster: u64,
+    max_chain_headers: u64,
+    state_retention: u64,
+    reports_per_minute: u64,
+    report_burst: u64,
+    max_report_apps: u64,
+    max_report_text_bytes: u64,
+}
+
+impl Default for RawRpc {
+    fn default() -> Self {
+        let d = RpcLimits::default();
+        RawRpc {
+            registrations_per_minute: u64::from(d.registrations_per_minute),
+            registration_burst: u64::from(d.registration_burst),
+            max_streams_per_cluster: d.max_streams_per_cluster as u64,
+            max_chain_headers: d.max_chain_headers as u64,
+            state_retention: d.state_retention,
+            reports_per_minute: u64::from(d.reports_per_minute),
+            report_burst: u64::from(d.report_burst),
+            max_report_apps: d.max_report_apps as u64,
+            max_report_text_bytes: d.max_report_text_bytes as u64,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +177,75 @@ pub struct SourceConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Connection-level limits of the gRPC listener (`transport:` in hub.yaml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// A connection that has not completed its TLS handshake by then is closed.
+    pub tls_handshake_timeout: Duration,
+    /// Connections open at once (handshaking or established); more are closed on accept.
+    pub max_connections: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Server-side deadline of a unary call (streams are bounded by their own limits).
+    pub request_timeout: Duration,
+    /// Largest message the hub decodes, and so the largest its clients may send.
+    pub max_recv_message_bytes: usize,
+    /// Largest message the hub encodes, and so the least its clients must accept.
+    pub max_send_message_bytes: usize,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        TransportLimits {
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_concurrent_streams: 64,
+            request_timeout: Duration::from_secs(30),
+            max_recv_message_bytes: 4 * 1024 * 1024,
+            max_send_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Per-caller and per-cluster limits of the services (`rpc:` in hub.yaml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcLimits {
+    /// Registration attempts one peer IP may make per minute (sustained).
+    pub registrations_per_minute: u32,
+    /// Registration attempts one peer IP may make in a burst.
+    pub registration_burst: u32,
+    /// Watch and FetchObjects streams one cluster may have open at once (each kind).
+    pub max_streams_per_cluster: usize,
+    /// Most signed headers one GetClusterState answer carries; beyond it the agent re-syncs.
+    pub max_chain_headers: usize,
+    /// ClusterState versions kept per cluster; older ones and blobs only they reference are pruned.
+    pub state_retention: u64,
+    /// Status reports one cluster may deliver per minute (sustained); beyond it the hub reads more slowly.
+    pub reports_per_minute: u32,
+    /// Status reports one cluster may deliver in a burst.
+    pub report_burst: u32,
+    /// Most apps in one status report; a larger report is refused.
+    pub max_report_apps: usize,
+    /// Longest free-text field (message, health reason, rejection) kept from a report; longer ones are truncated.
+    pub max_report_text_bytes: usize,
+}
+
+impl Default for RpcLimits {
+    fn default() -> Self {
+        RpcLimits {
+            registrations_per_minute: 60,
+            registration_burst: 10,
+            max_streams_per_cluster: 4,
+            max_chain_headers: 1_000,
+            state_retention: 100,
+            reports_per_minute: 120,
+            report_burst: 20,
+            max_report_apps: 10_000,
+            max_report_text_bytes: 4_096,
+        }
+    }
+}
+
 /// The validated hub configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -134,6 +265,73 @@ pub struct HubConfig {
     pub cluster_cert_ttl: Duration,
     /// Shortest time between two renewals of one cluster's certificate.
     pub renew_min_interval: Duration,
+    /// Listener limits.
+    pub transport: TransportLimits,
+    /// Service limits.
+    pub rpc: RpcLimits,
+}
+
+/// A whole number in `min..=max`, or an error naming the field and the range.
+fn bounded(field: &str, value: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::Invalid {
+            field: field.into(),
+            message: format!("{value} is outside {min}..={max}"),
+        });
+    }
+    Ok(value)
+}
+
+fn transport_limits(raw: RawTransport) -> Result<TransportLimits, ConfigError> {
+    const MIB: u64 = 1024 * 1024;
+    let f = |name: &str| format!("transport.{name}");
+    Ok(TransportLimits {
+        tls_handshake_timeout: duration(&f("tlsHandshakeTimeout"), &raw.tls_handshake_timeout)?,
+        max_connections: bounded(&f("maxConnections"), raw.max_connections, 1, 1_000_000)? as usize,
+        max_concurrent_streams: bounded(
+            &f("maxConcurrentStreams"),
+            raw.max_concurrent_streams,
+            1,
+            10_000,
+        )? as u32,
+        request_timeout: duration(&f("requestTimeout"), &raw.request_timeout)?,
+        // A request carries at most 20,000 digests (about 700 KiB) or one status report.
+        max_recv_message_bytes: bounded(
+            &f("maxRecvMessageBytes"),
+            raw.max_recv_message_bytes,
+            1024,
+            256 * MIB,
+        )? as usize,
+        max_send_message_bytes: bounded(
+            &f("maxSendMessageBytes"),
+            raw.max_send_message_bytes,
+            1024,
+            256 * MIB,
+        )? as usize,
+    })
+}
+
+fn rpc_limits(raw: RawRpc) -> Result<RpcLimits, ConfigError> {
+    let f = |name: &str| format!("rpc.{name}");
+    let small = |name: &str, v: u64| bounded(&f(name), v, 1, 1_000_000).map(|v| v as u32);
+    Ok(RpcLimits {
+        registrations_per_minute: small("registrationsPerMinute", raw.registrations_per_minute)?,
+        registration_burst: small("registrationBurst", raw.registration_burst)?,
+        max_streams_per_cluster: small("maxStreamsPerCluster", raw.max_streams_per_cluster)?
+            as usize,
+        max_chain_headers: small("maxChainHeaders", raw.max_chain_headers)? as usize,
+        state_retention: bounded(&f("stateRetention"), raw.state_retention, 1, u64::MAX)?,
+        reports_per_minute: small("reportsPerMinute", raw.reports_per_minute)?,
+        report_burst: small("reportBurst", raw.report_burst)?,
+        max_report_apps: small("maxReportApps", raw.max_report_apps)? as usize,
+        // Room for the truncation marker.
+        max_report_text_bytes: bounded(
+            &f("maxReportTextBytes"),
+            raw.max_report_text_bytes,
+            64,
+            1024 * 1024,
+        )? as usize,
+    })
 }
 
 /// Longest lifetime a cluster certificate may be given: a year, as kubelet client
@@ -267,6 +465,8 @@ impl HubConfig {
             fetch_timeout: duration("fetchTimeout", &raw.fetch_timeout)?,
             sources,
             limits: raw.limits,
+            transport: transport_limits(raw.transport)?,
+            rpc: rpc_limits(raw.rpc)?,
         })
     }
 }
@@ -285,6 +485,25 @@ mod tests {
         assert_eq!(c.state_ttl, Duration::from_secs(3600));
         assert_eq!(c.sources[0].branch, "main");
         assert_eq!(c.sources[0].interval, Duration::from_secs(2));
+        assert_eq!(c.transport, TransportLimits::default());
+        assert_eq!(c.rpc, RpcLimits::default());
+    }
+
+    #[test]
+    fn limits_are_read() {
+        let c = HubConfig::parse(
+            "transport: {tlsHandshakeTimeout: 2s, maxConnections: 5, requestTimeout: 1m}\nrpc: {stateRetention: 3, maxChainHeaders: 7}\n",
+        )
+        .unwrap();
+        assert_eq!(c.transport.tls_handshake_timeout, Duration::from_secs(2));
+        assert_eq!(c.transport.max_connections, 5);
+        assert_eq!(c.transport.request_timeout, Duration::from_secs(60));
+        assert_eq!(
+            c.transport.max_send_message_bytes,
+            TransportLimits::default().max_send_message_bytes
+        );
+        assert_eq!(c.rpc.state_retention, 3);
+        assert_eq!(c.rpc.max_chain_headers, 7);
     }
 
     #[test]
@@ -305,6 +524,17 @@ mod tests {
                 "sources[0].branch",
             ),
             ("stateTtl: forever", "stateTtl"),
+            (
+                "transport: {tlsHandshakeTimeout: 0s}",
+                "transport.tlsHandshakeTimeout",
+            ),
+            ("transport: {maxConnections: 0}", "transport.maxConnections"),
+            (
+                "transport: {maxRecvMessageBytes: 10}",
+                "transport.maxRecvMessageBytes",
+            ),
+            ("rpc: {stateRetention: 0}", "rpc.stateRetention"),
+            ("rpc: {maxReportTextBytes: 1}", "rpc.maxReportTextBytes"),
         ];
         for (text, field) in cases {
             let err = HubConfig::parse(text).unwrap_err().to_string();

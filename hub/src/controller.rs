@@ -412,7 +412,7 @@ impl Controller {
         }
         let store = self.store.clone();
         let batch =
-            tokio::task::spawn_blocking(move || store.commit_states(&batch).map(|()| batch))
+            tokio::task::spawn_blocking(move || store.commit_states(&batch).map(|_pruned| batch))
                 .await
                 .map_err(|e| StoreError::Corrupt {
                     table: "states",

@@ -6,16 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::info;
 
-use crate::api::{ApiState, services};
+use crate::api::{ApiLimits, ApiState, services};
 use crate::config::HubConfig;
 use crate::controller::Controller;
 use crate::datadir::{DataDir, DataDirError};
+use crate::listener::{TlsSetupError, accept_tls, server_tls_config};
 use crate::pki::PkiError;
 use crate::store::{HubStore, StoreError};
 
@@ -42,6 +42,9 @@ pub enum HubError {
         /// Error.
         source: std::io::Error,
     },
+    /// The server's TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     /// gRPC server failure.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -55,7 +58,7 @@ pub async fn run(
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), HubError> {
     let keys = data_dir.load_keys()?;
-    let store = HubStore::open(&data_dir.store_path())?;
+    let store = HubStore::open(&data_dir.store_path())?.with_retention(config.rpc.state_retention);
     let epoch = match store.meta("hub_epoch")? {
         Some(e) => e,
         None => {
@@ -114,27 +117,26 @@ pub async fn run(
         revocations: Arc::new(tokio::sync::watch::Sender::new(0)),
         shutdown: shutdown.clone(),
         tasks: tracker.clone(),
+        limits: Arc::new(ApiLimits::new(&config)),
     };
-    let ca_pem = state.ca.cert_pem();
-    let (registration, agent, admin) = services(state);
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            server_cert.cert_pem,
-            server_cert.key_pem,
-        ))
-        .client_ca_root(Certificate::from_pem(ca_pem))
-        // Registration is the one call without a client certificate; every
-        // other service checks the peer certificate itself.
-        .client_auth_optional(true);
+    let tls = server_tls_config(
+        &server_cert.cert_pem,
+        &server_cert.key_pem,
+        &state.ca.cert_pem(),
+    )?;
+    let (registration, agent, admin) = services(state, &config.transport);
+    let incoming = accept_tls(listener, tls, &config.transport, shutdown.clone(), &tracker);
     info!(%addr, epoch, sources = config.sources.len(), "hub listening");
     on_listening(addr);
     let result = Server::builder()
-        .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(config.transport.max_concurrent_streams)
+        // Bounds unary calls; a streaming call's future ends when its stream is returned.
+        .timeout(config.transport.request_timeout)
         .add_service(registration)
         .add_service(agent)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await;
     shutdown.cancel();
     tracker.close();

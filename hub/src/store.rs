@@ -13,7 +13,7 @@ use flotilla_common::cluster_state::{SignedClusterState, SignedHeader};
 use flotilla_common::digest::Digest;
 use flotilla_common::labels::Labels;
 use flotilla_common::status::StatusReport;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -24,6 +24,18 @@ const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 /// (cluster, digest) pairs: which cluster may read which blob (invariant 6).
 const CLUSTER_BLOBS: TableDefinition<(&str, &[u8]), ()> = TableDefinition::new("cluster_blobs");
 const REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("reports");
+/// Signed headers apart from the bodies, so a chain is read without decoding any body.
+const HEADERS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("headers");
+/// The distinct digests each stored version references, 32 bytes each, for pruning.
+const STATE_DIGESTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("state_digests");
+/// How many of a cluster's stored versions reference a digest; its `cluster_blobs` entry
+/// lives while this is above zero.
+const CLUSTER_BLOB_REFS: TableDefinition<(&str, &[u8]), u64> =
+    TableDefinition::new("cluster_blob_refs");
+/// How many clusters' `cluster_blobs` entries name a digest; the blob lives while this is above zero.
+const BLOB_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("blob_refs");
+/// When the hub (by its own clock, unix seconds) stored each cluster's newest report.
+const REPORT_RECEIVED: TableDefinition<&str, i64> = TableDefinition::new("report_received");
 const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
 
 /// A store operation failed.
@@ -165,12 +177,28 @@ pub struct ClusterSnapshot {
     pub latest: Option<(u64, SignedClusterState)>,
     /// Newest status report.
     pub report: Option<StatusReport>,
+    /// When the hub stored that report, by the hub's clock (unix seconds; 0 for never).
+    pub reported_at: i64,
 }
 
 /// The hub's redb database.
 #[derive(Clone)]
 pub struct HubStore {
     db: Arc<Database>,
+    /// Versions kept per cluster; older ones are pruned when a new one is committed.
+    retention: u64,
+}
+
+/// A digest and its bytes, or `None` when the caller may not read it.
+pub type MaybeBlob = (Digest, Option<Vec<u8>>);
+
+/// What pruning removed in one commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// ClusterState versions (header and body).
+    pub versions: u64,
+    /// Blobs no retained version of any cluster references any more.
+    pub blobs: u64,
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -184,23 +212,60 @@ fn unjson<T: for<'a> Deserialize<'a>>(table: &'static str, bytes: &[u8]) -> Resu
     })
 }
 
-fn encode_state(s: &SignedClusterState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + s.header.len() + s.signature.len() + s.body.len());
-    for part in [&s.header, &s.signature, &s.body] {
+fn encode_parts(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| 4 + p.len()).sum());
+    for part in parts {
         out.extend_from_slice(&(part.len() as u32).to_be_bytes());
         out.extend_from_slice(part);
     }
     out
 }
 
+fn encode_state(s: &SignedClusterState) -> Vec<u8> {
+    encode_parts(&[&s.header, &s.signature, &s.body])
+}
+
+fn encode_header(s: &SignedClusterState) -> Vec<u8> {
+    encode_parts(&[&s.header, &s.signature])
+}
+
+fn decode_header(bytes: &[u8]) -> Result<SignedHeader, StoreError> {
+    let mut parts = decode_parts("headers", bytes, 2)?;
+    let signature = parts.pop().expect("2 parts");
+    let header = parts.pop().expect("2 parts");
+    Ok(SignedHeader { header, signature })
+}
+
 fn decode_state(bytes: &[u8]) -> Result<SignedClusterState, StoreError> {
+    let mut parts = decode_parts("states", bytes, 3)?;
+    let body = parts.pop().expect("3 parts");
+    let signature = parts.pop().expect("3 parts");
+    let header = parts.pop().expect("3 parts");
+    Ok(SignedClusterState {
+        header,
+        signature,
+        body,
+    })
+}
+
+/// The distinct digests of a version's blobs, concatenated.
+fn digest_list(blobs: &[(Digest, Arc<Vec<u8>>)]) -> Vec<u8> {
+    let set: std::collections::BTreeSet<&Digest> = blobs.iter().map(|(d, _)| d).collect();
+    set.into_iter().flat_map(|d| d.0).collect()
+}
+
+fn decode_parts(
+    table: &'static str,
+    bytes: &[u8],
+    count: usize,
+) -> Result<Vec<Vec<u8>>, StoreError> {
     let corrupt = || StoreError::Corrupt {
-        table: "states",
+        table,
         detail: "truncated record".into(),
     };
-    let mut parts = Vec::with_capacity(3);
+    let mut parts = Vec::with_capacity(count);
     let mut rest = bytes;
-    for _ in 0..3 {
+    for _ in 0..count {
         if rest.len() < 4 {
             return Err(corrupt());
         }
@@ -212,14 +277,7 @@ fn decode_state(bytes: &[u8]) -> Result<SignedClusterState, StoreError> {
         parts.push(rest[..len].to_vec());
         rest = &rest[len..];
     }
-    let body = parts.pop().expect("3 parts");
-    let signature = parts.pop().expect("3 parts");
-    let header = parts.pop().expect("3 parts");
-    Ok(SignedClusterState {
-        header,
-        signature,
-        body,
-    })
+    Ok(parts)
 }
 
 fn find_cluster_in(
@@ -253,9 +311,25 @@ impl HubStore {
             txn.open_table(CLUSTER_BLOBS)?;
             txn.open_table(REPORTS)?;
             txn.open_table(SOURCES)?;
+            txn.open_table(HEADERS)?;
+            txn.open_table(STATE_DIGESTS)?;
+            txn.open_table(CLUSTER_BLOB_REFS)?;
+            txn.open_table(BLOB_REFS)?;
+            txn.open_table(REPORT_RECEIVED)?;
+            upgrade_version_index(&txn)?;
         }
         txn.commit()?;
-        Ok(HubStore { db: Arc::new(db) })
+        Ok(HubStore {
+            db: Arc::new(db),
+            retention: u64::MAX,
+        })
+    }
+
+    /// The same store, keeping only the newest `versions` ClusterStates per cluster from the
+    /// next commit on (`rpc.stateRetention`).
+    pub fn with_retention(mut self, versions: u64) -> Self {
+        self.retention = versions.max(1);
+        self
     }
 
     /// Reads a counter from the meta table.
@@ -279,6 +353,16 @@ impl HubStore {
             .insert(hash.as_slice(), json(record).as_slice())?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Whether a token exists, is unused and unexpired, read without the write lock.
+    pub fn token_usable(&self, token_hash: &[u8; 32], now: i64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(v) = txn.open_table(TOKENS)?.get(token_hash.as_slice())? else {
+            return Ok(false);
+        };
+        let record: TokenRecord = unjson("tokens", v.value())?;
+        Ok(record.used_by.is_none() && now <= record.expires_at)
     }
 
     /// Consumes a token and creates the cluster in one transaction, so a token
@@ -365,6 +449,7 @@ impl HubStore {
         let clusters = txn.open_table(CLUSTERS)?;
         let states = txn.open_table(STATES)?;
         let reports = txn.open_table(REPORTS)?;
+        let received = txn.open_table(REPORT_RECEIVED)?;
         let mut out = Vec::new();
         for entry in clusters.iter()? {
             let (_, v) = entry?;
@@ -381,10 +466,12 @@ impl HubStore {
                 .get(id)?
                 .map(|v| unjson("reports", v.value()))
                 .transpose()?;
+            let reported_at = received.get(id)?.map(|v| v.value()).unwrap_or(0);
             out.push(ClusterSnapshot {
                 cluster,
                 latest,
                 report,
+                reported_at,
             });
         }
         Ok(out)
@@ -433,7 +520,37 @@ impl HubStore {
             .transpose()
     }
 
-    /// Signed headers of the versions strictly between `after` and `before`, oldest first.
+    /// Signed headers of the versions strictly between `after` and `before`, oldest first,
+    /// or `None` when one of them is no longer stored (pruned, or `after` was never issued).
+    /// At most `max` headers are read: a longer chain is `None` too.
+    pub fn chain_between(
+        &self,
+        cluster_id: &str,
+        after: u64,
+        before: u64,
+        max: usize,
+    ) -> Result<Option<Vec<SignedHeader>>, StoreError> {
+        if before <= after.saturating_add(1) {
+            return Ok(Some(Vec::new()));
+        }
+        if before - after - 1 > max as u64 {
+            return Ok(None);
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HEADERS)?;
+        let mut out = Vec::with_capacity((before - after - 1) as usize);
+        for entry in table.range((cluster_id, after + 1)..(cluster_id, before))? {
+            let (k, v) = entry?;
+            if k.value().1 != after + 1 + out.len() as u64 {
+                return Ok(None);
+            }
+            out.push(decode_header(v.value())?);
+        }
+        Ok((out.len() as u64 == before - after - 1).then_some(out))
+    }
+
+    /// Signed headers of the versions strictly between `after` and `before`, oldest first,
+    /// as far as they are stored.
     pub fn headers_between(
         &self,
         cluster_id: &str,
@@ -444,42 +561,83 @@ impl HubStore {
             return Ok(Vec::new());
         }
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(STATES)?;
+        let table = txn.open_table(HEADERS)?;
         let mut out = Vec::new();
         for entry in table.range((cluster_id, after + 1)..(cluster_id, before))? {
             let (_, v) = entry?;
-            out.push(decode_state(v.value())?.signed_header());
+            out.push(decode_header(v.value())?);
         }
         Ok(out)
     }
 
-    /// Stores new ClusterState versions and their blobs in one transaction.
-    pub fn commit_states(&self, states: &[NewState]) -> Result<(), StoreError> {
+    /// Stores new ClusterState versions and their blobs in one transaction, then prunes each
+    /// cluster's versions beyond the retention count and the blobs only they referenced.
+    pub fn commit_states(&self, states: &[NewState]) -> Result<Pruned, StoreError> {
         let txn = self.db.begin_write()?;
+        let mut pruned = Pruned::default();
         {
+            let mut t = VersionTables::open(&txn)?;
             let mut table = txn.open_table(STATES)?;
             let mut blobs = txn.open_table(BLOBS)?;
-            let mut index = txn.open_table(CLUSTER_BLOBS)?;
-            let clusters = txn.open_table(CLUSTERS)?;
+            let clusters_table = txn.open_table(CLUSTERS)?;
             for state in states {
                 // A cluster deleted while its state was being built gets nothing.
-                if clusters.get(state.cluster_id.as_str())?.is_none() {
+                if clusters_table.get(state.cluster_id.as_str())?.is_none() {
                     continue;
                 }
                 for (digest, bytes) in &state.blobs {
                     if blobs.get(digest.0.as_slice())?.is_none() {
                         blobs.insert(digest.0.as_slice(), bytes.as_slice())?;
                     }
-                    index.insert((state.cluster_id.as_str(), digest.0.as_slice()), ())?;
                 }
+                let digests = digest_list(&state.blobs);
+                t.reference(&state.cluster_id, state.version, &digests)?;
+                t.headers.insert(
+                    (state.cluster_id.as_str(), state.version),
+                    encode_header(&state.signed).as_slice(),
+                )?;
                 table.insert(
                     (state.cluster_id.as_str(), state.version),
                     encode_state(&state.signed).as_slice(),
                 )?;
             }
+            let clusters: std::collections::BTreeSet<&str> =
+                states.iter().map(|s| s.cluster_id.as_str()).collect();
+            for cluster in clusters {
+                let Some(latest) = states
+                    .iter()
+                    .filter(|s| s.cluster_id == cluster)
+                    .map(|s| s.version)
+                    .max()
+                else {
+                    continue;
+                };
+                let Some(cutoff) = latest.checked_sub(self.retention) else {
+                    continue;
+                };
+                let old: Vec<u64> = table
+                    .range((cluster, 0)..=(cluster, cutoff))?
+                    .map(|e| e.map(|(k, _)| k.value().1))
+                    .collect::<Result<_, _>>()?;
+                for version in old {
+                    table.remove((cluster, version))?;
+                    t.headers.remove((cluster, version))?;
+                    for digest in t.unreference(cluster, version)? {
+                        blobs.remove(digest.as_slice())?;
+                        pruned.blobs += 1;
+                    }
+                    pruned.versions += 1;
+                }
+            }
         }
         txn.commit()?;
-        Ok(())
+        Ok(pruned)
+    }
+
+    /// Whether a blob is stored at all, whoever may read it (for tests of pruning).
+    pub fn has_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(BLOBS)?.get(digest.0.as_slice())?.is_some())
     }
 
     /// A blob, but only if one of `cluster_id`'s ClusterStates references it (invariant 6).
@@ -502,12 +660,44 @@ impl HubStore {
             .map(|v| v.value().to_vec()))
     }
 
+    /// The blobs for a prefix of `digests`, each `None` when `cluster_id` may not read it
+    /// (invariant 6), read in one transaction: at most `max_blobs`, and no more once
+    /// `max_bytes` are gathered (at least one is always returned for a non-empty request).
+    pub fn blobs_for_cluster(
+        &self,
+        cluster_id: &str,
+        digests: &[Digest],
+        max_blobs: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<MaybeBlob>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(CLUSTER_BLOBS)?;
+        let blobs = txn.open_table(BLOBS)?;
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for digest in digests.iter().take(max_blobs.max(1)) {
+            if bytes >= max_bytes {
+                break;
+            }
+            let data = if index.get((cluster_id, digest.0.as_slice()))?.is_some() {
+                blobs.get(digest.0.as_slice())?.map(|v| v.value().to_vec())
+            } else {
+                None
+            };
+            bytes += data.as_ref().map_or(0, |d| d.len() as u64);
+            out.push((*digest, data));
+        }
+        Ok(out)
+    }
+
     /// Records a status report unless one with the same or a higher seq is
     /// already stored; returns whether it was new. Either way the caller may ack it.
+    /// `received_at` is the hub's clock, kept as the cluster's last durable contact.
     pub fn record_report(
         &self,
         cluster_id: &str,
         report: &StatusReport,
+        received_at: i64,
     ) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
         let fresh = {
@@ -515,6 +705,8 @@ impl HubStore {
             if txn.open_table(CLUSTERS)?.get(cluster_id)?.is_none() {
                 return Ok(false);
             }
+            txn.open_table(REPORT_RECEIVED)?
+                .insert(cluster_id, received_at)?;
             let mut table = txn.open_table(REPORTS)?;
             let current: Option<StatusReport> = table
                 .get(cluster_id)?
@@ -571,10 +763,16 @@ impl HubStore {
             .get(id)?
             .map(|v| unjson("reports", v.value()))
             .transpose()?;
+        let reported_at = txn
+            .open_table(REPORT_RECEIVED)?
+            .get(id)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         Ok(Some(ClusterSnapshot {
             cluster,
             latest,
             report,
+            reported_at,
         }))
     }
 
@@ -629,7 +827,7 @@ impl HubStore {
     }
 
     /// Deletes a cluster with its ClusterStates, its blob index and its report, in one
-    /// transaction. Blobs themselves stay until no state references them.
+    /// transaction; blobs that only its states referenced go with them.
     pub fn delete_cluster(&self, name_or_id: &str) -> Result<ClusterRecord, ClusterUpdateError> {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
         let record = {
@@ -640,17 +838,25 @@ impl HubStore {
             let id = record.id.as_str();
             clusters.remove(id).map_err(StoreError::from)?;
             let mut states = txn.open_table(STATES).map_err(StoreError::from)?;
-            states
-                .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+            let versions: Vec<u64> = states
+                .range((id, 0)..=(id, u64::MAX))
+                .map_err(StoreError::from)?
+                .map(|e| e.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()
                 .map_err(StoreError::from)?;
-            let mut index = txn.open_table(CLUSTER_BLOBS).map_err(StoreError::from)?;
-            // Digests are 32 bytes, so 33 bytes of 0xff sort after every one of them.
-            let after_every_digest = [0xffu8; 33];
-            index
-                .retain_in(
-                    (id, [0u8; 0].as_slice())..=(id, after_every_digest.as_slice()),
-                    |_, _| false,
-                )
+            let mut t = VersionTables::open(&txn)?;
+            let mut blobs = txn.open_table(BLOBS).map_err(StoreError::from)?;
+            for version in versions {
+                states.remove((id, version)).map_err(StoreError::from)?;
+                t.headers.remove((id, version)).map_err(StoreError::from)?;
+                // Drops the (cluster, digest) index, and blobs no other state references.
+                for digest in t.unreference(id, version)? {
+                    blobs.remove(digest.as_slice()).map_err(StoreError::from)?;
+                }
+            }
+            txn.open_table(REPORT_RECEIVED)
+                .map_err(StoreError::from)?
+                .remove(id)
                 .map_err(StoreError::from)?;
             txn.open_table(REPORTS)
                 .map_err(StoreError::from)?
@@ -680,6 +886,114 @@ impl HubStore {
             .map(|v| unjson("sources", v.value()))
             .transpose()
     }
+}
+
+/// The tables that track which versions reference which blobs.
+struct VersionTables<'t> {
+    headers: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    digests: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    index: redb::Table<'t, (&'static str, &'static [u8]), ()>,
+    cluster_refs: redb::Table<'t, (&'static str, &'static [u8]), u64>,
+    blob_refs: redb::Table<'t, &'static [u8], u64>,
+}
+
+impl<'t> VersionTables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(VersionTables {
+            headers: txn.open_table(HEADERS)?,
+            digests: txn.open_table(STATE_DIGESTS)?,
+            index: txn.open_table(CLUSTER_BLOBS)?,
+            cluster_refs: txn.open_table(CLUSTER_BLOB_REFS)?,
+            blob_refs: txn.open_table(BLOB_REFS)?,
+        })
+    }
+
+    /// Records that `cluster`'s `version` references `digests` (distinct, concatenated).
+    fn reference(&mut self, cluster: &str, version: u64, digests: &[u8]) -> Result<(), StoreError> {
+        self.digests.insert((cluster, version), digests)?;
+        for digest in digests.chunks_exact(32) {
+            let n = self
+                .cluster_refs
+                .get((cluster, digest))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            self.cluster_refs.insert((cluster, digest), n + 1)?;
+            if n == 0 {
+                self.index.insert((cluster, digest), ())?;
+                let b = self.blob_refs.get(digest)?.map(|v| v.value()).unwrap_or(0);
+                self.blob_refs.insert(digest, b + 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets `cluster`'s `version`'s references; returns the digests no one references now.
+    fn unreference(&mut self, cluster: &str, version: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let Some(digests) = self
+            .digests
+            .remove((cluster, version))?
+            .map(|v| v.value().to_vec())
+        else {
+            return Ok(Vec::new());
+        };
+        let mut orphans = Vec::new();
+        for digest in digests.chunks_exact(32) {
+            let n = self
+                .cluster_refs
+                .get((cluster, digest))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if n > 1 {
+                self.cluster_refs.insert((cluster, digest), n - 1)?;
+                continue;
+            }
+            self.cluster_refs.remove((cluster, digest))?;
+            self.index.remove((cluster, digest))?;
+            let b = self.blob_refs.get(digest)?.map(|v| v.value()).unwrap_or(0);
+            if b > 1 {
+                self.blob_refs.insert(digest, b - 1)?;
+            } else {
+                self.blob_refs.remove(digest)?;
+                orphans.push(digest.to_vec());
+            }
+        }
+        Ok(orphans)
+    }
+}
+
+/// Stores written before headers and references were kept apart have versions in `states`
+/// only: derive their headers and blob references once, from the stored bodies.
+fn upgrade_version_index(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let states = txn.open_table(STATES)?;
+    let mut t = VersionTables::open(txn)?;
+    if states.len()? == t.digests.len()? {
+        return Ok(());
+    }
+    for entry in states.iter()? {
+        let (k, v) = entry?;
+        let (cluster, version) = k.value();
+        if t.digests.get((cluster, version))?.is_some() {
+            continue;
+        }
+        let signed = decode_state(v.value())?;
+        let state = signed
+            .decode_unverified()
+            .map_err(|e| StoreError::Corrupt {
+                table: "states",
+                detail: format!("{cluster} version {version}: {e}"),
+            })?;
+        let digests: std::collections::BTreeSet<Digest> = state
+            .body
+            .apps
+            .iter()
+            .flat_map(|a| a.objects.iter().map(|o| o.digest))
+            .collect();
+        let list: Vec<u8> = digests.iter().flat_map(|d| d.0).collect();
+        t.headers
+            .insert((cluster, version), encode_header(&signed).as_slice())?;
+        t.reference(cluster, version, &list)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

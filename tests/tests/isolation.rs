@@ -186,7 +186,7 @@ async fn certificates_scope_every_call() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let mut agent_as_admin = AgentClient::new(admin_channel.clone());
+    let mut agent_as_admin = AgentClient::new(admin_channel);
     let (_, csr) = flotilla_agent::identity::new_key_and_csr("admin").unwrap();
     let err = agent_as_admin
         .renew(pb::RenewRequest { csr_der: csr })
@@ -234,6 +234,110 @@ async fn certificates_scope_every_call() {
     assert_eq!(
         alpha.applied_version, 7,
         "an older seq does not overwrite a newer report"
+    );
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+async fn wait_state(agent: &mut AgentClient<Channel>, version: u64) -> StateBody {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match agent
+            .get_cluster_state(pb::GetClusterStateRequest {
+                version,
+                have_version: 0,
+            })
+            .await
+        {
+            Ok(resp) => {
+                let s = resp.into_inner().state.unwrap();
+                let signed = SignedClusterState {
+                    header: s.header,
+                    signature: s.signature,
+                    body: s.body,
+                };
+                return signed.decode_unverified().unwrap().body;
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "version {version} not issued within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(status) => panic!("{status}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_skip_nothing_held_and_pruned_versions_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = GitRepo::init(&dir.path().join("repo"));
+    let cm = |v: u64| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  v: \"{v}\"\n")
+    };
+    repo.write("flotilla.yaml", "apps:\n  - name: app\n    path: app\n")
+        .write("app/cm.yaml", &cm(1));
+    repo.commit("one");
+    let data = DataDir::new(dir.path().join("hub"));
+    data.init().unwrap();
+    let config = HubConfig::parse(&format!(
+        "listen: 127.0.0.1:0\nsources:\n  - name: main\n    url: {}\n    interval: 100ms\nrpc: {{stateRetention: 2}}\n",
+        repo.url()
+    ))
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(flotilla_hub::server::run(
+        data.clone(),
+        config,
+        shutdown.clone(),
+        move |a| {
+            let _ = addr_tx.send(a);
+        },
+    ));
+    let url = format!("https://{}", addr_rx.await.unwrap());
+    let admin_dir = data.admin_dir();
+    let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
+    let (ca, admin_cert, admin_key) = (read("ca.pem"), read("admin.pem"), read("admin-key.pem"));
+    let mut admin = AdminClient::new(channel(&url, &ca, Some((&admin_cert, &admin_key))).await);
+    let a = register(&url, &ca, &mut admin, "alpha").await;
+    let mut agent = AgentClient::new(channel(&url, &ca, Some((&a.cert, &a.key))).await);
+
+    let first = wait_state(&mut agent, 1).await.apps[0].objects[0].digest;
+    for v in 2..=4 {
+        repo.write("app/cm.yaml", &cm(v));
+        repo.commit(&format!("v{v}"));
+        wait_state(&mut agent, v).await;
+    }
+    let get = |have_version| pb::GetClusterStateRequest {
+        version: 4,
+        have_version,
+    };
+    // Holding nothing: no chain at all.
+    let r = agent.get_cluster_state(get(0)).await.unwrap().into_inner();
+    assert!(r.chain.is_empty() && !r.chain_unavailable, "{r:?}");
+    // Holding version 2 (pruned itself, but 3 is kept): the one header between.
+    let r = agent.get_cluster_state(get(2)).await.unwrap().into_inner();
+    assert_eq!(r.chain.len(), 1);
+    assert!(!r.chain_unavailable);
+    // Holding version 1: version 2 is pruned, so the hub says the chain is unavailable.
+    let r = agent.get_cluster_state(get(1)).await.unwrap().into_inner();
+    assert!(r.chain.is_empty() && r.chain_unavailable, "{r:?}");
+    // Version 1 and the object only it referenced are gone.
+    let err = agent
+        .get_cluster_state(pb::GetClusterStateRequest {
+            version: 1,
+            have_version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(
+        fetch(&mut agent, first).await.unwrap_err().code(),
+        Code::NotFound
     );
 
     shutdown.cancel();

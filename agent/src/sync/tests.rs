@@ -515,3 +515,46 @@ async fn announcements_of_the_held_or_the_refused_version_ask_the_hub_nothing() 
     }
     assert_eq!(store.held().unwrap().unwrap().signed, v1);
 }
+
+#[tokio::test]
+async fn without_a_chain_a_newer_state_is_accepted_and_an_older_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let a = config_map("a", "1");
+    let mut fetcher = MapFetcher {
+        blobs: fixtures::blobs(&[&a]),
+        ..MapFetcher::default()
+    };
+    let v1 = signed(1, None, vec![app("web", &[&a])]);
+    offer(&ctx(), &store, v1.clone(), &[], &mut fetcher, NOW)
+        .await
+        .unwrap();
+    let v2 = signed(2, Some(v1.digest()), vec![app("web", &[&a])]);
+    let v3 = signed(3, Some(v2.digest()), vec![app("web", &[&a])]);
+    let v9 = signed(9, Some(Digest::of(b"pruned v8")), vec![app("web", &[&a])]);
+    // With a chain the hub no longer holds, version 9 cannot link to version 1...
+    assert!(matches!(
+        offer(&ctx(), &store, v9.clone(), &[], &mut fetcher, NOW)
+            .await
+            .unwrap(),
+        OfferOutcome::Rejected(Rejection::BrokenChain { .. })
+    ));
+    // ...and when the hub says so, it is accepted on its own checks.
+    assert_eq!(
+        offer_with_chain(&ctx(), &store, v9.clone(), None, &mut fetcher, NOW)
+            .await
+            .unwrap(),
+        OfferOutcome::Accepted {
+            version: 9,
+            fetched: 0
+        }
+    );
+    assert_eq!(store.held().unwrap().unwrap().signed, v9);
+    // An older state stays refused without a chain.
+    assert!(matches!(
+        offer_with_chain(&ctx(), &store, v3, None, &mut fetcher, NOW)
+            .await
+            .unwrap(),
+        OfferOutcome::Rejected(Rejection::Stale { .. })
+    ));
+}

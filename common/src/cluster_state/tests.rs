@@ -280,3 +280,59 @@ fn signing_is_deterministic() {
     let b = ClusterState::sign(header("c-a", 1, None), &body("x"), &key(1)).unwrap();
     assert_eq!(a, b);
 }
+
+fn verify_unchained(
+    offered: &SignedClusterState,
+    held: Option<&HeldVersion>,
+) -> Result<Verdict, Rejection> {
+    verify_cluster_state_without_chain(
+        offered,
+        &key(1).verifying_key(),
+        "c-a",
+        held,
+        NOW,
+        &Limits::default(),
+    )
+}
+
+#[test]
+fn without_a_chain_a_newer_state_is_accepted_but_nothing_older_or_forged() {
+    let h = history(4);
+    // The hub pruned versions 2 and 3: version 4 is accepted on its own checks.
+    assert!(matches!(
+        verify_unchained(&h[3], Some(&held(&h[0]))).unwrap(),
+        Verdict::Accept(_)
+    ));
+    assert_eq!(
+        verify_unchained(&h[0], Some(&held(&h[3]))).unwrap_err(),
+        Rejection::Stale {
+            offered: 1,
+            held: 4
+        }
+    );
+    assert_eq!(
+        verify_unchained(&h[3], Some(&held(&h[3]))).unwrap(),
+        Verdict::AlreadyHeld
+    );
+    // The next version skips nothing, so it must still link to the held one.
+    let unlinked = ClusterState::sign(header("c-a", 2, None), &body("x"), &key(1)).unwrap();
+    assert_eq!(
+        verify_unchained(&unlinked, Some(&held(&h[0]))).unwrap_err(),
+        Rejection::BrokenChain {
+            version: 2,
+            held: 1
+        }
+    );
+    let forged = ClusterState::sign(header("c-a", 9, None), &body("x"), &key(2)).unwrap();
+    assert_eq!(
+        verify_unchained(&forged, Some(&held(&h[0]))).unwrap_err(),
+        Rejection::BadSignature
+    );
+    let mut older_epoch = header("c-a", 9, None);
+    older_epoch.hub_epoch = 0;
+    let older_epoch = ClusterState::sign(older_epoch, &body("x"), &key(1)).unwrap();
+    assert!(matches!(
+        verify_unchained(&older_epoch, Some(&held(&h[0]))).unwrap_err(),
+        Rejection::StaleEpoch { .. }
+    ));
+}

@@ -50,7 +50,7 @@ impl AdminService {
             name: c.name.clone(),
             labels: c.labels.clone().into_iter().collect(),
             registered_at: c.registered_at,
-            last_contact: contact.max(report.map(|r| r.observed_at).unwrap_or(0)),
+            last_contact: contact.max(snap.reported_at),
             desired_version: snap.latest.as_ref().map(|(v, _)| *v).unwrap_or(0),
             applied_version: report.map(|r| r.applied_version).unwrap_or(0),
             rejection: report.and_then(|r| r.rejection.clone()).unwrap_or_default(),

@@ -15,12 +15,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
+use super::limits::StreamKind;
 use super::{ApiState, caller, internal, wire};
 use crate::controller::unix_now;
 use crate::pki::PeerIdentity;
 
 /// Most digests one FetchObjects call may ask for.
 const MAX_DIGESTS_PER_FETCH: usize = 20_000;
+
+/// Blobs one FetchObjects read transaction gathers before they are sent: a stream holds a
+/// blocking thread only for one such read, never while it waits for a slow client.
+const FETCH_CHUNK_BLOBS: usize = 64;
+const FETCH_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The Agent service.
 pub struct AgentService(pub ApiState);
@@ -110,6 +116,7 @@ impl Agent for AgentService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let cluster = self.cluster(&request)?;
+        let slot = self.0.limits.open_stream(&cluster, StreamKind::Watch)?;
         let have = request.into_inner().have_version;
         // Subscribe before reading the latest version so nothing issued in between is missed.
         let mut announcements = self.0.controller.subscribe();
@@ -118,7 +125,9 @@ impl Agent for AgentService {
         let response = self.until_deleted(&cluster, Box::pin(ReceiverStream::new(rx)));
         let this = AgentService(self.0.clone());
         let heartbeat = self.0.heartbeat;
+        let shutdown = self.0.shutdown.clone();
         self.0.tasks.spawn(async move {
+            let _slot = slot;
             let mut current = initial.clone().map(|a| a.version).unwrap_or(0);
             if let Some(a) = initial
                 && a.version > have
@@ -131,7 +140,7 @@ impl Agent for AgentService {
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
-                    _ = this.0.shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return,
                     _ = ticker.tick() => {
                         this.0.last_contact.lock().expect("last_contact lock").insert(cluster.clone(), unix_now());
                         Some(pb::Announce { version: current, digest: Vec::new(), heartbeat: true })
@@ -169,25 +178,38 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::GetClusterStateResponse>, Status> {
         let cluster = self.cluster(&request)?;
         let req = request.into_inner();
-        let state = self
-            .0
-            .store
-            .state(&cluster, req.version)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no ClusterState version {} for this cluster",
-                    req.version
-                ))
-            })?;
-        let chain = self
-            .0
-            .store
-            .headers_between(&cluster, req.have_version, req.version)
-            .map_err(internal)?;
+        let store = self.0.store.clone();
+        let max_chain = self.0.limits.rpc.max_chain_headers;
+        let (state, chain) = tokio::task::spawn_blocking(move || {
+            let Some(state) = store.state(&cluster, req.version)? else {
+                return Ok((None, None));
+            };
+            // An agent holding nothing has nothing to link to: it verifies the state alone.
+            let chain = if req.have_version == 0 {
+                Some(Vec::new())
+            } else {
+                store.chain_between(&cluster, req.have_version, req.version, max_chain)?
+            };
+            Ok::<_, crate::store::StoreError>((Some(state), chain))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let state = state.ok_or_else(|| {
+            Status::not_found(format!(
+                "no ClusterState version {} for this cluster",
+                req.version
+            ))
+        })?;
+        let chain_unavailable = chain.is_none();
         Ok(Response::new(pb::GetClusterStateResponse {
             state: Some(wire::signed_state(state)),
-            chain: chain.into_iter().map(wire::signed_header).collect(),
+            chain: chain
+                .unwrap_or_default()
+                .into_iter()
+                .map(wire::signed_header)
+                .collect(),
+            chain_unavailable,
         }))
     }
 
@@ -209,25 +231,64 @@ impl Agent for AgentService {
             .iter()
             .map(|d| Digest::from_slice(d).map_err(|e| Status::invalid_argument(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
+        let slot = self
+            .0
+            .limits
+            .open_stream(&cluster, StreamKind::FetchObjects)?;
         let store = self.0.store.clone();
-        let (tx, rx) = mpsc::channel(32);
+        let shutdown = self.0.shutdown.clone();
+        let (tx, rx) = mpsc::channel(FETCH_CHUNK_BLOBS);
         let response = self.until_deleted(&cluster, Box::pin(ReceiverStream::new(rx)));
-        self.0.tasks.spawn_blocking(move || {
-            for digest in digests {
-                let item = match store.blob_for_cluster(&cluster, &digest) {
-                    Ok(Some(data)) => Ok(pb::Blob {
-                        digest: digest.0.to_vec(),
-                        data,
-                    }),
-                    // Unknown and not-yours look the same to the caller.
-                    Ok(None) => Err(Status::not_found(format!(
-                        "object {digest} is not in any of this cluster's states"
-                    ))),
-                    Err(e) => Err(internal(e)),
+        self.0.tasks.spawn(async move {
+            let _slot = slot;
+            let digests = std::sync::Arc::new(digests);
+            let mut next = 0;
+            while next < digests.len() {
+                let (store, cluster, digests_ref) =
+                    (store.clone(), cluster.clone(), digests.clone());
+                let read = tokio::task::spawn_blocking(move || {
+                    store.blobs_for_cluster(
+                        &cluster,
+                        &digests_ref[next..],
+                        FETCH_CHUNK_BLOBS,
+                        FETCH_CHUNK_BYTES,
+                    )
+                });
+                let chunk = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    chunk = read => chunk,
                 };
-                let stop = item.is_err();
-                if tx.blocking_send(item).is_err() || stop {
-                    return;
+                let chunk = match chunk {
+                    Ok(Ok(chunk)) => chunk,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                };
+                for (digest, data) in chunk {
+                    next += 1;
+                    let item = match data {
+                        Some(data) => Ok(pb::Blob {
+                            digest: digest.0.to_vec(),
+                            data,
+                        }),
+                        // Unknown and not-yours look the same to the caller.
+                        None => Err(Status::not_found(format!(
+                            "object {digest} is not in any of this cluster's states"
+                        ))),
+                    };
+                    let stop = item.is_err();
+                    let sent = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        sent = tx.send(item) => sent,
+                    };
+                    if sent.is_err() || stop {
+                        return;
+                    }
                 }
             }
         });
@@ -243,14 +304,20 @@ impl Agent for AgentService {
         let cluster = self.cluster(&request)?;
         let mut inbound = request.into_inner();
         let store = self.0.store.clone();
+        let state = self.0.clone();
         let (tx, rx) = mpsc::channel(16);
         let response = self.until_deleted(&cluster, Box::pin(ReceiverStream::new(rx)));
-        let shutdown = self.0.shutdown.clone();
         self.0.tasks.spawn(async move {
             loop {
+                // Beyond the cluster's report rate the hub reads more slowly; the agent's
+                // outbox waits for acks, so nothing is lost and nothing is refused.
                 let message = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    message = inbound.message() => message,
+                    _ = state.shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    message = async {
+                        state.limits.report_turn(&cluster).await;
+                        inbound.message().await
+                    } => message,
                 };
                 let report = match message {
                     Ok(Some(r)) => r,
@@ -260,9 +327,12 @@ impl Agent for AgentService {
                         return;
                     }
                 };
-                let report = match wire::status_report(report) {
+                let report = match wire::status_report(report)
+                    .and_then(|r| state.limits.bound_report(r))
+                {
                     Ok(r) => r,
                     Err(status) => {
+                        debug!(cluster = %cluster, error = %status.message(), "status report refused");
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
@@ -270,10 +340,18 @@ impl Agent for AgentService {
                 let seq = report.seq;
                 let store = store.clone();
                 let cluster_id = cluster.clone();
+                // Contact is the hub's clock, never the agent's observed_at.
+                let received_at = unix_now();
+                state
+                    .last_contact
+                    .lock()
+                    .expect("last_contact lock")
+                    .insert(cluster.clone(), received_at);
                 // Ack only after the report is durable (invariant 5).
-                let saved =
-                    tokio::task::spawn_blocking(move || store.record_report(&cluster_id, &report))
-                        .await;
+                let saved = tokio::task::spawn_blocking(move || {
+                    store.record_report(&cluster_id, &report, received_at)
+                })
+                .await;
                 let ack = match saved {
                     Ok(Ok(_)) => Ok(pb::Ack { seq }),
                     Ok(Err(e)) => Err(internal(e)),

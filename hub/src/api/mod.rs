@@ -3,6 +3,7 @@
 
 mod admin;
 mod agent;
+mod limits;
 mod registration;
 mod wire;
 
@@ -17,6 +18,8 @@ use tonic::{Request, Status};
 use crate::controller::ControllerHandle;
 use crate::pki::{CertificateAuthority, PeerIdentity, peer_identity};
 use crate::store::HubStore;
+
+pub use limits::ApiLimits;
 
 /// Shared state of the gRPC services.
 #[derive(Clone)]
@@ -49,20 +52,29 @@ pub struct ApiState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The tasks that feed streams; the hub waits for them before it returns.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Per-caller limits and their counters.
+    pub limits: Arc<ApiLimits>,
 }
 
 /// The three services, ready to add to a tonic router.
 pub fn services(
     state: ApiState,
+    transport: &crate::config::TransportLimits,
 ) -> (
     RegistrationServer<registration::RegistrationService>,
     AgentServer<agent::AgentService>,
     AdminServer<admin::AdminService>,
 ) {
     (
-        RegistrationServer::new(registration::RegistrationService(state.clone())),
-        AgentServer::new(agent::AgentService(state.clone())),
-        AdminServer::new(admin::AdminService(state)),
+        RegistrationServer::new(registration::RegistrationService(state.clone()))
+            .max_decoding_message_size(transport.max_recv_message_bytes)
+            .max_encoding_message_size(transport.max_send_message_bytes),
+        AgentServer::new(agent::AgentService(state.clone()))
+            .max_decoding_message_size(transport.max_recv_message_bytes)
+            .max_encoding_message_size(transport.max_send_message_bytes),
+        AdminServer::new(admin::AdminService(state))
+            .max_decoding_message_size(transport.max_recv_message_bytes)
+            .max_encoding_message_size(transport.max_send_message_bytes),
     )
 }
 

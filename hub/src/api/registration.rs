@@ -1,5 +1,7 @@
 //! `Registration.Register`: a single-use bootstrap token and a CSR become a cluster certificate.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use flotilla_common::ids::{cluster_id_from, validate_name};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::registration_server::Registration;
@@ -20,12 +22,52 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Abuse limits of Register, kept apart from the registration itself.
+impl RegistrationService {
+    /// Refuses a caller over its per-IP attempt rate (`rpc.registrationsPerMinute`).
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        // Every hub connection is TCP; a missing address shares one budget.
+        let ip = request
+            .remote_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        self.0.limits.admit_registration(ip).inspect_err(|_| {
+            if let Some(suppressed) = self.0.limits.registration_log() {
+                warn!(%ip, suppressed, "registration refused: over rpc.registrationsPerMinute");
+            }
+        })
+    }
+
+    /// Checks the token in a read transaction, so a bad token never waits for or takes the
+    /// store's write lock; the write transaction checks it again.
+    async fn check_token(&self, hash: [u8; 32]) -> Result<(), Status> {
+        let store = self.0.store.clone();
+        let usable = tokio::task::spawn_blocking(move || store.token_usable(&hash, unix_now()))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        if usable {
+            Ok(())
+        } else {
+            Err(self.bad_token())
+        }
+    }
+
+    /// The answer to a bad token, logged at most once a second with a count of the rest.
+    fn bad_token(&self) -> Status {
+        if let Some(suppressed) = self.0.limits.registration_log() {
+            warn!(suppressed, "registration refused: bad bootstrap token");
+        }
+        Status::permission_denied(RegisterError::BadToken.to_string())
+    }
+}
+
 #[tonic::async_trait]
 impl Registration for RegistrationService {
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        self.admit(&request)?;
         let req = request.into_inner();
         validate_name("cluster name", &req.requested_name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -39,6 +81,7 @@ impl Registration for RegistrationService {
             )));
         }
         let hash = token_hash(&req.bootstrap_token);
+        self.check_token(hash).await?;
         let mut random = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut random);
         let id = cluster_id_from(random);
@@ -80,12 +123,7 @@ impl Registration for RegistrationService {
         .map_err(internal)?;
         let cluster = match result {
             Ok(c) => c,
-            Err(RegisterError::BadToken) => {
-                warn!(name = %req.requested_name, "registration refused: bad bootstrap token");
-                return Err(Status::permission_denied(
-                    RegisterError::BadToken.to_string(),
-                ));
-            }
+            Err(RegisterError::BadToken) => return Err(self.bad_token()),
             Err(e @ RegisterError::NameTaken(_)) => {
                 return Err(Status::already_exists(e.to_string()));
             }

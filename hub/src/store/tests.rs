@@ -169,11 +169,11 @@ fn reports_are_idempotent_by_seq() {
         }],
         rejection: None,
     };
-    assert!(s.record_report("c-1", &report(2)).unwrap());
-    assert!(!s.record_report("c-1", &report(2)).unwrap());
-    assert!(!s.record_report("c-1", &report(1)).unwrap());
+    assert!(s.record_report("c-1", &report(2), 100).unwrap());
+    assert!(!s.record_report("c-1", &report(2), 100).unwrap());
+    assert!(!s.record_report("c-1", &report(1), 100).unwrap());
     assert_eq!(s.report("c-1").unwrap().unwrap().seq, 2);
-    assert!(s.record_report("c-1", &report(3)).unwrap());
+    assert!(s.record_report("c-1", &report(3), 100).unwrap());
     assert_eq!(s.report("c-1").unwrap().unwrap().applied_version, 3);
 }
 
@@ -230,7 +230,7 @@ fn deleting_a_cluster_removes_its_states_index_and_report_only() {
         apps: vec![],
         rejection: None,
     };
-    assert!(s.record_report("c-1", &report).unwrap());
+    assert!(s.record_report("c-1", &report, 7).unwrap());
 
     let gone = s.delete_cluster("one").unwrap();
     assert_eq!(gone.id, "c-1");
@@ -250,7 +250,7 @@ fn deleting_a_cluster_removes_its_states_index_and_report_only() {
     }])
     .unwrap();
     assert!(s.latest_state("c-1").unwrap().is_none());
-    assert!(!s.record_report("c-1", &report).unwrap());
+    assert!(!s.record_report("c-1", &report, 7).unwrap());
     assert!(s.report("c-1").unwrap().is_none());
     // Its name is free again.
     registered(&s, "c-3", "one");
@@ -258,4 +258,143 @@ fn deleting_a_cluster_removes_its_states_index_and_report_only() {
         s.delete_cluster("c-1"),
         Err(ClusterUpdateError::NotFound(_))
     ));
+}
+
+fn version(cluster: &str, v: u64, blobs: &[&'static [u8]]) -> NewState {
+    NewState {
+        cluster_id: cluster.into(),
+        version: v,
+        signed: signed(v as u8),
+        blobs: blobs
+            .iter()
+            .map(|b| (Digest::of(b), Arc::new(b.to_vec())))
+            .collect(),
+    }
+}
+
+#[test]
+fn retention_prunes_old_versions_and_the_blobs_only_they_referenced() {
+    let (_d, s) = store();
+    let s = s.with_retention(2);
+    registered(&s, "c-1", "one");
+    registered(&s, "c-2", "two");
+    let [old, shared, new]: [&'static [u8]; 3] = [b"old", b"shared", b"new"];
+    s.commit_states(&[
+        version("c-1", 1, &[old, shared]),
+        version("c-2", 1, &[shared]),
+    ])
+    .unwrap();
+    s.commit_states(&[version("c-1", 2, &[shared])]).unwrap();
+    assert!(
+        s.has_blob(&Digest::of(old)).unwrap(),
+        "version 1 is still retained"
+    );
+    let pruned = s.commit_states(&[version("c-1", 3, &[new])]).unwrap();
+    assert_eq!(pruned.versions, 1);
+    assert_eq!(pruned.blobs, 1, "only `old` lost its last reference");
+    assert!(s.state("c-1", 1).unwrap().is_none());
+    assert!(s.state("c-1", 2).unwrap().is_some());
+    assert!(!s.has_blob(&Digest::of(old)).unwrap());
+    assert!(
+        s.blob_for_cluster("c-1", &Digest::of(old))
+            .unwrap()
+            .is_none()
+    );
+    // `shared` is still referenced by c-1 version 2 and by c-2.
+    assert!(
+        s.blob_for_cluster("c-1", &Digest::of(shared))
+            .unwrap()
+            .is_some()
+    );
+    let pruned = s.commit_states(&[version("c-1", 4, &[new])]).unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            versions: 1,
+            blobs: 0
+        },
+        "c-2 still holds `shared`"
+    );
+    assert!(
+        s.blob_for_cluster("c-1", &Digest::of(shared))
+            .unwrap()
+            .is_none(),
+        "the (cluster, digest) index entry goes with c-1's last reference"
+    );
+    assert!(
+        s.blob_for_cluster("c-2", &Digest::of(shared))
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        s.state("c-2", 1).unwrap().is_some(),
+        "c-2 has only one version"
+    );
+}
+
+#[test]
+fn chains_come_from_headers_and_are_refused_when_pruned_or_too_long() {
+    let (_d, s) = store();
+    let s = s.with_retention(3);
+    registered(&s, "c-1", "one");
+    registered(&s, "c-2", "two");
+    for v in 1..=5 {
+        s.commit_states(&[version("c-1", v, &[])]).unwrap();
+    }
+    // Versions 3, 4 and 5 are retained.
+    assert_eq!(
+        s.chain_between("c-1", 2, 5, 10).unwrap(),
+        Some(vec![signed(3).signed_header(), signed(4).signed_header()])
+    );
+    assert_eq!(s.chain_between("c-1", 4, 5, 10).unwrap(), Some(vec![]));
+    assert_eq!(
+        s.chain_between("c-1", 1, 5, 10).unwrap(),
+        None,
+        "version 2 was pruned"
+    );
+    assert_eq!(
+        s.chain_between("c-1", 2, 5, 1).unwrap(),
+        None,
+        "over the cap"
+    );
+    assert_eq!(
+        s.chain_between("c-1", 2, 9, 10).unwrap(),
+        None,
+        "6..8 never existed"
+    );
+}
+
+#[test]
+fn last_report_time_is_the_hubs_clock() {
+    let (_d, s) = store();
+    registered(&s, "c-1", "one");
+    s.put_token(&[1; 32], &token(100)).unwrap();
+    s.register(&[1; 32], 1, |t| cluster("c-1", "a", t)).unwrap();
+    let report = StatusReport {
+        seq: 1,
+        observed_at: 99_999_999,
+        applied_version: 0,
+        apps: vec![],
+        rejection: None,
+    };
+    s.record_report("c-1", &report, 500).unwrap();
+    let snaps = s.cluster_snapshots().unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0].reported_at, 500, "not the agent's observed_at");
+}
+
+#[test]
+fn token_usable_reads_without_consuming() {
+    let (_d, s) = store();
+    s.put_token(&[1; 32], &token(100)).unwrap();
+    assert!(s.token_usable(&[1; 32], 10).unwrap());
+    assert!(
+        s.token_usable(&[1; 32], 10).unwrap(),
+        "a read consumes nothing"
+    );
+    assert!(!s.token_usable(&[1; 32], 101).unwrap(), "expired");
+    assert!(!s.token_usable(&[2; 32], 10).unwrap(), "unknown");
+    s.register(&[1; 32], 10, |t| cluster("c-1", "a", t))
+        .unwrap();
+    assert!(!s.token_usable(&[1; 32], 10).unwrap(), "used");
 }
