@@ -4,7 +4,7 @@
 //! is checked to have recorded every renewal before a figure is printed.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use flotilla_agent::identity::{cert_cluster_id, cert_expiry, new_key_and_csr};
@@ -40,17 +40,23 @@ fn read(dir: &Path, file: &str) -> anyhow::Result<String> {
 
 /// Runs the benchmark with `clusters` clusters.
 pub async fn identity(clusters: usize) -> anyhow::Result<()> {
-    let fleet = Fleet::start(|repo: &GitRepo| {
-        repo.write(
-            "flotilla.yaml",
-            "apps:\n  - name: bench\n    path: app\n    namespace: bench\n",
-        )
-        .write(
-            "app/cm.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bench\ndata:\n  a: \"1\"\n",
-        );
-        repo.commit("bench");
-    })
+    // Registration is rate-limited per address and every cluster here registers from
+    // 127.0.0.1; this bench measures renewal and deletion, so that limit is raised.
+    let fleet = Fleet::start_with_config(
+        |repo: &GitRepo| {
+            repo.write(
+                "flotilla.yaml",
+                "apps:\n  - name: bench\n    path: app\n    namespace: bench\n",
+            )
+            .write(
+                "app/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bench\ndata:\n  a: \"1\"\n",
+            );
+            repo.commit("bench");
+        },
+        Duration::from_millis(200),
+        "rpc: {registrationsPerMinute: 100000, registrationBurst: 10000}\n",
+    )
     .await;
     let url = fleet.hub.url();
     let admin_dir = fleet.hub.admin_dir();

@@ -33,6 +33,15 @@ impl Fleet {
 
     /// Like [`Fleet::start`] with another source poll interval.
     pub async fn start_with_interval(fill: impl FnOnce(&GitRepo), interval: Duration) -> Self {
+        Self::start_with_config(fill, interval, "").await
+    }
+
+    /// Like [`Fleet::start_with_interval`], with more hub.yaml lines.
+    pub async fn start_with_config(
+        fill: impl FnOnce(&GitRepo),
+        interval: Duration,
+        extra_config: &str,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-e2e-")
             .tempdir()
@@ -41,7 +50,7 @@ impl Fleet {
         let repo = GitRepo::init(&dir.path().join("repo"));
         fill(&repo);
         let config = format!(
-            "listen: 127.0.0.1:0\nsources:\n  - name: main\n    url: {}\n    branch: main\n    interval: {}ms\n",
+            "listen: 127.0.0.1:0\nsources:\n  - name: main\n    url: {}\n    branch: main\n    interval: {}ms\n{extra_config}",
             repo.url(),
             interval.as_millis()
         );

@@ -435,7 +435,9 @@ fn cli_json(fleet: &Fleet, args: &[&str]) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_relabel_describe_and_delete_clusters_with_the_cli() {
     let mut fleet = Fleet::start(fill).await;
-    fleet.add_agent("core-eu", "tier=core,region=eu").await;
+    fleet
+        .add_agent("core-eu", "tier=core,region=eu,owner=a")
+        .await;
     let first = fleet.repo.git(&["rev-parse", "HEAD"]);
     fleet.wait_converged(&first).await;
     assert_eq!(fleet.object(0, DEPLOY).unwrap()["spec"]["replicas"], 2);
