@@ -88,9 +88,11 @@ async fn main() {
         target,
         settings: ApplySettings {
             deletion_budget: 50,
+            deletion_window: Duration::ZERO,
             override_budget: false,
         },
         backoff: Backoff::default(),
+        retry: flotilla_agent::retry::RetryPolicy::default(),
         reporter: Arc::new(Notify::new()),
     };
     let started = Instant::now();

@@ -8,8 +8,21 @@
 //! counts as applied only when every app ended `applied`; a pass that hit a transient target
 //! error is retried with backoff.
 //!
+//! Only the signed state is policy. The inventory copy kept in the target is a hint for
+//! adoption: an agent with an empty store adopts it only for apps of its held state, and under
+//! the prune settings of that state, never those written in the copy.
+//!
+//! Writes go in two phases: first the CRDs and Namespaces the plan marks early (of every app
+//! without dependencies), then each app's other objects and deletions, in dependency order.
+//!
 //! Deletions happen only after every write of the app succeeded and only for objects a fresh,
-//! complete listing shows live; when the listing fails, no deletion happens in that pass.
+//! complete listing shows live *and labelled as this app's*; each delete is conditional on the
+//! uid listed. When the listing fails, no deletion happens in that pass. Deletions are logged in
+//! the store, so the deletion budget counts over a window that survives restarts.
+//!
+//! Failed apps are retried by themselves with capped exponential backoff ([`RetryPolicy`]), so
+//! a namespace created later, a webhook back up or RBAC granted afterwards heals without a new
+//! ClusterState.
 //! An app whose objects are not healthy yet holds back the apps that depend on it; the target's
 //! watches wake the applier when something changes, and such passes report only changes.
 
@@ -17,6 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_common::cluster_state::ObjectEntry;
 use flotilla_common::object::ObjectId;
 use flotilla_common::status::{AppHealth, AppPhase, AppStatus};
 use tokio::sync::{Notify, watch};
@@ -26,7 +40,8 @@ use tracing::{debug, info, warn};
 use crate::config::Backoff;
 use crate::error::{AgentError, error_chain};
 use crate::inventory::AppInventory;
-use crate::plan::{AppChanges, AppPlan, AppStep, PlanInput, plan};
+use crate::plan::{AppChanges, AppPlan, AppStep, PlanInput, deleted_in_window, plan};
+use crate::retry::{RetryPolicy, RetryState};
 use crate::store::{ApplyRecord, ApplySnapshot, Store, StoreError};
 use crate::target::{Applied, ApplyRequest, Change, Target};
 
@@ -39,8 +54,10 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// Settings of the apply passes.
 #[derive(Debug, Clone, Copy)]
 pub struct ApplySettings {
-    /// Most deletions per pass.
+    /// Most deletions per deletion window (per pass when the window is zero).
     pub deletion_budget: u32,
+    /// The window the budget counts deletions over.
+    pub deletion_window: Duration,
     /// Lifts the budget.
     pub override_budget: bool,
 }
@@ -100,7 +117,7 @@ pub async fn apply_held_with<T: Target>(
     shutdown: &CancellationToken,
     policy: ReportPolicy,
 ) -> Result<Option<ApplyOutcome>, StoreError> {
-    let Some(snapshot) = store.apply_snapshot()? else {
+    let Some(snapshot) = store.blocking(Store::apply_snapshot).await? else {
         return Ok(None);
     };
     let version = snapshot.held.held.version;
@@ -121,14 +138,14 @@ pub async fn apply_held_with<T: Target>(
     let mut base = snapshot.inventory.clone();
     if base.is_empty() {
         match target.load_inventory().await {
-            Ok(adopted) => {
-                if !adopted.is_empty() {
+            Ok(found) => {
+                base = adoptable(found, &snapshot.held.state.body.apps);
+                if !base.is_empty() {
                     info!(
-                        apps = adopted.len(),
+                        apps = base.len(),
                         "adopted the inventory kept in the target"
                     );
                 }
-                base = adopted;
             }
             Err(e) => {
                 let message = format!(
@@ -146,8 +163,15 @@ pub async fn apply_held_with<T: Target>(
                         &message,
                     ));
                 }
-                outcome.reported =
-                    record(store, &snapshot, &outcome, BTreeMap::new(), now, policy)?;
+                outcome.reported = record(
+                    store,
+                    &snapshot,
+                    &outcome,
+                    BTreeMap::new(),
+                    (now, settings),
+                    policy,
+                )
+                .await?;
                 return Ok(Some(outcome));
             }
         }
@@ -156,6 +180,8 @@ pub async fn apply_held_with<T: Target>(
         desired: &snapshot.held.state.body.apps,
         inventory: &base,
         deletion_budget: settings.deletion_budget,
+        deletion_window: settings.deletion_window,
+        deleted_in_window: deleted_in_window(&snapshot.deletions, now, settings.deletion_window),
         override_budget: settings.override_budget,
     });
     let mut pass = Pass {
@@ -166,7 +192,15 @@ pub async fn apply_held_with<T: Target>(
         outcome,
         inventory: BTreeMap::new(),
         not_ready: BTreeMap::new(),
+        started: BTreeMap::new(),
     };
+    // First the CRDs and Namespaces every independent app declares, so that any app's objects
+    // find their kind and namespace; then each app in dependency order.
+    for app in &plan.apps {
+        if !pass.run_early(app).await {
+            break;
+        }
+    }
     for app in &plan.apps {
         pass.run_app(app).await;
     }
@@ -199,8 +233,36 @@ pub async fn apply_held_with<T: Target>(
         );
         outcome.retry = true;
     }
-    outcome.reported = record(store, &snapshot, &outcome, inventory, now, policy)?;
+    outcome.reported = record(
+        store,
+        &snapshot,
+        &outcome,
+        inventory,
+        (now, settings),
+        policy,
+    )
+    .await?;
     Ok(Some(outcome))
+}
+
+/// The part of the inventory found in the target that may be adopted: apps of the held state
+/// only, under that state's prune settings. The copy in the target is unsigned (anyone who can
+/// write a ConfigMap can forge it), so it may name objects, never policy.
+pub fn adoptable(
+    found: BTreeMap<String, AppInventory>,
+    desired: &[flotilla_common::cluster_state::AppState],
+) -> BTreeMap<String, AppInventory> {
+    let mut out = BTreeMap::new();
+    for (name, mut inventory) in found {
+        let Some(app) = desired.iter().find(|a| a.name == name) else {
+            warn!(app = %name, "ignoring the target's inventory of an app the held state does not have");
+            continue;
+        };
+        inventory.prune = app.prune;
+        inventory.prune_protect = app.prune_protect.clone();
+        out.insert(name, inventory);
+    }
+    out
 }
 
 fn pending(app: String, commit: String, version: u64, message: &str) -> AppStatus {
@@ -215,32 +277,41 @@ fn pending(app: String, commit: String, version: u64, message: &str) -> AppStatu
     }
 }
 
-/// Records the pass (inventory, applied version, report) unless `policy` says a pass that
-/// changed nothing stays quiet; returns whether a report was queued.
-fn record(
+/// Records the pass (inventory, applied version, deletions, report) unless `policy` says a
+/// pass that changed nothing stays quiet; returns whether a report was queued.
+async fn record(
     store: &Store,
     snapshot: &ApplySnapshot,
     outcome: &ApplyOutcome,
     inventory: BTreeMap<String, Option<AppInventory>>,
-    now: i64,
+    (now, settings): (i64, ApplySettings),
     policy: ReportPolicy,
 ) -> Result<bool, StoreError> {
     let completed_version = outcome.complete.then_some(outcome.version);
-    if policy == ReportPolicy::IfChanged {
+    if policy == ReportPolicy::IfChanged && outcome.deleted == 0 {
         let inventory_same = inventory
             .iter()
             .all(|(app, inv)| snapshot.inventory.get(app) == inv.as_ref());
         let version_same = completed_version.is_none_or(|v| v == snapshot.applied_version);
-        if inventory_same && version_same && store.last_statuses()? == outcome.apps {
+        if inventory_same
+            && version_same
+            && store.blocking(Store::last_statuses).await? == outcome.apps
+        {
             return Ok(false);
         }
     }
-    store.record_apply(&ApplyRecord {
+    let window = i64::try_from(settings.deletion_window.as_secs()).unwrap_or(i64::MAX);
+    let record = ApplyRecord {
         inventory,
         completed_version,
         observed_at: now,
         apps: outcome.apps.clone(),
-    })?;
+        deleted: outcome.deleted as u64,
+        forget_deletions_before: now.saturating_sub(window),
+    };
+    store
+        .blocking(move |store| store.record_apply(&record))
+        .await?;
     Ok(true)
 }
 
@@ -254,6 +325,8 @@ struct Pass<'a, T> {
     inventory: BTreeMap<String, Option<AppInventory>>,
     /// Apps dependents must wait for, and why.
     not_ready: BTreeMap<String, String>,
+    /// Apps whose early writes ran: their inventory and results so far.
+    started: BTreeMap<String, (AppInventory, Written)>,
 }
 
 /// Failures of one app's objects: the first message, how many, and whether any is transient.
@@ -289,6 +362,29 @@ struct Written {
 }
 
 impl<T: Target> Pass<'_, T> {
+    /// Writes the app's early objects (CRDs, Namespaces); false when the target is unavailable
+    /// or shutting down, so that the early phase stops.
+    async fn run_early(&mut self, app: &AppPlan) -> bool {
+        let AppStep::Apply(changes) = &app.step else {
+            return true;
+        };
+        if changes.early == 0 {
+            return true;
+        }
+        let mut inventory = self.base.get(&app.app).cloned().unwrap_or_default();
+        let mut written = Written::default();
+        self.write_entries(
+            app,
+            &changes.writes[..changes.early],
+            &mut inventory,
+            &mut written,
+        )
+        .await;
+        let go_on = !written.failures.transient && !self.outcome.interrupted;
+        self.started.insert(app.app.clone(), (inventory, written));
+        go_on
+    }
+
     async fn run_app(&mut self, app: &AppPlan) {
         let version = self.outcome.version;
         let status = |phase, message: String, health, health_reason: String| AppStatus {
@@ -334,8 +430,16 @@ impl<T: Target> Pass<'_, T> {
             ));
             return;
         }
-        let mut inventory = self.base.get(&app.app).cloned().unwrap_or_default();
-        let written = self.change_objects(app, changes, &mut inventory).await;
+        let (mut inventory, mut written, rest) = match self.started.remove(&app.app) {
+            Some((inventory, written)) => (inventory, written, &changes.writes[changes.early..]),
+            None => (
+                self.base.get(&app.app).cloned().unwrap_or_default(),
+                Written::default(),
+                &changes.writes[..],
+            ),
+        };
+        self.change_objects(app, changes, rest, &mut inventory, &mut written)
+            .await;
         inventory.prune = app.prune;
         inventory.prune_protect = app.prune_protect.clone();
         if self.outcome.interrupted {
@@ -399,21 +503,73 @@ impl<T: Target> Pass<'_, T> {
         }
     }
 
-    /// Writes, then (only if every write succeeded) deletes what a fresh listing shows live;
-    /// updates `inventory` to match.
+    /// Writes `entries` (those of the app's writes not written yet), then (only if every write
+    /// succeeded) deletes what a fresh listing shows live and the app's; updates `inventory`.
     async fn change_objects(
         &mut self,
         app: &AppPlan,
         changes: &AppChanges,
+        entries: &[ObjectEntry],
         inventory: &mut AppInventory,
-    ) -> Written {
-        let mut written = Written::default();
-        let failures = &mut written.failures;
+        written: &mut Written,
+    ) {
         for id in &changes.released {
             inventory.remove(id);
         }
-        let mut requests = Vec::with_capacity(changes.writes.len());
-        for entry in &changes.writes {
+        // An unavailable target or a shutdown in the early phase: the rest waits for a retry.
+        if written.failures.transient {
+            return;
+        }
+        self.write_entries(app, entries, inventory, written).await;
+        let failures = &mut written.failures;
+        if failures.count > 0 || changes.deletes.is_empty() {
+            return;
+        }
+        let live = match self.target.list_live(&app.app, &changes.deletes).await {
+            Ok(live) => live,
+            Err(e) => {
+                let message = format!(
+                    "deletions withheld: the list of live objects is incomplete: {}",
+                    error_chain(&e)
+                );
+                warn!(app = %app.app, "{message}");
+                failures.add(message, true);
+                return;
+            }
+        };
+        for id in &changes.deletes {
+            if self.shutdown.is_cancelled() {
+                self.outcome.interrupted = true;
+                failures.add("interrupted by shutdown".into(), true);
+                return;
+            }
+            let Some(object) = live.get(id) else {
+                debug!(app = %app.app, object = %id, "not live as this app's; forgotten");
+                inventory.remove(id);
+                continue;
+            };
+            match self.target.delete(id, object.uid.as_deref()).await {
+                Ok(change) => {
+                    inventory.remove(id);
+                    if change == Change::Changed {
+                        self.outcome.deleted += 1;
+                    }
+                }
+                Err(e) => failures.add(e.to_string(), e.transient),
+            }
+        }
+    }
+
+    /// Writes `entries` in batches, recording each success in `inventory`.
+    async fn write_entries(
+        &mut self,
+        app: &AppPlan,
+        entries: &[ObjectEntry],
+        inventory: &mut AppInventory,
+        written: &mut Written,
+    ) {
+        let mut requests = Vec::with_capacity(entries.len());
+        for entry in entries {
             match self.snapshot.blobs.get(&entry.digest) {
                 Some(bytes) => requests.push(ApplyRequest {
                     id: &entry.id,
@@ -424,7 +580,7 @@ impl<T: Target> Pass<'_, T> {
                     force: app.force,
                     drift: app.drift,
                 }),
-                None => failures.add(
+                None => written.failures.add(
                     format!("object {} is missing from the local store", entry.id),
                     false,
                 ),
@@ -433,8 +589,8 @@ impl<T: Target> Pass<'_, T> {
         for batch in requests.chunks(BATCH) {
             if self.shutdown.is_cancelled() {
                 self.outcome.interrupted = true;
-                failures.add("interrupted by shutdown".into(), true);
-                return written;
+                written.failures.add("interrupted by shutdown".into(), true);
+                return;
             }
             let results = self.target.apply(batch).await;
             for (request, result) in batch.iter().zip(results) {
@@ -450,51 +606,14 @@ impl<T: Target> Pass<'_, T> {
                             }
                         }
                     }
-                    Err(e) => failures.add(e.to_string(), e.transient),
+                    Err(e) => written.failures.add(e.to_string(), e.transient),
                 }
             }
             // An unavailable API server fails the rest the same way: stop and retry later.
-            if failures.transient {
-                return written;
+            if written.failures.transient {
+                return;
             }
         }
-        if failures.count > 0 || changes.deletes.is_empty() {
-            return written;
-        }
-        let live = match self.target.list_live(&changes.deletes).await {
-            Ok(live) => live,
-            Err(e) => {
-                let message = format!(
-                    "deletions withheld: the list of live objects is incomplete: {}",
-                    error_chain(&e)
-                );
-                warn!(app = %app.app, "{message}");
-                failures.add(message, true);
-                return written;
-            }
-        };
-        for id in &changes.deletes {
-            if self.shutdown.is_cancelled() {
-                self.outcome.interrupted = true;
-                failures.add("interrupted by shutdown".into(), true);
-                return written;
-            }
-            if !live.contains(id) {
-                debug!(app = %app.app, object = %id, "already gone; forgotten");
-                inventory.remove(id);
-                continue;
-            }
-            match self.target.delete(id).await {
-                Ok(change) => {
-                    inventory.remove(id);
-                    if change == Change::Changed {
-                        self.outcome.deleted += 1;
-                    }
-                }
-                Err(e) => failures.add(e.to_string(), e.transient),
-            }
-        }
-        written
     }
 }
 
@@ -529,6 +648,8 @@ pub struct Applier<T> {
     pub settings: ApplySettings,
     /// Retry delays after transient failures.
     pub backoff: Backoff,
+    /// Retry delays after apps failed for other reasons.
+    pub retry: RetryPolicy,
     /// Woken after each recorded pass.
     pub reporter: Arc<Notify>,
 }
@@ -551,19 +672,34 @@ impl<T: Target> Applier<T> {
         shutdown: &CancellationToken,
     ) -> Result<(), AgentError> {
         let mut delays = self.backoff.delays();
+        let mut failed_retries = RetryState::default();
         let mut retry_in = None;
+        // Transient retries report every pass; retries of failed apps only report changes.
+        let mut retry_policy = ReportPolicy::Always;
         // Level-based: whatever is held is applied again at startup, from disk alone, which
         // also finishes an apply that a crash interrupted and undoes drift from the downtime.
-        let mut due = self.store.held()?.is_some().then_some(ReportPolicy::Always);
+        let holds = self.store.blocking(Store::held).await?.is_some();
+        let mut due = holds.then_some(ReportPolicy::Always);
         let mut syncer_gone = false;
         loop {
             if let Some(policy) = due {
                 retry_in = None;
                 if let Some(outcome) = self.pass(shutdown, policy).await? {
-                    if outcome.retry && !outcome.interrupted {
+                    let failed = outcome.apps.iter().any(|a| a.phase == AppPhase::Failed);
+                    if outcome.interrupted {
+                        // Shutting down: nothing to schedule.
+                    } else if outcome.retry {
                         retry_in = delays.next();
+                        retry_policy = ReportPolicy::Always;
+                    } else if failed {
+                        delays = self.backoff.delays();
+                        let delay = failed_retries.next(&self.retry);
+                        debug!("failed apps are retried in {delay:?}");
+                        retry_in = Some(delay);
+                        retry_policy = ReportPolicy::IfChanged;
                     } else {
                         delays = self.backoff.delays();
+                        failed_retries.reset();
                     }
                 }
             }
@@ -582,22 +718,25 @@ impl<T: Target> Applier<T> {
             due = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 changed = new_version => match changed {
-                    Ok(()) => Some(ReportPolicy::Always),
+                    Ok(()) => {
+                        failed_retries.reset();
+                        Some(ReportPolicy::Always)
+                    }
                     Err(_) => {
                         // The syncer is gone; the held state can no longer change.
                         syncer_gone = true;
                         None
                     }
                 },
-                _ = retry => Some(ReportPolicy::Always),
+                _ = retry => Some(retry_policy),
                 _ = self.target.changed() => {
                     // Let a burst of events (a rollout, a multi-object edit) settle first.
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(SETTLE) => {}
                     }
-                    // A pending retry stays due: it reports regardless.
-                    Some(if retry_in.is_some() { ReportPolicy::Always } else { ReportPolicy::IfChanged })
+                    // A pending transient retry stays due: it reports regardless.
+                    Some(if retry_in.is_some() { retry_policy } else { ReportPolicy::IfChanged })
                 }
             };
         }
@@ -640,12 +779,12 @@ impl<T: Target> Applier<T> {
             );
         } else {
             let count = |phase| outcome.apps.iter().filter(|a| a.phase == phase).count();
+            let failed = count(AppPhase::Failed);
             warn!(
-                "apply of version={version} incomplete: failed={} pending={} written={written} \
-                 deleted={deleted} retry={}",
-                count(AppPhase::Failed),
+                "apply of version={version} incomplete: failed={failed} pending={} \
+                 written={written} deleted={deleted} retry={}",
                 count(AppPhase::Pending),
-                outcome.retry && !outcome.interrupted
+                (outcome.retry || failed > 0) && !outcome.interrupted
             );
         }
         Ok(Some(outcome))

@@ -15,6 +15,12 @@ use crate::target::kube::{KubeSource, check_kubeconfig};
 /// Default number of objects one apply may delete without the explicit override.
 pub const DEFAULT_DELETION_BUDGET: u32 = 50;
 
+/// Default window the deletion budget counts over (`--deletion-budget-window`).
+pub const DEFAULT_DELETION_WINDOW: &str = "1h";
+
+/// Default longest delay between retries of failed apps (`--retry-ceiling`).
+pub const DEFAULT_RETRY_CEILING: &str = "5m";
+
 /// Default number of unacknowledged status reports kept while the hub is unreachable.
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 100;
 
@@ -56,9 +62,18 @@ pub struct RunArgs {
     /// Name requested at registration (a DNS label); defaults to the host name.
     #[arg(long)]
     pub name: Option<String>,
-    /// Most objects one apply may delete; more are withheld and the app reported failed.
+    /// Most objects the agent may delete within the deletion budget window; more are withheld
+    /// and the app reported failed.
     #[arg(long, default_value_t = DEFAULT_DELETION_BUDGET)]
     pub deletion_budget: u32,
+    /// The window the deletion budget counts over, e.g. `1h`, `30m`; `0s` counts each apply
+    /// pass alone. The count survives restarts.
+    #[arg(long, default_value = DEFAULT_DELETION_WINDOW)]
+    pub deletion_budget_window: String,
+    /// Longest delay between retries of apps that failed to apply (they are retried from 1 s,
+    /// doubling), e.g. `5m`.
+    #[arg(long, default_value = DEFAULT_RETRY_CEILING)]
+    pub retry_ceiling: String,
     /// Lets one run of the agent delete more objects than the deletion budget allows.
     #[arg(long)]
     pub override_deletion_budget: bool,
@@ -166,8 +181,12 @@ pub struct AgentConfig {
     pub target: TargetSpec,
     /// Name requested at registration.
     pub name: String,
-    /// Most deletions per apply.
+    /// Most deletions per deletion window.
     pub deletion_budget: u32,
+    /// The window the deletion budget counts over; zero counts each pass alone.
+    pub deletion_window: Duration,
+    /// Longest delay between retries of failed apps.
+    pub retry_ceiling: Duration,
     /// Whether the deletion budget is lifted for this run.
     pub override_deletion_budget: bool,
     /// Limits applied to offered ClusterStates.
@@ -216,6 +235,18 @@ impl AgentConfig {
             check_kubeconfig(path)
                 .map_err(|e| invalid("--target", format!("kubeconfig {}: {e}", path.display())))?;
         }
+        let deletion_window =
+            parse_duration("--deletion-budget-window", &args.deletion_budget_window)?;
+        let retry_ceiling = parse_duration("--retry-ceiling", &args.retry_ceiling)?;
+        if retry_ceiling < crate::retry::DEFAULT_RETRY_FIRST {
+            return Err(invalid(
+                "--retry-ceiling",
+                format!(
+                    "{} is shorter than the first retry delay of 1s",
+                    args.retry_ceiling
+                ),
+            ));
+        }
         let name = args.name.unwrap_or_else(|| default_name.to_string());
         validate_name("cluster name", &name).map_err(|e| invalid("--name", e.to_string()))?;
         Ok(AgentConfig {
@@ -226,6 +257,8 @@ impl AgentConfig {
             target,
             name,
             deletion_budget: args.deletion_budget,
+            deletion_window,
+            retry_ceiling,
             override_deletion_budget: args.override_deletion_budget,
             limits: Limits::default(),
             backoff: Backoff::default(),
@@ -241,6 +274,15 @@ impl AgentConfig {
 }
 
 /// Checks that `pem` starts with a parseable X.509 certificate.
+fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|e| {
+        invalid(
+            flag,
+            format!("{value:?} is not a duration such as 30m or 1h: {e}"),
+        )
+    })
+}
+
 fn check_ca_pem(pem: &str) -> Result<(), String> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|_| "holds no PEM certificate".to_string())?;
@@ -340,6 +382,18 @@ mod tests {
         assert_eq!(config.target, TargetSpec::Dir("/tmp/objects".into()));
         assert_eq!(config.name, "host-1");
         assert_eq!(config.deletion_budget, DEFAULT_DELETION_BUDGET);
+        assert_eq!(config.deletion_window, Duration::from_secs(3600));
+        assert_eq!(config.retry_ceiling, Duration::from_secs(300));
+        let tuned = args(
+            dir.path(),
+            &[
+                ("--deletion-budget-window", "0s"),
+                ("--retry-ceiling", "30s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(tuned.deletion_window, Duration::ZERO);
+        assert_eq!(tuned.retry_ceiling, Duration::from_secs(30));
         assert!(!config.override_deletion_budget);
         assert!(config.store_path().ends_with("data/agent.redb"));
     }
@@ -388,6 +442,10 @@ mod tests {
             ("--ca", "/nonexistent/ca.pem"),
             ("--ca", "not-a-cert.pem"),
             ("--ca", "junk.pem"),
+            ("--deletion-budget-window", "an hour"),
+            ("--deletion-budget-window", "3 fortnights"),
+            ("--retry-ceiling", "5"),
+            ("--retry-ceiling", "500ms"),
         ];
         for (flag, value) in cases {
             let value = if value.ends_with(".pem") && !value.starts_with('/') {

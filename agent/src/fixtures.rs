@@ -32,6 +32,7 @@ pub fn identity() -> AgentIdentity {
         key_pem: "key".into(),
         ca_pem: "ca".into(),
         signing_public_key: hub_key().verifying_key().to_bytes(),
+        received_at: NOW,
     }
 }
 

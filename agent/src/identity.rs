@@ -59,6 +59,24 @@ pub struct AgentIdentity {
     pub ca_pem: String,
     /// Ed25519 key that signs this cluster's ClusterStates, pinned at registration.
     pub signing_public_key: [u8; 32],
+    /// Unix seconds when the agent received `cert_pem`: renewal is scheduled from here, not
+    /// from the certificate's not_before, which the hub backdates for clock skew.
+    #[serde(default)]
+    pub received_at: i64,
+}
+
+impl AgentIdentity {
+    /// Unix seconds at which the certificate should be renewed: two thirds into the part of
+    /// its lifetime that started when the agent received it.
+    pub fn renew_at(&self) -> Result<i64, IdentityError> {
+        let expires = cert_expiry(&self.cert_pem)?;
+        let start = if self.received_at > 0 {
+            self.received_at.min(expires)
+        } else {
+            cert_not_before(&self.cert_pem)?.min(expires)
+        };
+        Ok(start + (expires - start) * 2 / 3)
+    }
 }
 
 impl std::fmt::Debug for AgentIdentity {
@@ -100,6 +118,30 @@ pub fn cert_expiry(cert_pem: &str) -> Result<i64, IdentityError> {
     let der = certificate_der(cert_pem)?;
     let cert = parse_certificate(&der).map_err(IdentityError::InvalidCertificate)?;
     Ok(cert.validity().not_after.timestamp())
+}
+
+/// The certificate's not_before as Unix seconds.
+pub fn cert_not_before(cert_pem: &str) -> Result<i64, IdentityError> {
+    let der = certificate_der(cert_pem)?;
+    let cert = parse_certificate(&der).map_err(IdentityError::InvalidCertificate)?;
+    Ok(cert.validity().not_before.timestamp())
+}
+
+/// The raw public key (subjectPublicKey bits) a certificate certifies.
+pub fn cert_public_key(cert_pem: &str) -> Result<Vec<u8>, IdentityError> {
+    let der = certificate_der(cert_pem)?;
+    let cert = parse_certificate(&der).map_err(IdentityError::InvalidCertificate)?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
+/// The raw public key of a PKCS#8 private key PEM.
+pub fn key_public_key(key_pem: &str) -> Result<Vec<u8>, IdentityError> {
+    use rcgen::PublicKeyData as _;
+    let key = KeyPair::from_pem(key_pem).map_err(|source| IdentityError::Crypto {
+        what: "reading the agent key",
+        source,
+    })?;
+    Ok(key.der_bytes().to_vec())
 }
 
 /// The cluster id named by the certificate's single `spiffe://flotilla/cluster/<id>` URI SAN.

@@ -27,6 +27,8 @@ pub mod identity;
 pub mod inventory;
 pub mod plan;
 pub mod registration;
+pub mod renew;
+pub mod retry;
 pub mod status;
 pub mod store;
 pub mod sync;
@@ -43,6 +45,8 @@ pub use error::AgentError;
 use crate::apply::{Applier, ApplySettings};
 use crate::config::TargetSpec;
 use crate::identity::AgentIdentity;
+use crate::renew::Renewer;
+use crate::retry::RetryPolicy;
 use crate::status::Reporter;
 use crate::store::{Store, StoreError};
 use crate::sync::{OfferContext, Syncer};
@@ -81,7 +85,7 @@ async fn run_with<T: Target>(
     target: T,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let identity = match store.identity()? {
+    let identity = match store.blocking(Store::identity).await? {
         Some(identity) => identity,
         None => match registration::register(&config, &store, &shutdown).await? {
             Some(identity) => identity,
@@ -96,12 +100,16 @@ async fn run_with<T: Target>(
         "agent starting"
     );
 
-    let held_version = store.held()?.map_or(0, |h| h.held.version);
+    let held_version = store
+        .blocking(Store::held)
+        .await?
+        .map_or(0, |h| h.held.version);
     let (held_tx, held_rx) = watch::channel(held_version);
     let reporter_wake = Arc::new(Notify::new());
-    let channel = channel::agent_channel(&config.hub, &identity)?;
+    let (channels, channel) = watch::channel(channel::agent_channel(&config.hub, &identity)?);
 
     let tasks = TaskTracker::new();
+    let calls = store.clone();
     let stop = shutdown.child_token();
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<AgentError>(3);
     // The applier starts first and needs neither the hub nor a valid certificate.
@@ -114,9 +122,14 @@ async fn run_with<T: Target>(
             target,
             settings: ApplySettings {
                 deletion_budget: config.deletion_budget,
+                deletion_window: config.deletion_window,
                 override_budget: config.override_deletion_budget,
             },
             backoff: config.backoff,
+            retry: RetryPolicy {
+                ceiling: config.retry_ceiling,
+                ..RetryPolicy::default()
+            },
             reporter: Arc::clone(&reporter_wake),
         }
         .run(held_rx, stop.clone()),
@@ -126,7 +139,7 @@ async fn run_with<T: Target>(
         &fatal_tx,
         "sync",
         Syncer {
-            channel: channel.clone(),
+            channels: channel.clone(),
             store: store.clone(),
             ctx: OfferContext {
                 cluster_id: identity.cluster_id.clone(),
@@ -145,9 +158,22 @@ async fn run_with<T: Target>(
         &fatal_tx,
         "status",
         Reporter {
-            channel,
-            store,
+            channels: channel,
+            store: store.clone(),
             wake: reporter_wake,
+            backoff: config.backoff,
+        }
+        .run(stop.clone()),
+    );
+    spawn(
+        &tasks,
+        &fatal_tx,
+        "renew",
+        Renewer {
+            hub: config.hub.clone(),
+            store,
+            identity,
+            channels,
             backoff: config.backoff,
         }
         .run(stop.clone()),
@@ -164,6 +190,8 @@ async fn run_with<T: Target>(
     };
     stop.cancel();
     tasks.wait().await;
+    // A call on the blocking pool whose task was cancelled still holds the store open.
+    calls.wait_for_calls().await;
     info!("agent stopped");
     result
 }

@@ -4,21 +4,27 @@
 //! The rules (DESIGN.md §8 invariant 3):
 //! - an app writes every object of its desired set; the target skips unchanged ones;
 //! - an app deletes only objects in its *own* inventory that left the desired set, only when
-//!   `prune` is on, never Namespaces, PersistentVolumeClaims or CustomResourceDefinitions
-//!   (apiextensions.k8s.io) unless listed in the app's `prune_protect`, and never an object
-//!   another app now wants (ownership moved);
+//!   `prune` is on, never Namespaces, PersistentVolumes, PersistentVolumeClaims or
+//!   CustomResourceDefinitions (apiextensions.k8s.io) unless listed in the app's
+//!   `prune_protect`, and never an object another app now wants (ownership moved);
 //! - objects that leave an app but may not be deleted are *released*: forgotten, left in place;
-//! - all deletions of one plan together stay within the deletion budget; over budget, every
-//!   deletion is withheld (kept in the inventory for a later apply) and each app that had
-//!   deletions is reported failed, while writes still happen;
+//! - all deletions of one plan, plus those already made within the deletion window, stay within
+//!   the deletion budget; over budget, every deletion of the plan is withheld (kept in the
+//!   inventory for a later pass) and each app that had deletions is reported failed, while
+//!   writes still happen;
 //! - an app removed from the ClusterState is pruned by the same rules, under the prune settings
-//!   it last had;
+//!   it last had (the inventory records them only from signed states, never from the copy kept
+//!   in the target);
 //! - apps run in `depends_on` order; a cycle, an unknown dependency or an object claimed twice
 //!   fails the app, and an app whose dependency did not get applied waits (pending);
 //! - within an app, writes go CustomResourceDefinitions first, then Namespaces, then other
-//!   cluster-scoped objects, then namespaced ones, so that what an object needs exists first.
+//!   cluster-scoped objects, then namespaced ones, so that what an object needs exists first;
+//! - across apps, the CRDs and Namespaces of every app without `depends_on` are written *early*,
+//!   before any app's other objects, so an app may use a namespace or kind another app declares
+//!   (an app with `depends_on` keeps all its writes behind its dependencies).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use flotilla_common::cluster_state::{AppState, DriftMode, ObjectEntry};
 use flotilla_common::object::ObjectId;
@@ -29,6 +35,7 @@ use crate::inventory::AppInventory;
 /// Kinds prune never deletes unless the app lists them in `prune_protect`: (group, kind).
 const PROTECTED_KINDS: &[(&str, &str)] = &[
     ("", "Namespace"),
+    ("", "PersistentVolume"),
     ("", "PersistentVolumeClaim"),
     ("apiextensions.k8s.io", "CustomResourceDefinition"),
 ];
@@ -40,8 +47,12 @@ pub struct PlanInput<'a> {
     pub desired: &'a [AppState],
     /// What each app has applied so far.
     pub inventory: &'a BTreeMap<String, AppInventory>,
-    /// Most deletions the whole plan may contain.
+    /// Most deletions within one deletion window (or one plan, when the window is zero).
     pub deletion_budget: u32,
+    /// The window the budget counts over; zero counts one plan alone.
+    pub deletion_window: Duration,
+    /// Deletions already made within the window that ends now.
+    pub deleted_in_window: u32,
     /// Lifts the deletion budget.
     pub override_budget: bool,
 }
@@ -95,6 +106,9 @@ pub enum AppStep {
 pub struct AppChanges {
     /// Objects to write, in apply order ([`apply_rank`], then id).
     pub writes: Vec<ObjectEntry>,
+    /// How many of the first `writes` (CRDs and Namespaces) go early, before any app's other
+    /// objects.
+    pub early: usize,
     /// Objects to delete, after every write succeeded.
     pub deletes: Vec<ObjectId>,
     /// Objects that should go but stay (over budget); they stay in the inventory.
@@ -123,6 +137,22 @@ pub fn apply_rank(id: &ObjectId) -> u8 {
         (_, _, None) => 2,
         (_, _, Some(_)) => 3,
     }
+}
+
+/// Deletions in `log` ((unix second, count), as the store keeps it) within the `window` that
+/// ends at `now`; zero when the window is zero (the budget then counts one plan alone).
+pub fn deleted_in_window(log: &[(i64, u64)], now: i64, window: Duration) -> u32 {
+    if window.is_zero() {
+        return 0;
+    }
+    let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+    let since = now.saturating_sub(window);
+    let total: u64 = log
+        .iter()
+        .filter(|(at, _)| *at > since)
+        .map(|(_, n)| n)
+        .sum();
+    u32::try_from(total).unwrap_or(u32::MAX)
 }
 
 /// True when prune must not delete `id` for an app with this `prune_protect` list.
@@ -160,7 +190,15 @@ pub fn plan(input: PlanInput<'_>) -> ApplyPlan {
         } else {
             ready.insert(name);
             let owned = input.inventory.get(*name);
-            AppStep::Apply(changes(app, owned, &wanted))
+            let mut changes = changes(app, owned, &wanted);
+            if app.depends_on.is_empty() {
+                changes.early = changes
+                    .writes
+                    .iter()
+                    .take_while(|w| apply_rank(&w.id) <= 1)
+                    .count();
+            }
+            AppStep::Apply(changes)
         };
         plans.push(AppPlan {
             app: app.name.clone(),
@@ -201,7 +239,7 @@ pub fn plan(input: PlanInput<'_>) -> ApplyPlan {
         });
     }
 
-    enforce_budget(&mut plans, input.deletion_budget, input.override_budget);
+    enforce_budget(&mut plans, &input);
     block_dependents_of_failures(&mut plans);
     ApplyPlan { apps: plans }
 }
@@ -373,7 +411,7 @@ fn sort_leaving(
     }
 }
 
-fn enforce_budget(plans: &mut [AppPlan], budget: u32, override_budget: bool) {
+fn enforce_budget(plans: &mut [AppPlan], input: &PlanInput<'_>) {
     let total: usize = plans
         .iter()
         .map(|p| match &p.step {
@@ -381,19 +419,41 @@ fn enforce_budget(plans: &mut [AppPlan], budget: u32, override_budget: bool) {
             AppStep::Skip { .. } => 0,
         })
         .sum();
-    if override_budget || total <= budget as usize {
+    let budget = input.deletion_budget;
+    let windowed = !input.deletion_window.is_zero();
+    let used = if windowed {
+        input.deleted_in_window as usize
+    } else {
+        0
+    };
+    if input.override_budget || total == 0 || used + total <= budget as usize {
         return;
     }
+    let why = if windowed {
+        let window = humantime::format_duration(input.deletion_window);
+        format!(
+            "{total} deletions exceed the deletion budget of {budget} per {window}: \
+             {used} already made in the last {window}"
+        )
+    } else {
+        format!("{total} deletions exceed the deletion budget of {budget}")
+    };
     for plan in plans {
         if let AppStep::Apply(changes) = &mut plan.step
             && !changes.deletes.is_empty()
         {
-            changes.failure = Some(format!(
-                "{total} deletions exceed the deletion budget of {budget}; \
-                 withheld {} of this app's deletions (restart the agent with \
-                 --override-deletion-budget to allow them)",
-                changes.deletes.len()
-            ));
+            let withheld = changes.deletes.len();
+            changes.failure = Some(if windowed {
+                format!(
+                    "{why}; withheld {withheld} of this app's deletions until the window \
+                     allows them (or restart the agent with --override-deletion-budget)"
+                )
+            } else {
+                format!(
+                    "{why}; withheld {withheld} of this app's deletions (restart the agent \
+                     with --override-deletion-budget to allow them)"
+                )
+            });
             changes.withheld = std::mem::take(&mut changes.deletes);
         }
     }

@@ -127,7 +127,10 @@ pub async fn register(
         }
     };
     let identity = wire::agent_identity(response, key_pem, &config.ca_pem)?;
-    store.save_identity(&identity)?;
+    let saved = identity.clone();
+    store
+        .blocking(move |store| store.save_identity(&saved))
+        .await?;
     info!(cluster_id = %identity.cluster_id, "registered with the hub");
     Ok(Some(identity))
 }

@@ -36,8 +36,8 @@ pub enum ReportError {
 
 /// The reporter task.
 pub(crate) struct Reporter {
-    /// mTLS channel to the hub.
-    pub channel: Channel,
+    /// mTLS channel to the hub; replaced when the certificate is renewed.
+    pub channels: tokio::sync::watch::Receiver<Channel>,
     /// The store holding the outbox.
     pub store: Store,
     /// Woken whenever a report is queued.
@@ -81,13 +81,17 @@ impl Reporter {
     }
 
     /// Sends everything queued after `sent`; returns the new high-water mark.
-    fn send_queued(
+    async fn send_queued(
         &self,
         tx: &mpsc::UnboundedSender<flotilla_proto::v1::StatusReport>,
         sent: u64,
     ) -> Result<u64, ReportError> {
+        let queued = self
+            .store
+            .blocking(move |store| store.outbox_after(sent))
+            .await?;
         let mut sent = sent;
-        for report in self.store.outbox_after(sent)? {
+        for report in queued {
             sent = report.seq;
             if tx.send(wire::status_report(&report)).is_err() {
                 return Err(ReportError::Closed);
@@ -100,15 +104,16 @@ impl Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
         // Queue what is pending before the call, so a hub that answers only after the first
         // message is served. The outbox is bounded, so the channel is too.
-        let mut sent = self.send_queued(&tx, 0)?;
-        let mut acks = AgentClient::new(self.channel.clone())
+        let mut sent = self.send_queued(&tx, 0).await?;
+        let channel = self.channels.borrow().clone();
+        let mut acks = AgentClient::new(channel)
             .report_status(UnboundedReceiverStream::new(rx))
             .await
             .map_err(|s| ReportError::Rpc(Box::new(s)))?
             .into_inner();
         *opened = true;
         loop {
-            sent = self.send_queued(&tx, sent)?;
+            sent = self.send_queued(&tx, sent).await?;
             tokio::select! {
                 // notify_one keeps a permit, so a report queued since send_queued is not missed.
                 _ = self.wake.notified() => {}
@@ -117,7 +122,7 @@ impl Reporter {
                         return Err(ReportError::Closed);
                     };
                     let seq = wire::ack_seq(&ack);
-                    self.store.ack(seq)?;
+                    self.store.blocking(move |store| store.ack(seq)).await?;
                     debug!(seq, "status report acknowledged");
                 }
             }
@@ -175,6 +180,12 @@ mod tests {
             _: Request<pb::FetchObjectsRequest>,
         ) -> Result<Response<Self::FetchObjectsStream>, Status> {
             Err(Status::unimplemented("fetch"))
+        }
+        async fn renew(
+            &self,
+            _: Request<pb::RenewRequest>,
+        ) -> Result<Response<pb::RenewResponse>, Status> {
+            Err(Status::unimplemented("renew"))
         }
         async fn report_status(
             &self,
@@ -238,9 +249,12 @@ mod tests {
         );
         let wake = Arc::new(Notify::new());
         let reporter = Reporter {
-            channel: Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect_lazy(),
+            channels: tokio::sync::watch::channel(
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect_lazy(),
+            )
+            .1,
             store: store.clone(),
             wake: Arc::clone(&wake),
             backoff: Backoff {

@@ -7,7 +7,11 @@
 //!
 //! The writes that must stay consistent happen in one transaction each: a new ClusterState
 //! with all its blobs ([`Store::commit_state`]); an apply's inventory, applied version and
-//! status report ([`Store::record_apply`]).
+//! status report ([`Store::record_apply`]), together with the pass's deletions in the
+//! deletion log that the windowed deletion budget counts.
+//!
+//! redb calls block (every commit waits for fsync), so async code calls the store through
+//! [`Store::blocking`], which runs them on tokio's blocking pool.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{DirBuilder, OpenOptions, Permissions};
@@ -42,6 +46,9 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// Key "apps": the newest per-app statuses, repeated in reports about rejections.
 const LAST_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("last_status");
+/// Deletion log: unix second → objects deleted in passes recorded at that second. Entries
+/// older than the deletion window are dropped as passes are recorded.
+const DELETIONS: TableDefinition<u64, u64> = TableDefinition::new("deletions");
 
 const APPLIED_VERSION: &str = "applied_version";
 const NEXT_SEQ: &str = "next_seq";
@@ -78,6 +85,9 @@ pub enum StoreError {
     /// A ClusterState was to be committed without one of its objects.
     #[error("object {0} of the new ClusterState is neither stored nor supplied")]
     MissingBlob(Digest),
+    /// The blocking task running a store call did not finish (it panicked or was cancelled).
+    #[error("store call on the blocking pool did not finish: {0}")]
+    Task(String),
 }
 
 fn db_err<E: Into<redb::Error>>(what: &'static str) -> impl FnOnce(E) -> StoreError {
@@ -137,6 +147,8 @@ pub struct ApplySnapshot {
     pub blobs: HashMap<Digest, Vec<u8>>,
     /// Version whose apply last completed.
     pub applied_version: u64,
+    /// The deletion log: (unix second, objects deleted), oldest first.
+    pub deletions: Vec<(i64, u64)>,
 }
 
 /// The outcome of one apply pass, recorded in one transaction.
@@ -150,6 +162,10 @@ pub struct ApplyRecord {
     pub observed_at: i64,
     /// Per-app status after the pass.
     pub apps: Vec<AppStatus>,
+    /// Objects the pass deleted, logged at `observed_at`.
+    pub deleted: u64,
+    /// Deletion log entries before this unix second are dropped (they left the window).
+    pub forget_deletions_before: i64,
 }
 
 /// Handle to the store; cheap to clone, safe to share between tasks.
@@ -157,6 +173,8 @@ pub struct ApplyRecord {
 pub struct Store {
     db: Arc<Database>,
     outbox_capacity: usize,
+    /// Calls running on the blocking pool; each holds the database open until it returns.
+    calls: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Store {
@@ -203,12 +221,35 @@ impl Store {
             txn.open_table(COUNTERS).map_err(db_err("open"))?;
             txn.open_table(OUTBOX).map_err(db_err("open"))?;
             txn.open_table(LAST_STATUS).map_err(db_err("open"))?;
+            txn.open_table(DELETIONS).map_err(db_err("open"))?;
         }
         txn.commit().map_err(db_err("open"))?;
         Ok(Store {
             db: Arc::new(database),
             outbox_capacity: outbox_capacity.max(1),
+            calls: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// Runs `call` with this store on tokio's blocking pool, so that redb's reads and fsync'd
+    /// commits never hold up an async worker thread.
+    pub async fn blocking<R, F>(&self, call: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        self.calls
+            .spawn_blocking(move || call(&store))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Waits until every call started with [`Store::blocking`] has returned, even those whose
+    /// caller stopped waiting: afterwards only the remaining handles hold the database open.
+    pub async fn wait_for_calls(&self) {
+        self.calls.close();
+        self.calls.wait().await;
     }
 
     fn read(&self) -> Result<ReadTransaction, StoreError> {
@@ -351,6 +392,7 @@ impl Store {
             inventory: read_inventory(&txn)?,
             blobs,
             applied_version: counter(&counters, APPLIED_VERSION)?,
+            deletions: read_deletions(&txn)?,
         }))
     }
 
@@ -388,6 +430,20 @@ impl Store {
             last.insert("apps", to_json(&record.apps).as_slice())
                 .map_err(db_err("record apply"))?;
             drop(last);
+            let mut log = txn.open_table(DELETIONS).map_err(db_err("record apply"))?;
+            let before = record.forget_deletions_before.max(0) as u64;
+            log.retain(|at, _| at >= before)
+                .map_err(db_err("record apply"))?;
+            if record.deleted > 0 {
+                let at = record.observed_at.max(0) as u64;
+                let logged = log
+                    .get(at)
+                    .map_err(db_err("record apply"))?
+                    .map_or(0, |v| v.value());
+                log.insert(at, logged + record.deleted)
+                    .map_err(db_err("record apply"))?;
+            }
+            drop(log);
             self.push_report(
                 &txn,
                 StatusReport {
@@ -548,6 +604,21 @@ fn read_inventory(txn: &ReadTransaction) -> Result<BTreeMap<String, AppInventory
             key.value().to_string(),
             from_json("inventory", value.value())?,
         );
+    }
+    Ok(out)
+}
+
+fn read_deletions(txn: &ReadTransaction) -> Result<Vec<(i64, u64)>, StoreError> {
+    let table = txn
+        .open_table(DELETIONS)
+        .map_err(db_err("read deletion log"))?;
+    let mut out = Vec::new();
+    for entry in table
+        .range::<u64>(..)
+        .map_err(db_err("read deletion log"))?
+    {
+        let (at, count) = entry.map_err(db_err("read deletion log"))?;
+        out.push((at.value() as i64, count.value()));
     }
     Ok(out)
 }

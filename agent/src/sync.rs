@@ -127,7 +127,7 @@ pub async fn offer<F: ObjectFetcher>(
     fetcher: &mut F,
     now: i64,
 ) -> Result<OfferOutcome, SyncError> {
-    let held = store.held()?.map(|h| h.held);
+    let held = store.blocking(Store::held).await?.map(|h| h.held);
     let verdict = verify_cluster_state(
         &signed,
         chain,
@@ -140,9 +140,12 @@ pub async fn offer<F: ObjectFetcher>(
     let state = match verdict {
         Ok(Verdict::AlreadyHeld) => return Ok(OfferOutcome::AlreadyHeld),
         Ok(Verdict::Accept(state)) => state,
-        Err(rejection) => return reject(store, rejection, now),
+        Err(rejection) => return reject(store, rejection, now).await,
     };
-    let missing = store.missing_blobs(&referenced_digests(&state))?;
+    let digests = referenced_digests(&state);
+    let missing = store
+        .blocking(move |store| store.missing_blobs(&digests))
+        .await?;
     let mut entries: BTreeMap<Digest, Vec<&ObjectEntry>> = BTreeMap::new();
     for entry in state.body.apps.iter().flat_map(|a| &a.objects) {
         entries.entry(entry.digest).or_default().push(entry);
@@ -161,7 +164,7 @@ pub async fn offer<F: ObjectFetcher>(
         }
         for entry in &entries[&digest] {
             if let Err(rejection) = verify_object(entry, &bytes, &ctx.limits) {
-                return reject(store, rejection, now);
+                return reject(store, rejection, now).await;
             }
         }
         fetched.insert(digest, bytes);
@@ -183,8 +186,11 @@ pub async fn offer<F: ObjectFetcher>(
     })
 }
 
-fn reject(store: &Store, rejection: Rejection, now: i64) -> Result<OfferOutcome, SyncError> {
-    store.record_rejection(now, &rejection.to_string())?;
+async fn reject(store: &Store, rejection: Rejection, now: i64) -> Result<OfferOutcome, SyncError> {
+    let reason = rejection.to_string();
+    store
+        .blocking(move |store| store.record_rejection(now, &reason))
+        .await?;
     Ok(OfferOutcome::Rejected(rejection))
 }
 
@@ -218,8 +224,8 @@ impl ObjectFetcher for GrpcFetcher {
 
 /// The sync task: one Watch stream at a time, reopened with backoff.
 pub(crate) struct Syncer {
-    /// mTLS channel to the hub.
-    pub channel: Channel,
+    /// mTLS channel to the hub; replaced when the certificate is renewed.
+    pub channels: watch::Receiver<Channel>,
     /// The store.
     pub store: Store,
     /// Identity and trust.
@@ -281,8 +287,13 @@ impl Syncer {
     }
 
     async fn session(&self, memory: &mut SyncMemory) -> Result<(), SyncError> {
-        let mut client = AgentClient::new(self.channel.clone());
-        let have_version = self.store.held()?.map_or(0, |h| h.held.version);
+        let channel = self.channels.borrow().clone();
+        let mut client = AgentClient::new(channel);
+        let have_version = self
+            .store
+            .blocking(Store::held)
+            .await?
+            .map_or(0, |h| h.held.version);
         let mut stream = client
             .watch(WatchRequest { have_version })
             .await
@@ -308,7 +319,7 @@ impl Syncer {
         announced: Announcement,
         memory: &mut SyncMemory,
     ) -> Result<(), SyncError> {
-        let held = self.store.held()?.map(|h| h.held);
+        let held = self.store.blocking(Store::held).await?.map(|h| h.held);
         if let Some(held) = &held
             && held.version == announced.version
             && announced.digest.is_none_or(|d| d == held.digest)

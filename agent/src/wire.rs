@@ -8,7 +8,9 @@ use flotilla_common::digest::Digest;
 use flotilla_common::status::StatusReport;
 use flotilla_proto::v1 as pb;
 
-use crate::identity::{AgentIdentity, IdentityError, cert_cluster_id};
+use crate::identity::{
+    AgentIdentity, IdentityError, cert_cluster_id, cert_public_key, key_public_key,
+};
 use crate::sync::Announcement;
 
 /// A hub message that does not carry what the contract promises.
@@ -39,6 +41,9 @@ pub enum WireError {
         /// Cluster id in the certificate's URI SAN.
         certified: String,
     },
+    /// A renewed certificate certifies another key than the one the agent asked for.
+    #[error("the hub's renewed certificate is for another key than the agent's new one")]
+    RenewedKeyMismatch,
 }
 
 /// The registration request; the token travels only in it.
@@ -83,6 +88,40 @@ pub fn agent_identity(
         key_pem,
         ca_pem,
         signing_public_key,
+        received_at: crate::unix_now(),
+    })
+}
+
+/// A Renew answer: the new certificate, which must name this cluster and certify `key_pem`,
+/// and the CA bundle (the old one when the hub sends none).
+pub fn renewed_identity(
+    response: pb::RenewResponse,
+    current: &AgentIdentity,
+    key_pem: String,
+) -> Result<AgentIdentity, WireError> {
+    let certified = cert_cluster_id(&response.certificate_pem).map_err(WireError::Certificate)?;
+    if certified != current.cluster_id {
+        return Err(WireError::ClusterIdMismatch {
+            assigned: current.cluster_id.clone(),
+            certified,
+        });
+    }
+    let certified_key =
+        cert_public_key(&response.certificate_pem).map_err(WireError::Certificate)?;
+    if key_public_key(&key_pem).map_err(WireError::Certificate)? != certified_key {
+        return Err(WireError::RenewedKeyMismatch);
+    }
+    Ok(AgentIdentity {
+        cluster_id: current.cluster_id.clone(),
+        cert_pem: response.certificate_pem,
+        key_pem,
+        ca_pem: if response.ca_pem.trim().is_empty() {
+            current.ca_pem.clone()
+        } else {
+            response.ca_pem
+        },
+        signing_public_key: current.signing_public_key,
+        received_at: crate::unix_now(),
     })
 }
 

@@ -125,6 +125,8 @@ impl GitRepo {
 struct StoppedHub {
     data: DataDir,
     source: String,
+    /// More hub.yaml lines.
+    extra_config: String,
 }
 
 impl StoppedHub {
@@ -135,14 +137,21 @@ impl StoppedHub {
         StoppedHub {
             data,
             source: format!("file://{}", repo.path.display()),
+            extra_config: String::new(),
         }
+    }
+
+    /// The same hub with more hub.yaml lines.
+    fn with_config(mut self, lines: &str) -> StoppedHub {
+        self.extra_config = lines.to_string();
+        self
     }
 
     /// Runs the hub in a task, listening on `listen`, and connects an admin client.
     async fn start(self, listen: SocketAddr) -> Hub {
         let config = HubConfig::parse(&format!(
-            "listen: {listen}\nsources:\n  - name: main\n    url: {}\n    interval: 50ms\n",
-            self.source
+            "listen: {listen}\nsources:\n  - name: main\n    url: {}\n    interval: 50ms\n{}",
+            self.source, self.extra_config
         ))
         .unwrap();
         let shutdown = CancellationToken::new();
@@ -202,9 +211,15 @@ impl Hub {
     }
 
     async fn token(&self) -> String {
+        self.token_for("").await
+    }
+
+    /// A token that pins the cluster's name (none when empty).
+    async fn token_for(&self, name: &str) -> String {
         let request = pb::CreateTokenRequest {
             ttl_seconds: 600,
             labels: Default::default(),
+            name: name.into(),
         };
         let response = self.admin.clone().create_token(request).await.unwrap();
         response.into_inner().token
@@ -306,6 +321,8 @@ impl TestAgent {
             target: format!("dir:{}", self.objects.display()),
             name: Some(self.name.clone()),
             deletion_budget: 50,
+            deletion_budget_window: "1h".into(),
+            retry_ceiling: "5m".into(),
             override_deletion_budget: false,
             log_format: LogFormat::Text,
         };
@@ -346,11 +363,13 @@ impl TestAgent {
 
     /// The cluster id the agent stored at registration; only while it is not running.
     fn registered_as(&self) -> Option<String> {
+        self.identity().map(|identity| identity.cluster_id)
+    }
+
+    /// The identity the agent stored; only while it is not running.
+    fn identity(&self) -> Option<flotilla_agent::identity::AgentIdentity> {
         let store = Store::open(&self.dir.join("agent.redb"), 10).unwrap();
-        store
-            .identity()
-            .unwrap()
-            .map(|identity| identity.cluster_id)
+        store.identity().unwrap()
     }
 }
 
@@ -552,4 +571,257 @@ async fn registration_waits_for_a_hub_that_is_not_up_yet_and_stops_on_shutdown()
     running.stop().await;
     hub.stop().await;
     assert_eq!(agent.registered_as(), Some(cluster.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_renewed_before_they_expire_and_new_connections_use_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, first) = GitRepo::init(
+        &dir.path().join("repo"),
+        &[("web/a.yaml", &config_map("a", "1"))],
+    );
+    // Certificates live 3 s, so an agent that did not renew would be locked out within 3 s.
+    let hub = StoppedHub::init(dir.path(), &repo)
+        .with_config("clusterCertTtl: 3s\nrenewMinInterval: 1s\n")
+        .start(free_addr())
+        .await;
+    let agent = TestAgent::new(dir.path(), "edge-1", &hub.ca_pem(), &hub.token().await);
+    let running = agent.start(&hub.url());
+    let registered = hub.converged(&first).await;
+    assert!(registered.cert_expires_at > 0);
+
+    // Three renewals, each a new certificate with a later expiry, outliving the first one.
+    let mut expiries = vec![registered.cert_expires_at];
+    let started = Instant::now();
+    while expiries.len() < 4 {
+        let cluster = eventually("a renewal", async || {
+            let c = hub.clusters().await.pop()?;
+            (c.cert_expires_at > *expiries.last().unwrap()).then_some(c)
+        })
+        .await;
+        assert!(cluster.renewed_at > 0);
+        expiries.push(cluster.cert_expires_at);
+    }
+    println!("3 renewals of a 3 s certificate in {:?}", started.elapsed());
+
+    // The agent still follows commits, and after a hub restart it reconnects with the newest
+    // certificate: the one it registered with has expired by now.
+    let second = repo
+        .write("web/a.yaml", &config_map("a", "2"))
+        .commit("a = 2");
+    hub.converged(&second).await;
+    let addr = hub.addr;
+    let hub = hub.stop().await.start(addr).await;
+    let third = repo
+        .write("web/a.yaml", &config_map("a", "3"))
+        .commit("a = 3");
+    hub.converged(&third).await;
+    assert_eq!(agent.value("a").as_deref(), Some("3"));
+    running.stop().await;
+    hub.stop().await;
+
+    // The renewed identity is durable and still this cluster.
+    let identity = agent.identity().unwrap();
+    assert_eq!(identity.cluster_id, registered.id);
+    let expiry = flotilla_agent::identity::cert_expiry(&identity.cert_pem).unwrap();
+    assert!(
+        expiry >= expiries[3],
+        "stored {expiry}, hub saw {expiries:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_needs_a_new_key_and_is_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, first) = GitRepo::init(
+        &dir.path().join("repo"),
+        &[("web/a.yaml", &config_map("a", "1"))],
+    );
+    let hub = StoppedHub::init(dir.path(), &repo).start(free_addr()).await;
+    let agent = TestAgent::new(dir.path(), "edge-1", &hub.ca_pem(), &hub.token().await);
+    let running = agent.start(&hub.url());
+    hub.converged(&first).await;
+    running.stop().await;
+    let identity = agent.identity().unwrap();
+    let channel = flotilla_agent::channel::agent_channel(&hub.url(), &identity).unwrap();
+    let mut client = pb::agent_client::AgentClient::new(channel);
+
+    // A CSR for the key the caller already holds is refused.
+    let key = rcgen::KeyPair::from_pem(&identity.key_pem).unwrap();
+    let same = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    let err = client
+        .renew(pb::RenewRequest { csr_der: same })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("new key"), "{}", err.message());
+
+    // The refused attempt counted: the default limit is one renewal a minute.
+    let (_, fresh) = flotilla_agent::identity::new_key_and_csr("edge-1").unwrap();
+    let err = client
+        .renew(pb::RenewRequest { csr_der: fresh })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("renewMinInterval"),
+        "{}",
+        err.message()
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_cluster_is_cut_off_at_once_and_its_name_needs_a_new_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, first) = GitRepo::init(
+        &dir.path().join("repo"),
+        &[("web/a.yaml", &config_map("a", "1"))],
+    );
+    let hub = StoppedHub::init(dir.path(), &repo).start(free_addr()).await;
+    let agent = TestAgent::new(dir.path(), "edge-1", &hub.ca_pem(), &hub.token().await);
+    let running = agent.start(&hub.url());
+    let cluster = hub.converged(&first).await;
+    running.stop().await;
+
+    // A live Watch with the cluster's own certificate.
+    let identity = agent.identity().unwrap();
+    let channel = flotilla_agent::channel::agent_channel(&hub.url(), &identity).unwrap();
+    let mut client = pb::agent_client::AgentClient::new(channel);
+    let mut watch = client
+        .watch(pb::WatchRequest { have_version: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let announced = watch.message().await.unwrap().unwrap();
+    assert_eq!(announced.version, cluster.desired_version);
+
+    let mut admin = hub.admin.clone();
+    let deleted_at = Instant::now();
+    let deleted = admin
+        .delete_cluster(pb::DeleteClusterRequest {
+            cluster: "edge-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.id, cluster.id);
+    let ended = loop {
+        match watch.message().await {
+            Ok(Some(a)) if a.heartbeat => continue,
+            other => break other,
+        }
+    };
+    let took = deleted_at.elapsed();
+    println!("cluster delete ended a live Watch stream in {took:?}");
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // Its certificate is refused for every call from now on.
+    let err = client
+        .get_cluster_state(pb::GetClusterStateRequest {
+            version: cluster.desired_version,
+            have_version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(hub.clusters().await.is_empty());
+    let err = admin
+        .get_cluster(pb::GetClusterRequest {
+            cluster: "edge-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("edge-1"), "{}", err.message());
+
+    // The name is free, but only through a new token; one pinned to it refuses other names.
+    let pinned = hub.token_for("edge-1").await;
+    let wrong = TestAgent::new(dir.path(), "edge-2", &hub.ca_pem(), &pinned);
+    let result = tokio::time::timeout(
+        DEADLINE,
+        flotilla_agent::run(wrong.config(&hub.url()), CancellationToken::new()),
+    )
+    .await
+    .expect("a refused registration ends promptly");
+    let text = flotilla_agent::error::error_chain(&result.unwrap_err());
+    assert!(text.contains("for the cluster named \"edge-1\""), "{text}");
+    let again = TestAgent::new(&dir.path().join("again"), "edge-1", &hub.ca_pem(), &pinned);
+    let running = again.start(&hub.url());
+    let back = hub.converged(&first).await;
+    assert_eq!(back.name, "edge-1");
+    assert_ne!(back.id, cluster.id, "a new registration");
+    running.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_set_by_an_operator_retarget_the_cluster_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = GitRepo::init(
+        &dir.path().join("repo"),
+        &[("web/a.yaml", &config_map("a", "1"))],
+    );
+    let targeted = repo
+        .write(
+            "flotilla.yaml",
+            "apps:\n  - name: web\n    path: web\n    namespace: demo\n    targets:\n      - {name: web-tier, selector: {matchLabels: {tier: web}}}\n",
+        )
+        .commit("only tier=web");
+    let hub = StoppedHub::init(dir.path(), &repo).start(free_addr()).await;
+    let agent = TestAgent::new(dir.path(), "edge-1", &hub.ca_pem(), &hub.token().await);
+    let running = agent.start(&hub.url());
+    // Unlabelled, the cluster gets a state without the app.
+    let (cluster, apps) = hub
+        .wait_status("an empty state applied", |c, _| {
+            c.desired_version > 0 && c.applied_version == c.desired_version
+        })
+        .await;
+    assert!(apps.is_empty(), "{apps:?}");
+    assert_eq!(agent.value("a"), None);
+
+    let mut admin = hub.admin.clone();
+    let labelled = admin
+        .label_cluster(pb::LabelClusterRequest {
+            cluster: cluster.name.clone(),
+            set: [("tier".to_string(), "web".to_string())].into(),
+            remove: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(labelled.labels.get("tier").map(String::as_str), Some("web"));
+    hub.converged(&targeted).await;
+    assert_eq!(agent.value("a").as_deref(), Some("1"));
+
+    // Removing the label takes the app away again (and prunes it).
+    admin
+        .label_cluster(pb::LabelClusterRequest {
+            cluster: cluster.id.clone(),
+            set: Default::default(),
+            remove: vec!["tier".into()],
+        })
+        .await
+        .unwrap();
+    eventually("the app pruned", async || {
+        agent.value("a").is_none().then_some(())
+    })
+    .await;
+    let err = admin
+        .label_cluster(pb::LabelClusterRequest {
+            cluster: "nope".into(),
+            set: Default::default(),
+            remove: vec!["tier".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    running.stop().await;
+    hub.stop().await;
 }

@@ -58,7 +58,7 @@ async fn prunes_within_the_budget_and_keeps_protected_kinds() {
     commit(&store, vec![app("web", &[&d])], &[&d]);
     let tight = ApplySettings {
         deletion_budget: 1,
-        override_budget: false,
+        ..BUDGET
     };
     let outcome = pass(&store, &mut target, tight).await;
     assert_eq!(outcome.apps[0].phase, AppPhase::Failed);
@@ -211,6 +211,7 @@ async fn api_errors_are_retried_and_nothing_is_pruned_from_an_incomplete_listing
             min: Duration::from_millis(50),
             max: Duration::from_millis(400),
         },
+        retry: flotilla_agent::retry::RetryPolicy::default(),
         reporter: Arc::clone(&reporter),
     };
     let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));

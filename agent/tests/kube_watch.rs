@@ -45,6 +45,7 @@ async fn run(cluster: &Cluster, store: &Store) -> Running {
             min: Duration::from_millis(50),
             max: Duration::from_millis(500),
         },
+        retry: flotilla_agent::retry::RetryPolicy::default(),
         reporter: Arc::new(Notify::new()),
     };
     let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));

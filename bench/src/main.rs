@@ -5,6 +5,8 @@
 //! object and (b) until the hub's status shows every cluster converged on
 //! the commit. A round only counts after every cluster is verified on it.
 
+mod identity;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -35,6 +37,13 @@ enum Command {
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
+    /// N clusters registered with the real hub: time to renew every certificate at once,
+    /// and time for `cluster delete` to end a live Watch stream.
+    Identity {
+        /// Registered clusters.
+        #[arg(long, default_value_t = 100)]
+        clusters: usize,
+    },
     /// One agent with the Kubernetes target on a simulated cluster: time to
     /// apply a large app, resident memory, and API requests while idle.
     Kube {
@@ -60,7 +69,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
-fn summary(name: &str, mut samples: Vec<Duration>) {
+pub(crate) fn summary(name: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
     println!(
@@ -219,6 +228,9 @@ async fn kube(objects: usize, quiet: Duration) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Identity { clusters } => identity::identity(clusters)
+            .await
+            .context("identity benchmark"),
         Command::Kube { objects, quiet } => kube(objects, quiet).await.context("kube benchmark"),
         Command::Latency {
             agents,

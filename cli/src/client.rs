@@ -85,6 +85,12 @@ pub struct ClusterView {
     pub applied_version: u64,
     /// Why the agent refused the newest state, if it did.
     pub rejection: String,
+    /// Unix seconds when the cluster's newest certificate expires; 0 if unknown.
+    pub cert_expires_at: i64,
+    /// Unix seconds of the last renewal; 0 if never renewed.
+    pub renewed_at: i64,
+    /// The newest problem: a rejected state or the first failed app.
+    pub last_error: String,
 }
 
 /// A source as the CLI shows it.
@@ -176,7 +182,89 @@ fn cluster_view(c: pb::Cluster) -> ClusterView {
         desired_version: c.desired_version,
         applied_version: c.applied_version,
         rejection: c.rejection,
+        cert_expires_at: c.cert_expires_at,
+        renewed_at: c.renewed_at,
+        last_error: c.last_error,
     }
+}
+
+fn cluster_status_view(c: pb::ClusterStatus) -> ClusterStatusView {
+    ClusterStatusView {
+        cluster: cluster_view(c.cluster.unwrap_or_default()),
+        apps: c
+            .apps
+            .into_iter()
+            .map(|a| AppView {
+                app: a.app,
+                desired_commit: a.desired_commit,
+                desired_version: a.desired_version,
+                applied_commit: a.applied_commit,
+                applied_version: a.applied_version,
+                phase: a.phase,
+                message: a.message,
+                health: a.health,
+                health_reason: a.health_reason,
+            })
+            .collect(),
+    }
+}
+
+/// One cluster, by name or id, with its apps.
+pub async fn cluster(
+    client: &mut AdminClient<Channel>,
+    name: &str,
+) -> Result<ClusterStatusView, ClientError> {
+    let resp = client
+        .get_cluster(pb::GetClusterRequest {
+            cluster: name.to_string(),
+        })
+        .await?
+        .into_inner();
+    Ok(cluster_status_view(resp))
+}
+
+/// Sets and removes labels of a cluster.
+pub async fn label_cluster(
+    client: &mut AdminClient<Channel>,
+    name: &str,
+    set: &BTreeMap<String, String>,
+    remove: &[String],
+) -> Result<ClusterView, ClientError> {
+    let resp = client
+        .label_cluster(pb::LabelClusterRequest {
+            cluster: name.to_string(),
+            set: set.clone().into_iter().collect(),
+            remove: remove.to_vec(),
+        })
+        .await?
+        .into_inner();
+    Ok(cluster_view(resp))
+}
+
+/// A deleted cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeletedView {
+    /// Its id.
+    pub id: String,
+    /// Its name, free to register again with a new token.
+    pub name: String,
+}
+
+/// Deletes a cluster: its certificate is refused from then on.
+pub async fn delete_cluster(
+    client: &mut AdminClient<Channel>,
+    name: &str,
+) -> Result<DeletedView, ClientError> {
+    let resp = client
+        .delete_cluster(pb::DeleteClusterRequest {
+            cluster: name.to_string(),
+        })
+        .await?
+        .into_inner();
+    Ok(DeletedView {
+        id: resp.id,
+        name: resp.name,
+    })
 }
 
 /// Lists clusters.
@@ -208,28 +296,7 @@ pub async fn status(client: &mut AdminClient<Channel>) -> Result<StatusView, Cli
                 last_fetch: s.last_fetch,
             })
             .collect(),
-        clusters: resp
-            .clusters
-            .into_iter()
-            .map(|c| ClusterStatusView {
-                cluster: cluster_view(c.cluster.unwrap_or_default()),
-                apps: c
-                    .apps
-                    .into_iter()
-                    .map(|a| AppView {
-                        app: a.app,
-                        desired_commit: a.desired_commit,
-                        desired_version: a.desired_version,
-                        applied_commit: a.applied_commit,
-                        applied_version: a.applied_version,
-                        phase: a.phase,
-                        message: a.message,
-                        health: a.health,
-                        health_reason: a.health_reason,
-                    })
-                    .collect(),
-            })
-            .collect(),
+        clusters: resp.clusters.into_iter().map(cluster_status_view).collect(),
     })
 }
 
@@ -247,11 +314,13 @@ pub async fn create_token(
     client: &mut AdminClient<Channel>,
     ttl: std::time::Duration,
     labels: &BTreeMap<String, String>,
+    name: Option<&str>,
 ) -> Result<TokenView, ClientError> {
     let resp = client
         .create_token(pb::CreateTokenRequest {
             ttl_seconds: ttl.as_secs(),
             labels: labels.clone().into_iter().collect(),
+            name: name.unwrap_or_default().to_string(),
         })
         .await?
         .into_inner();

@@ -290,7 +290,8 @@ async fn run_in(
     let mut admin = client::connect_admin(&hub.url(), &hub.admin_dir()).await?;
     for (name, labels) in CLUSTERS {
         let labels = parse_labels(labels)?;
-        let token = client::create_token(&mut admin, Duration::from_secs(600), &labels).await?;
+        let token =
+            client::create_token(&mut admin, Duration::from_secs(600), &labels, None).await?;
         let mut agent = LocalAgent::new(bins, dir, name, &token.token, hub)?;
         let target = match opts.clusters {
             ClusterKind::Kube => {

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use flotilla_cli::output::{OutputFormat, clusters_table, print_json, status_table};
+use flotilla_cli::output::{
+    OutputFormat, clusters_table, describe_cluster, print_json, status_table,
+};
 use flotilla_cli::{client, demo, render};
-use flotilla_common::labels::parse_labels;
+use flotilla_common::labels::{parse_label_changes, parse_labels};
 
 #[derive(Parser)]
 #[command(name = "flotilla", version, about = "Operate a Flotilla fleet")]
@@ -33,7 +35,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// List registered clusters.
+    /// Show, label and delete registered clusters.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// List registered clusters (the same as `cluster get`).
     Clusters {
         #[command(flatten)]
         hub: HubArgs,
@@ -99,10 +106,110 @@ enum TokenCommand {
         /// Labels the registering cluster gets, `k=v,k2=v2`.
         #[arg(long, default_value = "")]
         labels: String,
+        /// The name the registering cluster gets; an agent asking for another name is refused.
+        #[arg(long)]
+        name: Option<String>,
         /// Output format.
         #[arg(long, short, value_enum, default_value = "table")]
         output: OutputFormat,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// One cluster as a table row, or every cluster when no name is given.
+    Get {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Cluster name or id.
+        name: Option<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Everything the hub knows about one cluster: labels, certificate, contact, versions, apps.
+    Describe {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Cluster name or id.
+        name: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Set (`k=v`) and remove (`k-`) labels; the hub re-targets the cluster at once.
+    Label {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Cluster name or id.
+        name: String,
+        /// `k=v` to set, `k-` to remove.
+        #[arg(required = true)]
+        changes: Vec<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Delete a cluster: its certificate is refused and its streams end; its name can be
+    /// registered again only with a new token.
+    Delete {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Cluster name or id.
+        name: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Get { hub, name, output } => {
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let clusters = match name {
+                Some(name) => vec![client::cluster(&mut admin, &name).await?.cluster],
+                None => client::clusters(&mut admin).await?,
+            };
+            match output {
+                OutputFormat::Json => print_json(&clusters),
+                OutputFormat::Table => println!("{}", clusters_table(&clusters)),
+            }
+        }
+        ClusterCommand::Describe { hub, name, output } => {
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let cluster = client::cluster(&mut admin, &name).await?;
+            match output {
+                OutputFormat::Json => print_json(&cluster),
+                OutputFormat::Table => print!("{}", describe_cluster(&cluster)),
+            }
+        }
+        ClusterCommand::Label {
+            hub,
+            name,
+            changes,
+            output,
+        } => {
+            let (set, remove) = parse_label_changes(&changes)?;
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let cluster = client::label_cluster(&mut admin, &name, &set, &remove).await?;
+            match output {
+                OutputFormat::Json => print_json(&cluster),
+                OutputFormat::Table => println!("cluster/{} labeled", cluster.name),
+            }
+        }
+        ClusterCommand::Delete { hub, name, output } => {
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let deleted = client::delete_cluster(&mut admin, &name).await?;
+            match output {
+                OutputFormat::Json => print_json(&deleted),
+                OutputFormat::Table => {
+                    println!("cluster/{} ({}) deleted", deleted.name, deleted.id)
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -115,17 +222,19 @@ async fn main() -> anyhow::Result<()> {
                     hub,
                     ttl,
                     labels,
+                    name,
                     output,
                 },
         } => {
             let labels = parse_labels(&labels)?;
             let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
-            let token = client::create_token(&mut admin, ttl, &labels).await?;
+            let token = client::create_token(&mut admin, ttl, &labels, name.as_deref()).await?;
             match output {
                 OutputFormat::Json => print_json(&token),
                 OutputFormat::Table => println!("{}", token.token),
             }
         }
+        Command::Cluster { command } => cluster_command(command).await?,
         Command::Clusters { hub, output } => {
             let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
             let clusters = client::clusters(&mut admin).await?;

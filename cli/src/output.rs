@@ -3,7 +3,7 @@
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 
-use crate::client::{ClusterView, StatusView};
+use crate::client::{ClusterStatusView, ClusterView, StatusView};
 
 /// How a command prints data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,6 +72,80 @@ pub fn clusters_table(clusters: &[ClusterView]) -> String {
         ]);
     }
     t.to_string()
+}
+
+/// When a certificate expires, relative to now.
+fn expiry(now: i64, at: i64) -> String {
+    match at {
+        0 => "unknown".into(),
+        at if at <= now => format!(
+            "expired {}s ago (the agent must be re-enrolled with a new token)",
+            now - at
+        ),
+        at => format!(
+            "in {}",
+            humantime::format_duration(std::time::Duration::from_secs((at - now) as u64))
+        ),
+    }
+}
+
+/// Renders one cluster as `flotilla cluster describe` shows it: key/value lines, then its apps.
+pub fn describe_cluster(view: &ClusterStatusView) -> String {
+    let now = now();
+    let c = &view.cluster;
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<20}{v}\n"));
+    line("Name:", c.name.clone());
+    line("ID:", c.id.clone());
+    line(
+        "Labels:",
+        if c.labels.is_empty() {
+            "<none>".into()
+        } else {
+            flotilla_common::labels::format_labels(&c.labels)
+        },
+    );
+    line("Registered:", ago(now, c.registered_at));
+    line("Certificate expires:", expiry(now, c.cert_expires_at));
+    line("Last renewal:", ago(now, c.renewed_at));
+    line("Last contact:", ago(now, c.last_contact));
+    line("Desired version:", c.desired_version.to_string());
+    line("Applied version:", c.applied_version.to_string());
+    line(
+        "Last error:",
+        if c.last_error.is_empty() {
+            "<none>".into()
+        } else {
+            c.last_error.clone()
+        },
+    );
+    out.push_str("Apps:\n");
+    let mut apps = table(&["  APP", "DESIRED", "APPLIED", "STATE", "HEALTH", "MESSAGE"]);
+    for a in &view.apps {
+        apps.add_row(vec![
+            format!("  {}", a.app),
+            short(&a.desired_commit).to_string(),
+            short(&a.applied_commit).to_string(),
+            or_unknown(&a.phase),
+            or_unknown(&a.health),
+            if a.message.is_empty() {
+                a.health_reason.clone()
+            } else {
+                a.message.clone()
+            },
+        ]);
+    }
+    out.push_str(&apps.to_string());
+    out.push('\n');
+    out
+}
+
+fn or_unknown(s: &str) -> String {
+    if s.is_empty() {
+        "unknown".into()
+    } else {
+        s.to_string()
+    }
 }
 
 /// Renders sources and per-app status as tables.

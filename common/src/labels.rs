@@ -40,6 +40,41 @@ pub fn parse_labels(s: &str) -> Result<Labels, LabelError> {
     Ok(labels)
 }
 
+/// Parses kubectl-style label changes: `k=v` sets a label, `k-` removes one.
+/// Returns the labels to set and the keys to remove; a key may appear once.
+pub fn parse_label_changes(changes: &[String]) -> Result<(Labels, Vec<String>), LabelError> {
+    let mut set = Labels::new();
+    let mut remove: Vec<String> = Vec::new();
+    for change in changes.iter().flat_map(|c| c.split(',')).map(str::trim) {
+        if change.is_empty() {
+            continue;
+        }
+        let key = match change.split_once('=') {
+            Some((k, v)) => {
+                validate_label(k, v)?;
+                k
+            }
+            None => {
+                let k = change
+                    .strip_suffix('-')
+                    .ok_or_else(|| LabelError::Syntax(change.to_string()))?;
+                validate_label(k, "")?;
+                k
+            }
+        };
+        if set.contains_key(key) || remove.iter().any(|r| r == key) {
+            return Err(LabelError::Duplicate(key.to_string()));
+        }
+        match change.split_once('=') {
+            Some((k, v)) => {
+                set.insert(k.to_string(), v.to_string());
+            }
+            None => remove.push(key.to_string()),
+        }
+    }
+    Ok((set, remove))
+}
+
 /// Formats labels as `k=v,k2=v2`.
 pub fn format_labels(labels: &Labels) -> String {
     labels
@@ -184,6 +219,23 @@ impl LabelSelector {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn label_changes_set_and_remove() {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (set, remove) = parse_label_changes(&owned(&["tier=web", "ring-", "a=1,b=2"])).unwrap();
+        assert_eq!(format_labels(&set), "a=1,b=2,tier=web");
+        assert_eq!(remove, vec!["ring".to_string()]);
+        for bad in [
+            &["tier"][..],
+            &["tier=a", "tier-"],
+            &["tier=a", "tier=b"],
+            &["-"],
+            &["x=-a"],
+        ] {
+            assert!(parse_label_changes(&owned(bad)).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     fn labels(s: &str) -> Labels {

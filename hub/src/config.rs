@@ -57,6 +57,10 @@ struct RawConfig {
     fetch_timeout: String,
     #[serde(default = "default_max_pack_bytes")]
     max_pack_bytes: u64,
+    #[serde(default = "default_cluster_cert_ttl")]
+    cluster_cert_ttl: String,
+    #[serde(default = "default_renew_min_interval")]
+    renew_min_interval: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +91,12 @@ fn default_fetch_timeout() -> String {
 }
 fn default_max_pack_bytes() -> u64 {
     crate::source::DEFAULT_MAX_PACK_BYTES
+}
+fn default_cluster_cert_ttl() -> String {
+    "30d".into()
+}
+fn default_renew_min_interval() -> String {
+    "1m".into()
 }
 fn default_branch() -> String {
     "main".into()
@@ -132,7 +142,15 @@ pub struct HubConfig {
     pub sources: Vec<SourceConfig>,
     /// Limits.
     pub limits: Limits,
+    /// Lifetime of the certificates issued to clusters at registration and renewal.
+    pub cluster_cert_ttl: Duration,
+    /// Shortest time between two renewals of one cluster's certificate.
+    pub renew_min_interval: Duration,
 }
+
+/// Longest lifetime a cluster certificate may be given: a year, as kubelet client
+/// certificates are; renewal makes long ones unnecessary.
+const MAX_CLUSTER_CERT_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 fn duration(field: &str, value: &str) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(value).map_err(|e| ConfigError::Invalid {
@@ -282,7 +300,16 @@ impl HubConfig {
                 max_pack_bytes: s.max_pack_bytes.unwrap_or(raw.max_pack_bytes),
             });
         }
+        let cluster_cert_ttl = duration("clusterCertTtl", &raw.cluster_cert_ttl)?;
+        if cluster_cert_ttl > MAX_CLUSTER_CERT_TTL {
+            return Err(ConfigError::Invalid {
+                field: "clusterCertTtl".into(),
+                message: format!("{:?} is longer than the allowed 366d", raw.cluster_cert_ttl),
+            });
+        }
         Ok(HubConfig {
+            cluster_cert_ttl,
+            renew_min_interval: duration("renewMinInterval", &raw.renew_min_interval)?,
             listen,
             server_names: raw.server_names,
             state_ttl: duration("stateTtl", &raw.state_ttl)?,

@@ -70,6 +70,14 @@ pub enum PkiError {
     /// The CSR could not be parsed or uses features we do not accept.
     #[error("the certificate signing request is malformed or unsupported")]
     MalformedCsr(#[source] rcgen::Error),
+    /// The certificate a renewing caller presented does not parse.
+    #[error("the client certificate presented for renewal is not a valid X.509 certificate")]
+    InvalidPresentedCert,
+    /// A renewal asked for a certificate for the key the caller already has.
+    #[error(
+        "a renewal needs a new key: the certificate signing request is for the key of the certificate presented"
+    )]
+    SameKey,
     /// The CSR's self-signature does not verify, so the requester may not hold the key.
     #[error("the certificate signing request's signature does not verify")]
     CsrSignature,
@@ -262,6 +270,34 @@ impl CertificateAuthority {
         validity: std::time::Duration,
         now: OffsetDateTime,
     ) -> Result<String, PkiError> {
+        self.sign_cluster_csr_unless_key(csr_der, cluster_id, validity, now, None)
+    }
+
+    /// Renews a cluster certificate: as [`Self::sign_cluster_csr`], but the CSR must be for
+    /// another key than the one in `presented_der`, the certificate the caller connected with,
+    /// so a stolen key cannot be kept alive by renewing it.
+    pub fn renew_cluster_csr(
+        &self,
+        csr_der: &[u8],
+        cluster_id: &str,
+        validity: std::time::Duration,
+        now: OffsetDateTime,
+        presented_der: &[u8],
+    ) -> Result<String, PkiError> {
+        let presented =
+            parse_certificate(presented_der).map_err(|_| PkiError::InvalidPresentedCert)?;
+        let key = presented.public_key().subject_public_key.data.to_vec();
+        self.sign_cluster_csr_unless_key(csr_der, cluster_id, validity, now, Some(&key))
+    }
+
+    fn sign_cluster_csr_unless_key(
+        &self,
+        csr_der: &[u8],
+        cluster_id: &str,
+        validity: std::time::Duration,
+        now: OffsetDateTime,
+        refused_key: Option<&[u8]>,
+    ) -> Result<String, PkiError> {
         validate_name("cluster id", cluster_id)?;
         let (not_before, not_after) = validity_window(now, validity)?;
         // from_der verifies the CSR's self-signature, proving the requester holds the key.
@@ -273,6 +309,9 @@ impl CertificateAuthority {
         // Agents generate P-256 keys; accepting only that keeps the key types we must trust small.
         if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
             return Err(PkiError::UnsupportedCsrKey);
+        }
+        if refused_key.is_some_and(|k| k == csr.public_key.der_bytes()) {
+            return Err(PkiError::SameKey);
         }
         let params = leaf_params(
             cluster_id,

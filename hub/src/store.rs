@@ -77,6 +77,16 @@ pub enum RegisterError {
     /// Another cluster has that name.
     #[error("a cluster named {0:?} is already registered")]
     NameTaken(String),
+    /// The token pins another name than the agent asked for.
+    #[error(
+        "this bootstrap token is for the cluster named {pinned:?}, but the agent asked for {requested:?}; start the agent with --name {pinned} or create a token for {requested:?}"
+    )]
+    NamePinned {
+        /// The token's name.
+        pinned: String,
+        /// The agent's.
+        requested: String,
+    },
     /// Storage failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -93,6 +103,9 @@ pub struct TokenRecord {
     pub expires_at: i64,
     /// Set when consumed.
     pub used_by: Option<String>,
+    /// The name the registering cluster gets, when the operator pinned one.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// A registered cluster.
@@ -106,6 +119,23 @@ pub struct ClusterRecord {
     pub labels: Labels,
     /// Unix seconds.
     pub registered_at: i64,
+    /// Unix seconds when the newest certificate issued to the cluster expires.
+    #[serde(default)]
+    pub cert_expires_at: i64,
+    /// Unix seconds of the newest renewal; 0 before the first.
+    #[serde(default)]
+    pub renewed_at: i64,
+}
+
+/// Why an operator's change to a cluster was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterUpdateError {
+    /// No cluster has that name or id.
+    #[error("no cluster is named {0:?} (or has that id)")]
+    NotFound(String),
+    /// Storage failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What the hub last learned about a source.
@@ -200,6 +230,23 @@ fn decode_state(bytes: &[u8]) -> Result<SignedClusterState, StoreError> {
     })
 }
 
+fn find_cluster_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name_or_id: &str,
+) -> Result<Option<ClusterRecord>, StoreError> {
+    if let Some(v) = table.get(name_or_id)? {
+        return Ok(Some(unjson("clusters", v.value())?));
+    }
+    for entry in table.iter()? {
+        let (_, v) = entry?;
+        let record: ClusterRecord = unjson("clusters", v.value())?;
+        if record.name == name_or_id {
+            return Ok(Some(record));
+        }
+    }
+    Ok(None)
+}
+
 impl HubStore {
     /// Opens (or creates) the database file and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -253,7 +300,7 @@ impl HubStore {
         &self,
         token_hash: &[u8; 32],
         now: i64,
-        make_cluster: impl FnOnce(&TokenRecord) -> ClusterRecord,
+        make_cluster: impl FnOnce(&TokenRecord) -> Result<ClusterRecord, RegisterError>,
     ) -> Result<ClusterRecord, RegisterError> {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
         let cluster = {
@@ -268,7 +315,7 @@ impl HubStore {
             if record.used_by.is_some() || now > record.expires_at {
                 return Err(RegisterError::BadToken);
             }
-            let cluster = make_cluster(&record);
+            let cluster = make_cluster(&record)?;
             let mut clusters = txn.open_table(CLUSTERS).map_err(StoreError::from)?;
             for entry in clusters.iter().map_err(StoreError::from)? {
                 let (_, v) = entry.map_err(StoreError::from)?;
@@ -426,7 +473,12 @@ impl HubStore {
             let mut table = txn.open_table(STATES)?;
             let mut blobs = txn.open_table(BLOBS)?;
             let mut index = txn.open_table(CLUSTER_BLOBS)?;
+            let clusters = txn.open_table(CLUSTERS)?;
             for state in states {
+                // A cluster deleted while its state was being built gets nothing.
+                if clusters.get(state.cluster_id.as_str())?.is_none() {
+                    continue;
+                }
                 for (digest, bytes) in &state.blobs {
                     if blobs.get(digest.0.as_slice())?.is_none() {
                         blobs.insert(digest.0.as_slice(), bytes.as_slice())?;
@@ -472,6 +524,10 @@ impl HubStore {
     ) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
         let fresh = {
+            // A deleted cluster's last reports are dropped, not resurrected.
+            if txn.open_table(CLUSTERS)?.get(cluster_id)?.is_none() {
+                return Ok(false);
+            }
             let mut table = txn.open_table(REPORTS)?;
             let current: Option<StatusReport> = table
                 .get(cluster_id)?
@@ -495,6 +551,128 @@ impl HubStore {
             .get(cluster_id)?
             .map(|v| unjson("reports", v.value()))
             .transpose()
+    }
+
+    /// The cluster with this name, or else with this id.
+    pub fn find_cluster(&self, name_or_id: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CLUSTERS)?;
+        find_cluster_in(&table, name_or_id)
+    }
+
+    /// One cluster with its newest state and report, read in one transaction.
+    pub fn cluster_snapshot(
+        &self,
+        name_or_id: &str,
+    ) -> Result<Option<ClusterSnapshot>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let clusters = txn.open_table(CLUSTERS)?;
+        let Some(cluster) = find_cluster_in(&clusters, name_or_id)? else {
+            return Ok(None);
+        };
+        let id = cluster.id.as_str();
+        let states = txn.open_table(STATES)?;
+        let latest = match states.range((id, 0)..=(id, u64::MAX))?.next_back() {
+            Some(entry) => {
+                let (k, v) = entry?;
+                Some((k.value().1, decode_state(v.value())?))
+            }
+            None => None,
+        };
+        let report = txn
+            .open_table(REPORTS)?
+            .get(id)?
+            .map(|v| unjson("reports", v.value()))
+            .transpose()?;
+        Ok(Some(ClusterSnapshot {
+            cluster,
+            latest,
+            report,
+        }))
+    }
+
+    /// Sets and removes labels of a cluster in one transaction; returns the updated record.
+    pub fn label_cluster(
+        &self,
+        name_or_id: &str,
+        set: &Labels,
+        remove: &[String],
+    ) -> Result<ClusterRecord, ClusterUpdateError> {
+        self.update_cluster(name_or_id, |c| {
+            for key in remove {
+                c.labels.remove(key);
+            }
+            c.labels
+                .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        })
+    }
+
+    /// Records a renewed certificate's expiry.
+    pub fn record_renewal(
+        &self,
+        id: &str,
+        cert_expires_at: i64,
+        now: i64,
+    ) -> Result<ClusterRecord, ClusterUpdateError> {
+        self.update_cluster(id, |c| {
+            c.cert_expires_at = cert_expires_at;
+            c.renewed_at = now;
+        })
+    }
+
+    fn update_cluster(
+        &self,
+        name_or_id: &str,
+        change: impl FnOnce(&mut ClusterRecord),
+    ) -> Result<ClusterRecord, ClusterUpdateError> {
+        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        let record = {
+            let mut table = txn.open_table(CLUSTERS).map_err(StoreError::from)?;
+            let Some(mut record) = find_cluster_in(&table, name_or_id)? else {
+                return Err(ClusterUpdateError::NotFound(name_or_id.to_string()));
+            };
+            change(&mut record);
+            table
+                .insert(record.id.as_str(), json(&record).as_slice())
+                .map_err(StoreError::from)?;
+            record
+        };
+        txn.commit().map_err(StoreError::from)?;
+        Ok(record)
+    }
+
+    /// Deletes a cluster with its ClusterStates, its blob index and its report, in one
+    /// transaction. Blobs themselves stay until no state references them.
+    pub fn delete_cluster(&self, name_or_id: &str) -> Result<ClusterRecord, ClusterUpdateError> {
+        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        let record = {
+            let mut clusters = txn.open_table(CLUSTERS).map_err(StoreError::from)?;
+            let Some(record) = find_cluster_in(&clusters, name_or_id)? else {
+                return Err(ClusterUpdateError::NotFound(name_or_id.to_string()));
+            };
+            let id = record.id.as_str();
+            clusters.remove(id).map_err(StoreError::from)?;
+            let mut states = txn.open_table(STATES).map_err(StoreError::from)?;
+            states
+                .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+                .map_err(StoreError::from)?;
+            let mut index = txn.open_table(CLUSTER_BLOBS).map_err(StoreError::from)?;
+            // Digests are 32 bytes, so 33 bytes of 0xff sort after every one of them.
+            let after_every_digest = [0xffu8; 33];
+            index
+                .retain_in(
+                    (id, [0u8; 0].as_slice())..=(id, after_every_digest.as_slice()),
+                    |_, _| false,
+                )
+                .map_err(StoreError::from)?;
+            txn.open_table(REPORTS)
+                .map_err(StoreError::from)?
+                .remove(id)
+                .map_err(StoreError::from)?;
+            record
+        };
+        txn.commit().map_err(StoreError::from)?;
+        Ok(record)
     }
 
     /// Saves what the hub knows about a source.

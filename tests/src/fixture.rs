@@ -90,10 +90,15 @@ impl Fleet {
         let mut admin = client::connect_admin(&self.hub.url(), &self.hub.admin_dir())
             .await
             .expect("admin connect");
-        client::create_token(&mut admin, ttl, &parse_labels(labels).expect("labels"))
-            .await
-            .expect("create token")
-            .token
+        client::create_token(
+            &mut admin,
+            ttl,
+            &parse_labels(labels).expect("labels"),
+            None,
+        )
+        .await
+        .expect("create token")
+        .token
     }
 
     /// The hub's status view.

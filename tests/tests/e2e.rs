@@ -414,3 +414,65 @@ async fn no_secret_appears_in_any_log() {
     }
     fleet.shutdown().await;
 }
+
+/// Runs the real `flotilla` binary against the fleet's hub; returns its parsed JSON output.
+fn cli_json(fleet: &Fleet, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(&fleet.bins.cli)
+        .args(args)
+        .args(["-o", "json"])
+        .env("FLOTILLA_HUB", fleet.hub.url())
+        .env("FLOTILLA_ADMIN_DIR", fleet.hub.admin_dir())
+        .output()
+        .expect("run flotilla");
+    assert!(
+        out.status.success(),
+        "flotilla {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_relabel_describe_and_delete_clusters_with_the_cli() {
+    let mut fleet = Fleet::start(fill).await;
+    fleet.add_agent("core-eu", "tier=core,region=eu").await;
+    let first = fleet.repo.git(&["rev-parse", "HEAD"]);
+    fleet.wait_converged(&first).await;
+    assert_eq!(fleet.object(0, DEPLOY).unwrap()["spec"]["replicas"], 2);
+
+    // Relabelled into the edge target, the cluster gets the edge values without a commit.
+    let labelled = cli_json(
+        &fleet,
+        &["cluster", "label", "core-eu", "tier=edge", "region-"],
+    );
+    assert_eq!(labelled["labels"], serde_json::json!({"tier": "edge"}));
+    eventually("the edge values applied", CONVERGE, || {
+        fleet
+            .object(0, DEPLOY)
+            .is_some_and(|d| d["spec"]["replicas"] == 1)
+    })
+    .await;
+
+    let described = cli_json(&fleet, &["cluster", "describe", "core-eu"]);
+    assert_eq!(described["name"], "core-eu");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expires = described["cert_expires_at"].as_i64().unwrap();
+    assert!(
+        expires > now + 29 * 24 * 3600 && expires <= now + 30 * 24 * 3600 + 60,
+        "certificates default to 30 days: {expires} vs now {now}"
+    );
+    assert!(
+        described["apps"].as_array().unwrap().len() == 2,
+        "{described}"
+    );
+
+    let deleted = cli_json(&fleet, &["cluster", "delete", "core-eu"]);
+    assert_eq!(deleted["name"], "core-eu");
+    assert_eq!(cli_json(&fleet, &["cluster", "get"]), serde_json::json!([]));
+    // Nothing is deleted from the cluster because the hub let it go.
+    assert_eq!(fleet.object(0, DEPLOY).unwrap()["spec"]["replicas"], 1);
+    fleet.shutdown().await;
+}

@@ -176,6 +176,7 @@ async fn hub_and_agent_images_converge_across_containers() {
         &mut admin,
         Duration::from_secs(300),
         &parse_labels("env=docker").unwrap(),
+        None,
     )
     .await
     .unwrap();

@@ -41,6 +41,7 @@ async fn register(url: &str, ca: &str, admin: &mut AdminClient<Channel>, name: &
         .create_token(pb::CreateTokenRequest {
             ttl_seconds: 60,
             labels: Default::default(),
+            name: String::new(),
         })
         .await
         .unwrap()
@@ -169,7 +170,29 @@ async fn certificates_scope_every_call() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let mut agent_as_admin = AgentClient::new(admin_channel);
+    let err = admin_as_a
+        .label_cluster(pb::LabelClusterRequest {
+            cluster: a.id.clone(),
+            set: [("tier".to_string(), "payments".to_string())].into(),
+            remove: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = admin_as_a
+        .delete_cluster(pb::DeleteClusterRequest {
+            cluster: b.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let mut agent_as_admin = AgentClient::new(admin_channel.clone());
+    let (_, csr) = flotilla_agent::identity::new_key_and_csr("admin").unwrap();
+    let err = agent_as_admin
+        .renew(pb::RenewRequest { csr_der: csr })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
     let err = agent_as_admin
         .get_cluster_state(pb::GetClusterStateRequest {
             version: 1,
@@ -213,6 +236,82 @@ async fn certificates_scope_every_call() {
         "an older seq does not overwrite a newer report"
     );
 
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registering_agent_cannot_choose_its_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path().join("hub"));
+    data.init().unwrap();
+    let config = HubConfig::parse("listen: 127.0.0.1:0\n").unwrap();
+    let shutdown = CancellationToken::new();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(flotilla_hub::server::run(
+        data.clone(),
+        config,
+        shutdown.clone(),
+        move |a| {
+            let _ = addr_tx.send(a);
+        },
+    ));
+    let url = format!("https://{}", addr_rx.await.unwrap());
+    let admin_dir = data.admin_dir();
+    let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
+    let (ca, admin_cert, admin_key) = (read("ca.pem"), read("admin.pem"), read("admin-key.pem"));
+    let mut admin = AdminClient::new(channel(&url, &ca, Some((&admin_cert, &admin_key))).await);
+    let token = admin
+        .create_token(pb::CreateTokenRequest {
+            ttl_seconds: 60,
+            labels: [("env".to_string(), "dev".to_string())].into(),
+            name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let (_, csr) = flotilla_agent::identity::new_key_and_csr("edge").unwrap();
+    let mut reg = RegistrationClient::new(channel(&url, &ca, None).await);
+    let request = |labels: &[(&str, &str)]| pb::RegisterRequest {
+        bootstrap_token: token.clone(),
+        csr_der: csr.clone(),
+        requested_name: "edge".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let err = reg
+        .register(request(&[("tier", "payments")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("cannot choose its labels"),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("tier"), "{}", err.message());
+
+    // The refusal did not use the token; the cluster gets the token's labels and no others.
+    let id = reg
+        .register(request(&[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster_id;
+    let cluster = admin
+        .get_cluster(pb::GetClusterRequest { cluster: id })
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap();
+    assert_eq!(
+        cluster.labels,
+        [("env".to_string(), "dev".to_string())].into()
+    );
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }

@@ -1,6 +1,5 @@
 use std::time::Duration;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use flotilla_common::cluster_state::{AppState, DriftMode, ObjectEntry};
@@ -8,10 +7,11 @@ use flotilla_common::object::ObjectId;
 
 use super::*;
 use crate::fixtures::{self, app, config_map, signed};
+use crate::retry::RetryPolicy;
 use crate::store::HeldState;
 use crate::target::conformance::{apply_one, request};
 use crate::target::dir::DirTarget;
-use crate::target::{Applied, TargetError};
+use crate::target::{Applied, LiveObject, TargetError};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -47,6 +47,7 @@ fn commit(store: &Store, apps: Vec<AppState>, objects: &[&(ObjectEntry, Vec<u8>)
 
 const BUDGET: ApplySettings = ApplySettings {
     deletion_budget: 50,
+    deletion_window: Duration::ZERO,
     override_budget: false,
 };
 
@@ -184,7 +185,7 @@ async fn over_budget_writes_but_withholds_deletions_until_overridden() {
     commit(&s.store, vec![app("web", &[&d])], &[&d]);
     let tight = ApplySettings {
         deletion_budget: 2,
-        override_budget: false,
+        ..BUDGET
     };
     let outcome = pass(&s.store, &s.target, tight).await;
     assert!(!outcome.complete);
@@ -217,6 +218,71 @@ async fn over_budget_writes_but_withholds_deletions_until_overridden() {
     assert_eq!(outcome.deleted, 3);
     assert_eq!(files(&s), ["d"]);
     assert_eq!(s.store.applied_version().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn the_deletion_budget_counts_over_a_window_that_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.redb");
+    let target = DirTarget::new(dir.path().join("objects")).unwrap();
+    let windowed = ApplySettings {
+        deletion_budget: 3,
+        deletion_window: Duration::from_secs(3600),
+        ..BUDGET
+    };
+    let at = |store: Store, now: i64| {
+        let mut target = target.clone();
+        async move {
+            apply_held(
+                &store,
+                &mut target,
+                windowed,
+                now,
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+        }
+    };
+    let names = || async {
+        let ids = target.list_all().await.unwrap();
+        ids.into_iter().map(|id| id.name).collect::<Vec<_>>()
+    };
+    let objects: Vec<_> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|n| config_map(n, "1"))
+        .collect();
+    let refs: Vec<_> = objects.iter().collect();
+    let store = Store::open(&path, 100).unwrap();
+    commit(&store, vec![app("web", &refs)], &refs);
+    assert!(at(store.clone(), fixtures::NOW).await.complete);
+
+    // Two deletions: within the budget of 3.
+    commit(&store, vec![app("web", &refs[2..])], &[]);
+    let outcome = at(store.clone(), fixtures::NOW + 10).await;
+    assert_eq!((outcome.complete, outcome.deleted), (true, 2));
+
+    // The agent restarts; two more deletions would make four within the hour.
+    drop(store);
+    let store = Store::open(&path, 100).unwrap();
+    commit(&store, vec![app("web", &refs[4..])], &[]);
+    let outcome = at(store.clone(), fixtures::NOW + 20).await;
+    assert_eq!((outcome.complete, outcome.deleted), (false, 0));
+    assert_eq!(outcome.apps[0].phase, AppPhase::Failed);
+    assert_eq!(
+        outcome.apps[0].message,
+        "2 deletions exceed the deletion budget of 3 per 1h: 2 already made in the last 1h; \
+         withheld 2 of this app's deletions until the window allows them (or restart the \
+         agent with --override-deletion-budget)"
+    );
+    assert_eq!(names().await, ["c", "d", "e"], "withheld objects stay");
+    assert_eq!(store.inventory().unwrap()["web"].objects.len(), 3);
+
+    // Once the first deletions have left the window, the withheld ones go.
+    let outcome = at(store.clone(), fixtures::NOW + 10 + 3600).await;
+    assert_eq!((outcome.complete, outcome.deleted), (true, 2));
+    assert_eq!(names().await, ["e"]);
 }
 
 /// A directory target whose applies of objects named "bad" fail (transiently) while `fail_bad`
@@ -255,10 +321,14 @@ impl Target for Faulty {
         }
         out
     }
-    async fn delete(&mut self, id: &ObjectId) -> Result<Change, TargetError> {
-        self.inner.delete(id).await
+    async fn delete(&mut self, id: &ObjectId, uid: Option<&str>) -> Result<Change, TargetError> {
+        self.inner.delete(id, uid).await
     }
-    async fn list_live(&mut self, ids: &[ObjectId]) -> Result<BTreeSet<ObjectId>, TargetError> {
+    async fn list_live(
+        &mut self,
+        app: &str,
+        ids: &[ObjectId],
+    ) -> Result<BTreeMap<ObjectId, LiveObject>, TargetError> {
         if self.fail_list.load(Ordering::SeqCst) {
             return Err(TargetError {
                 op: "list",
@@ -267,7 +337,7 @@ impl Target for Faulty {
                 source: "connection refused".into(),
             });
         }
-        self.inner.list_live(ids).await
+        self.inner.list_live(app, ids).await
     }
     async fn health(&mut self, ids: &[ObjectId]) -> (AppHealth, String) {
         self.inner.health(ids).await
@@ -348,6 +418,7 @@ async fn the_stored_state_is_reapplied_at_startup_without_any_hub() {
         target: s.target.clone(),
         settings: BUDGET,
         backoff: Backoff::default(),
+        retry: RetryPolicy::default(),
         reporter: Arc::clone(&reporter),
     };
     let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));
@@ -375,6 +446,7 @@ async fn a_new_version_wakes_the_applier_and_transient_failures_are_retried() {
             min: Duration::from_millis(5),
             max: Duration::from_millis(20),
         },
+        retry: RetryPolicy::default(),
         reporter: Arc::clone(&reporter),
     };
     let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));
@@ -477,6 +549,49 @@ async fn an_agent_with_an_empty_store_adopts_the_inventory_kept_in_the_target() 
     );
     assert_eq!(files(&s), ["a"]);
     assert_eq!(store.inventory().unwrap()["web"].objects.len(), 1);
+}
+
+#[tokio::test]
+async fn adoption_takes_apps_and_prune_settings_from_the_signed_state_only() {
+    let s = setup();
+    let (a, b, c) = (
+        config_map("a", "1"),
+        config_map("b", "2"),
+        config_map("c", "3"),
+    );
+    // An earlier agent applied a, b and c, under two apps that both had prune on.
+    commit(
+        &s.store,
+        vec![app("web", &[&a, &b]), app("old", &[&c])],
+        &[&a, &b, &c],
+    );
+    assert!(pass(&s.store, &s.target, BUDGET).await.complete);
+    assert_eq!(files(&s), ["a", "b", "c"]);
+
+    // Reinstalled with a state that has no "old" app and "web" with prune off: the copy in the
+    // target says prune on for both, but only the signed state is policy.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("agent.redb"), 100).unwrap();
+    let mut web = app("web", &[&a]);
+    web.prune = false;
+    commit(&store, vec![web], &[&a]);
+    let outcome = pass(&store, &s.target, BUDGET).await;
+    assert!(outcome.complete);
+    assert_eq!(outcome.deleted, 0);
+    assert_eq!(
+        files(&s),
+        ["a", "b", "c"],
+        "b released, c not adopted: nothing deleted"
+    );
+    let inventory = store.inventory().unwrap();
+    assert_eq!(inventory.keys().collect::<Vec<_>>(), ["web"]);
+    assert!(!inventory["web"].prune, "the signed setting is recorded");
+
+    // Even after "web" leaves the state, it is pruned under the signed setting: nothing goes.
+    commit(&store, vec![], &[]);
+    let outcome = pass(&store, &s.target, BUDGET).await;
+    assert_eq!(outcome.deleted, 0);
+    assert_eq!(files(&s), ["a", "b", "c"]);
 }
 
 #[tokio::test]

@@ -118,10 +118,16 @@ fn summary(plan: &ApplyPlan) -> Vec<String> {
                 }
                 AppStep::Apply(c) => {
                     let mut parts = Vec::new();
-                    if !c.writes.is_empty() {
+                    if c.early > 0 {
+                        parts.push(format!(
+                            "early {}",
+                            list(&mut c.writes[..c.early].iter().map(|w| &w.id))
+                        ));
+                    }
+                    if c.writes.len() > c.early {
                         parts.push(format!(
                             "write {}",
-                            list(&mut c.writes.iter().map(|w| &w.id))
+                            list(&mut c.writes[c.early..].iter().map(|w| &w.id))
                         ));
                     }
                     for (label, ids) in [
@@ -152,6 +158,9 @@ struct Case {
     /// What each app applied before, written as the app that applied it.
     applied: Vec<App>,
     budget: u32,
+    /// Deletion window in seconds, and deletions already made in it.
+    window: u64,
+    deleted_in_window: u32,
     override_budget: bool,
     want: &'static [&'static str],
 }
@@ -167,6 +176,8 @@ fn case(
         desired,
         applied,
         budget: 50,
+        window: 0,
+        deleted_in_window: 0,
         override_budget: false,
         want,
     }
@@ -183,6 +194,8 @@ fn run(case: &Case) -> Vec<String> {
         desired: &desired,
         inventory: &inventory,
         deletion_budget: case.budget,
+        deletion_window: Duration::from_secs(case.window),
+        deleted_in_window: case.deleted_in_window,
         override_budget: case.override_budget,
     }))
 }
@@ -246,10 +259,58 @@ fn apply_order_within_an_app() {
         )],
         vec![],
         &[
-            "platform: write apiextensions.k8s.io/CustomResourceDefinition/widgets.example.com \
-           Namespace/ns rbac.authorization.k8s.io/ClusterRole/r ConfigMap/a example.com/Widget/w",
+            "platform: early apiextensions.k8s.io/CustomResourceDefinition/widgets.example.com \
+           Namespace/ns; write rbac.authorization.k8s.io/ClusterRole/r ConfigMap/a \
+           example.com/Widget/w",
         ],
     )]);
+}
+
+#[test]
+fn namespaces_and_crds_go_early_across_apps() {
+    check(vec![
+        case(
+            "an app's namespace declared by another app is written before either app's objects",
+            vec![
+                app("a-web", &["ConfigMap/config"]),
+                app("z-platform", &["Namespace/shared", "ConfigMap/z"]),
+            ],
+            vec![],
+            &[
+                "a-web: write ConfigMap/config",
+                "z-platform: early Namespace/shared; write ConfigMap/z",
+            ],
+        ),
+        case(
+            "an app with dependencies keeps all its writes behind them",
+            vec![
+                app("base", &["ConfigMap/b"]),
+                app(
+                    "crds",
+                    &["apiextensions.k8s.io/CustomResourceDefinition/widgets"],
+                ),
+                app("team", &["Namespace/team", "example.com/Widget/w"]).after(&["base"]),
+            ],
+            vec![],
+            &[
+                "base: write ConfigMap/b",
+                "crds: early apiextensions.k8s.io/CustomResourceDefinition/widgets",
+                "team: write Namespace/team example.com/Widget/w",
+            ],
+        ),
+        case(
+            "a failed app writes nothing early",
+            vec![
+                app("a", &["Namespace/x"]).after(&["missing"]),
+                app("b", &["Namespace/y"]),
+            ],
+            vec![],
+            &[
+                "a: failed: depends on unknown app missing",
+                "b: early Namespace/y",
+            ],
+        ),
+    ]);
 }
 
 #[test]
@@ -276,6 +337,18 @@ fn protected_kinds() {
                release Namespace/team PersistentVolumeClaim/data \
                apiextensions.k8s.io/CustomResourceDefinition/widgets",
             ],
+        ),
+        case(
+            "PersistentVolumes are protected too, unless listed",
+            vec![app("storage", &[])],
+            vec![app("storage", &["PersistentVolume/pv-1", "ConfigMap/c"])],
+            &["storage: delete ConfigMap/c; release PersistentVolume/pv-1"],
+        ),
+        case(
+            "a listed PersistentVolume may be pruned",
+            vec![app("storage", &[]).unprotect(&["PersistentVolume"])],
+            vec![app("storage", &["PersistentVolume/pv-1"])],
+            &["storage: delete PersistentVolume/pv-1"],
         ),
         case(
             "prune_protect lists the kinds prune may delete",
@@ -358,6 +431,55 @@ fn deletion_budget() {
                      with --override-deletion-budget to allow them)",
                     "c: write ConfigMap/keep",
                 ],
+            )
+        },
+        Case {
+            budget: 5,
+            window: 3600,
+            deleted_in_window: 2,
+            ..case(
+                "deletions made earlier in the window count",
+                vec![app("web", &["ConfigMap/new"])],
+                old(),
+                &["web: write ConfigMap/new; delete ConfigMap/a ConfigMap/b ConfigMap/c"],
+            )
+        },
+        Case {
+            budget: 4,
+            window: 3600,
+            deleted_in_window: 2,
+            ..case(
+                "a sequence of states cannot exceed the budget within the window",
+                vec![app("web", &["ConfigMap/new"])],
+                old(),
+                &[
+                    "web: write ConfigMap/new; withhold ConfigMap/a ConfigMap/b ConfigMap/c; \
+                   failed: 3 deletions exceed the deletion budget of 4 per 1h: 2 already made \
+                   in the last 1h; withheld 3 of this app's deletions until the window allows \
+                   them (or restart the agent with --override-deletion-budget)",
+                ],
+            )
+        },
+        Case {
+            budget: 4,
+            window: 0,
+            deleted_in_window: 2,
+            ..case(
+                "without a window only the plan counts",
+                vec![app("web", &["ConfigMap/new"])],
+                old(),
+                &["web: write ConfigMap/new; delete ConfigMap/a ConfigMap/b ConfigMap/c"],
+            )
+        },
+        Case {
+            budget: 1,
+            window: 3600,
+            deleted_in_window: 40,
+            ..case(
+                "a plan without deletions is never over budget",
+                vec![app("web", &["ConfigMap/a"])],
+                vec![app("web", &["ConfigMap/a"])],
+                &["web: write ConfigMap/a"],
             )
         },
         Case {
@@ -528,6 +650,8 @@ fn inventory_digests_do_not_change_writes() {
         desired: &desired,
         inventory: &inventory,
         deletion_budget: 0,
+        deletion_window: Duration::ZERO,
+        deleted_in_window: 0,
         override_budget: false,
     });
     assert_eq!(summary(&plan), ["web: write ConfigMap/a"]);
@@ -547,4 +671,20 @@ fn check(cases: Vec<Case>) {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn deletions_in_the_window() {
+    let log = [(100, 5), (3000, 4), (3700, 1)];
+    let hour = Duration::from_secs(3600);
+    let cases: &[(&str, i64, Duration, u32)] = &[
+        ("everything within the hour", 3699, hour, 10),
+        ("an entry exactly a window old has left it", 3800, hour, 5),
+        ("later, only the newest", 6650, hour, 1),
+        ("all gone", 7300, hour, 0),
+        ("a zero window counts nothing", 3700, Duration::ZERO, 0),
+    ];
+    for (what, now, window, want) in cases {
+        assert_eq!(deleted_in_window(&log, *now, *window), *want, "{what}");
+    }
 }

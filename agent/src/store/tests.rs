@@ -46,6 +46,8 @@ fn file_is_private_and_everything_survives_reopening() {
                 completed_version: Some(1),
                 observed_at: 5,
                 apps: vec![status("web", AppPhase::Applied)],
+                deleted: 0,
+                forget_deletions_before: 0,
             })
             .unwrap();
     }
@@ -121,6 +123,8 @@ fn outbox_assigns_seqs_acks_one_and_keeps_the_newest() {
         completed_version: None,
         observed_at: 9,
         apps,
+        deleted: 0,
+        forget_deletions_before: 0,
     };
     assert_eq!(
         store
@@ -186,6 +190,8 @@ fn record_apply_updates_and_forgets_inventories() {
         completed_version,
         observed_at: 1,
         apps: vec![],
+        deleted: 0,
+        forget_deletions_before: 0,
     };
     store
         .record_apply(&record(
@@ -204,4 +210,40 @@ fn record_apply_updates_and_forgets_inventories() {
     // An incomplete pass leaves the applied version where it was.
     assert_eq!(store.applied_version().unwrap(), 4);
     assert_eq!(store.outbox_after(1).unwrap()[0].applied_version, 4);
+}
+
+#[test]
+fn the_deletion_log_survives_reopening_and_forgets_what_left_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = config_map("a", "1");
+    let record = |observed_at, deleted, forget_deletions_before| ApplyRecord {
+        inventory: BTreeMap::new(),
+        completed_version: None,
+        observed_at,
+        apps: vec![],
+        deleted,
+        forget_deletions_before,
+    };
+    {
+        let store = open(dir.path());
+        store
+            .commit_state(
+                &held(signed(1, None, vec![app("web", &[&a])])),
+                &fixtures::blobs(&[&a]),
+            )
+            .unwrap();
+        store.record_apply(&record(100, 3, 0)).unwrap();
+        store.record_apply(&record(100, 2, 0)).unwrap();
+        store.record_apply(&record(150, 0, 0)).unwrap();
+        store.record_apply(&record(200, 4, 0)).unwrap();
+    }
+    let store = open(dir.path());
+    let log = |store: &Store| store.apply_snapshot().unwrap().unwrap().deletions;
+    assert_eq!(
+        log(&store),
+        [(100, 5), (200, 4)],
+        "same second adds up; zero is not logged"
+    );
+    store.record_apply(&record(260, 1, 101)).unwrap();
+    assert_eq!(log(&store), [(200, 4), (260, 1)]);
 }

@@ -126,6 +126,7 @@ async fn bad_offers_store_nothing_apply_nothing_and_are_reported() {
         .unwrap();
     let settings = ApplySettings {
         deletion_budget: 50,
+        deletion_window: std::time::Duration::ZERO,
         override_budget: false,
     };
     apply_held(
@@ -445,7 +446,7 @@ async fn announcements_of_the_held_or_the_refused_version_ask_the_hub_nothing() 
     );
 
     let syncer = Syncer {
-        channel: unreachable_hub(),
+        channels: watch::channel(unreachable_hub()).1,
         store: store.clone(),
         ctx: ctx(),
         held: watch::channel(1).0,
@@ -453,7 +454,7 @@ async fn announcements_of_the_held_or_the_refused_version_ask_the_hub_nothing() 
         backoff: Backoff::default(),
         idle_timeout: Duration::from_secs(60),
     };
-    let mut client = AgentClient::new(syncer.channel.clone());
+    let mut client = AgentClient::new(syncer.channels.borrow().clone());
     // As `on_announcement` leaves it after refusing version 2.
     let mut memory = SyncMemory {
         rejected: Some((2, refused.digest())),

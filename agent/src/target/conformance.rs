@@ -60,7 +60,15 @@ pub async fn check<T: Target>(
     let live = |set: &[&ObjectId]| set.iter().map(|id| (*id).clone()).collect::<BTreeSet<_>>();
     let correct = DriftMode::Correct;
 
-    assert_eq!(target.list_live(&ids).await.unwrap(), BTreeSet::new());
+    let listed = async |target: &mut T| -> BTreeSet<ObjectId> {
+        target
+            .list_live(APP, &ids)
+            .await
+            .unwrap()
+            .into_keys()
+            .collect()
+    };
+    assert_eq!(listed(target).await, BTreeSet::new());
     let results = target
         .apply(&[request(&ns_obj, None, correct), request(&a, None, correct)])
         .await;
@@ -75,10 +83,7 @@ pub async fn check<T: Target>(
         apply_one(target, request(&b, None, correct)).await,
         Applied::Changed
     );
-    assert_eq!(
-        target.list_live(&ids).await.unwrap(),
-        live(&[&a.0.id, &b.0.id])
-    );
+    assert_eq!(listed(target).await, live(&[&a.0.id, &b.0.id]));
 
     assert_eq!(
         apply_one(target, request(&a2, Some(&a), correct)).await,
@@ -143,8 +148,21 @@ pub async fn check<T: Target>(
     target.save_inventory(&BTreeMap::new()).await.unwrap();
     assert!(!target.load_inventory().await.unwrap().contains_key(APP));
 
-    assert_eq!(target.delete(&a.0.id).await.unwrap(), Change::Changed);
-    assert_eq!(target.delete(&a.0.id).await.unwrap(), Change::Unchanged);
-    assert_eq!(target.list_live(&ids).await.unwrap(), live(&[&b.0.id]));
-    assert_eq!(target.delete(&b.0.id).await.unwrap(), Change::Changed);
+    // Deletes carry the uid the listing gave, where the target has uids.
+    let uids = target.list_live(APP, &ids).await.unwrap();
+    let uid = |id: &ObjectId| uids[id].uid.clone();
+    let (uid_a, uid_b) = (uid(&a.0.id), uid(&b.0.id));
+    assert_eq!(
+        target.delete(&a.0.id, uid_a.as_deref()).await.unwrap(),
+        Change::Changed
+    );
+    assert_eq!(
+        target.delete(&a.0.id, uid_a.as_deref()).await.unwrap(),
+        Change::Unchanged
+    );
+    assert_eq!(listed(target).await, live(&[&b.0.id]));
+    assert_eq!(
+        target.delete(&b.0.id, uid_b.as_deref()).await.unwrap(),
+        Change::Changed
+    );
 }

@@ -17,7 +17,7 @@ use flotilla_common::object::ObjectId;
 use flotilla_common::status::AppHealth;
 use serde_json::Value;
 
-use super::{Applied, ApplyRequest, Change, Target, TargetError};
+use super::{Applied, ApplyRequest, Change, LiveObject, Target, TargetError};
 use crate::drift::differences;
 use crate::inventory::AppInventory;
 
@@ -267,7 +267,7 @@ impl Target for DirTarget {
         results
     }
 
-    async fn delete(&mut self, id: &ObjectId) -> Result<Change, TargetError> {
+    async fn delete(&mut self, id: &ObjectId, _uid: Option<&str>) -> Result<Change, TargetError> {
         let name = file_name(id).map_err(|e| TargetError { op: "delete", ..e })?;
         self.blocking("delete", id.to_string(), move |root| {
             remove_file(root, &name)
@@ -275,12 +275,18 @@ impl Target for DirTarget {
         .await
     }
 
-    async fn list_live(&mut self, ids: &[ObjectId]) -> Result<BTreeSet<ObjectId>, TargetError> {
+    async fn list_live(
+        &mut self,
+        _app: &str,
+        ids: &[ObjectId],
+    ) -> Result<BTreeMap<ObjectId, LiveObject>, TargetError> {
+        // Files carry no ownership marks and no uids: every file named after its object counts.
         let wanted: BTreeSet<ObjectId> = ids.iter().cloned().collect();
         let present = self.blocking("list", String::new(), list_files).await?;
         Ok(present
             .into_iter()
             .filter(|id| wanted.contains(id))
+            .map(|id| (id, LiveObject::default()))
             .collect())
     }
 
@@ -421,7 +427,7 @@ mod tests {
             .unwrap_err();
         assert!(!err.transient);
         assert_eq!(err.op, "apply");
-        let err = target.delete(&object.0.id).await.unwrap_err();
+        let err = target.delete(&object.0.id, None).await.unwrap_err();
         assert_eq!(err.op, "delete");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

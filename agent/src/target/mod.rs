@@ -7,7 +7,7 @@
 //! The applier task owns its target (`&mut self` everywhere): a target's caches and watches are
 //! state with one owner.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use flotilla_common::cluster_state::DriftMode;
@@ -41,6 +41,13 @@ pub enum Applied {
     /// The object drifted from what was applied and the app's drift mode is `report`: nothing
     /// was written. The fields that differ, e.g. `.spec.replicas`.
     Drifted(Vec<String>),
+}
+
+/// A live object that prune may delete.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LiveObject {
+    /// Its uid, where the target has uids; deletes are conditional on it.
+    pub uid: Option<String>,
 }
 
 /// One object to apply.
@@ -87,16 +94,23 @@ pub trait Target: Send + 'static {
         batch: &[ApplyRequest<'_>],
     ) -> impl Future<Output = Vec<Result<Applied, TargetError>>> + Send;
 
-    /// Removes object `id`.
-    fn delete(&mut self, id: &ObjectId)
-    -> impl Future<Output = Result<Change, TargetError>> + Send;
+    /// Removes object `id`; with `uid`, only if the live object still has that uid (one
+    /// recreated since it was listed is left alone and reported `Unchanged`, as is an absent one).
+    fn delete(
+        &mut self,
+        id: &ObjectId,
+        uid: Option<&str>,
+    ) -> impl Future<Output = Result<Change, TargetError>> + Send;
 
-    /// Which of `ids` exist and carry Flotilla's ownership mark, from a complete, fresh listing.
-    /// Any doubt about completeness is an error: prune must not act on a partial view.
+    /// Which of `ids` exist and carry Flotilla's ownership marks for `app` (where the target
+    /// has marks: managed by Flotilla, belonging to `app`), from a complete, fresh listing, with
+    /// the uid of each where the target has uids. Any doubt about completeness is an error:
+    /// prune must not act on a partial view.
     fn list_live(
         &mut self,
+        app: &str,
         ids: &[ObjectId],
-    ) -> impl Future<Output = Result<BTreeSet<ObjectId>, TargetError>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<ObjectId, LiveObject>, TargetError>> + Send;
 
     /// Health of one app's objects, and why it is not healthy.
     fn health(&mut self, ids: &[ObjectId]) -> impl Future<Output = (AppHealth, String)> + Send;

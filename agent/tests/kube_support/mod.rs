@@ -375,6 +375,7 @@ pub fn commit(store: &Store, apps: Vec<AppState>, objects: &[&(ObjectEntry, Vec<
 /// The default deletion budget.
 pub const BUDGET: ApplySettings = ApplySettings {
     deletion_budget: 50,
+    deletion_window: Duration::ZERO,
     override_budget: false,
 };
 

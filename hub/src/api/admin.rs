@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
+use flotilla_common::ids::validate_name;
 use flotilla_common::labels::{Labels, validate_label};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::admin_server::Admin;
@@ -15,7 +16,7 @@ use super::registration::token_hash;
 use super::{ApiState, caller, internal};
 use crate::controller::unix_now;
 use crate::pki::PeerIdentity;
-use crate::store::{ClusterSnapshot, TokenRecord};
+use crate::store::{ClusterSnapshot, ClusterUpdateError, TokenRecord};
 
 /// Longest a bootstrap token may live.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -53,7 +54,70 @@ impl AdminService {
             desired_version: snap.latest.as_ref().map(|(v, _)| *v).unwrap_or(0),
             applied_version: report.map(|r| r.applied_version).unwrap_or(0),
             rejection: report.and_then(|r| r.rejection.clone()).unwrap_or_default(),
+            cert_expires_at: c.cert_expires_at,
+            renewed_at: c.renewed_at,
+            last_error: report.map(last_error).unwrap_or_default(),
         }
+    }
+
+    /// The cluster with its app rows, as `GetStatus` shows every cluster.
+    fn cluster_status(&self, snap: ClusterSnapshot) -> pb::ClusterStatus {
+        let cluster = self.cluster_message(&snap);
+        let desired = snap
+            .latest
+            .as_ref()
+            .and_then(|(_, s)| s.decode_unverified().ok());
+        let report = snap.report;
+        let mut rows: BTreeMap<String, pb::AppRow> = BTreeMap::new();
+        if let Some(state) = &desired {
+            for app in &state.body.apps {
+                rows.insert(
+                    app.name.clone(),
+                    pb::AppRow {
+                        app: app.name.clone(),
+                        desired_commit: app.commit.clone(),
+                        desired_version: state.header.version,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        for app in report.iter().flat_map(|r| r.apps.iter()) {
+            let row = rows.entry(app.app.clone()).or_insert_with(|| pb::AppRow {
+                app: app.app.clone(),
+                ..Default::default()
+            });
+            row.applied_commit = app.commit.clone();
+            row.applied_version = app.version;
+            row.phase = app.phase.as_str().to_string();
+            row.message = app.message.clone();
+            row.health = app.health.as_str().to_string();
+            row.health_reason = app.health_reason.clone();
+        }
+        pb::ClusterStatus {
+            cluster: Some(cluster),
+            apps: rows.into_values().collect(),
+        }
+    }
+}
+
+/// The newest problem a report shows: a rejected ClusterState, else the first failed app.
+fn last_error(report: &flotilla_common::status::StatusReport) -> String {
+    if let Some(rejection) = &report.rejection {
+        return format!("ClusterState rejected: {rejection}");
+    }
+    report
+        .apps
+        .iter()
+        .find(|a| a.phase == flotilla_common::status::AppPhase::Failed)
+        .map(|a| format!("app {}: {}", a.app, a.message))
+        .unwrap_or_default()
+}
+
+fn update_error(e: ClusterUpdateError) -> Status {
+    match e {
+        ClusterUpdateError::NotFound(_) => Status::not_found(e.to_string()),
+        ClusterUpdateError::Store(e) => internal(e),
     }
 }
 
@@ -76,6 +140,19 @@ impl Admin for AdminService {
         for (k, v) in &labels {
             validate_label(k, v).map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
+        let name = match req.name.as_str() {
+            "" => None,
+            name => {
+                validate_name("cluster name", name)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                if self.0.store.find_cluster(name).map_err(internal)?.is_some() {
+                    return Err(Status::already_exists(format!(
+                        "a cluster named {name:?} is already registered; delete it first (flotilla cluster delete {name})"
+                    )));
+                }
+                Some(name.to_string())
+            }
+        };
         // 256 random bits; only the hash is stored.
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
@@ -89,6 +166,7 @@ impl Admin for AdminService {
             created_at: now,
             expires_at: now + ttl.as_secs() as i64,
             used_by: None,
+            name: name.clone(),
         };
         let store = self.0.store.clone();
         let hash = token_hash(&token);
@@ -100,7 +178,7 @@ impl Admin for AdminService {
         .await
         .map_err(internal)?
         .map_err(internal)?;
-        info!(admin = %admin, expires_at, "bootstrap token created");
+        info!(admin = %admin, expires_at, name = name.as_deref().unwrap_or(""), "bootstrap token created");
         Ok(Response::new(pb::CreateTokenResponse { token, expires_at }))
     }
 
@@ -143,45 +221,88 @@ impl Admin for AdminService {
                 last_fetch: record.last_fetch,
             });
         }
-        let mut clusters = Vec::new();
-        for snap in self.0.store.cluster_snapshots().map_err(internal)? {
-            let cluster = self.cluster_message(&snap);
-            let desired = snap
-                .latest
-                .as_ref()
-                .and_then(|(_, s)| s.decode_unverified().ok());
-            let report = snap.report;
-            let mut rows: BTreeMap<String, pb::AppRow> = BTreeMap::new();
-            if let Some(state) = &desired {
-                for app in &state.body.apps {
-                    rows.insert(
-                        app.name.clone(),
-                        pb::AppRow {
-                            app: app.name.clone(),
-                            desired_commit: app.commit.clone(),
-                            desired_version: state.header.version,
-                            ..Default::default()
-                        },
-                    );
-                }
-            }
-            for app in report.iter().flat_map(|r| r.apps.iter()) {
-                let row = rows.entry(app.app.clone()).or_insert_with(|| pb::AppRow {
-                    app: app.app.clone(),
-                    ..Default::default()
-                });
-                row.applied_commit = app.commit.clone();
-                row.applied_version = app.version;
-                row.phase = app.phase.as_str().to_string();
-                row.message = app.message.clone();
-                row.health = app.health.as_str().to_string();
-                row.health_reason = app.health_reason.clone();
-            }
-            clusters.push(pb::ClusterStatus {
-                cluster: Some(cluster),
-                apps: rows.into_values().collect(),
-            });
-        }
+        let clusters = self
+            .0
+            .store
+            .cluster_snapshots()
+            .map_err(internal)?
+            .into_iter()
+            .map(|snap| self.cluster_status(snap))
+            .collect();
         Ok(Response::new(pb::GetStatusResponse { sources, clusters }))
+    }
+
+    async fn get_cluster(
+        &self,
+        request: Request<pb::GetClusterRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.admin(&request)?;
+        let name = request.into_inner().cluster;
+        let snap = self
+            .0
+            .store
+            .cluster_snapshot(&name)
+            .map_err(internal)?
+            .ok_or_else(|| update_error(ClusterUpdateError::NotFound(name)))?;
+        Ok(Response::new(self.cluster_status(snap)))
+    }
+
+    async fn label_cluster(
+        &self,
+        request: Request<pb::LabelClusterRequest>,
+    ) -> Result<Response<pb::Cluster>, Status> {
+        let admin = self.admin(&request)?;
+        let req = request.into_inner();
+        let set: Labels = req.set.into_iter().collect();
+        for (k, v) in &set {
+            validate_label(k, v).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        if let Some(key) = req.remove.iter().find(|k| set.contains_key(*k)) {
+            return Err(Status::invalid_argument(format!(
+                "label {key:?} is both set and removed"
+            )));
+        }
+        let store = self.0.store.clone();
+        let (name, remove) = (req.cluster, req.remove);
+        let record = tokio::task::spawn_blocking(move || store.label_cluster(&name, &set, &remove))
+            .await
+            .map_err(internal)?
+            .map_err(update_error)?;
+        info!(admin = %admin, cluster = %record.id, name = %record.name, "cluster labels changed");
+        // Re-target at once: a new ClusterState follows if the cluster's apps change.
+        self.0.controller.clusters_changed();
+        let snap = self
+            .0
+            .store
+            .cluster_snapshot(&record.id)
+            .map_err(internal)?
+            .ok_or_else(|| update_error(ClusterUpdateError::NotFound(record.id.clone())))?;
+        Ok(Response::new(self.cluster_message(&snap)))
+    }
+
+    async fn delete_cluster(
+        &self,
+        request: Request<pb::DeleteClusterRequest>,
+    ) -> Result<Response<pb::DeleteClusterResponse>, Status> {
+        let admin = self.admin(&request)?;
+        let name = request.into_inner().cluster;
+        let store = self.0.store.clone();
+        let record = tokio::task::spawn_blocking(move || store.delete_cluster(&name))
+            .await
+            .map_err(internal)?
+            .map_err(update_error)?;
+        // Open streams of the cluster re-check it and end.
+        self.0.revocations.send_modify(|n| *n += 1);
+        self.0
+            .last_contact
+            .lock()
+            .expect("last_contact lock")
+            .remove(&record.id);
+        self.0.controller.clusters_changed();
+        info!(admin = %admin, cluster = %record.id, name = %record.name, "cluster deleted; its certificate is refused from now on");
+        Ok(Response::new(pb::DeleteClusterResponse {
+            id: record.id,
+            name: record.name,
+        }))
     }
 }

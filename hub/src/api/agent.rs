@@ -1,7 +1,10 @@
 //! The `Agent` service. The caller's cluster id comes only from its verified
 //! client certificate, and every read is limited to that cluster (invariant 6).
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use flotilla_common::digest::Digest;
 use flotilla_proto::v1 as pb;
@@ -10,7 +13,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{ApiState, caller, internal, wire};
 use crate::controller::unix_now;
@@ -45,6 +48,45 @@ impl AgentService {
         Ok(id)
     }
 
+    /// Resolves with the status to end a stream with when `cluster` is deleted (checked now
+    /// and after every deletion) or the hub stops.
+    fn stream_end(&self, cluster: String) -> impl Future<Output = Status> + Send + 'static {
+        let mut revocations = self.0.revocations.subscribe();
+        let store = self.0.store.clone();
+        let shutdown = self.0.shutdown.clone();
+        let deleted = async move {
+            loop {
+                if let Ok(None) = store.cluster(&cluster) {
+                    return;
+                }
+                if revocations.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        async move {
+            tokio::select! {
+                _ = deleted => Status::permission_denied(
+                    "this cluster was deleted by an operator; its certificate is no longer accepted",
+                ),
+                _ = shutdown.cancelled() => Status::unavailable("the hub is shutting down"),
+            }
+        }
+    }
+
+    /// Ends `stream` as soon as its cluster is deleted or the hub stops.
+    fn until_deleted<T: Send + 'static>(
+        &self,
+        cluster: &str,
+        stream: BoxStream<T>,
+    ) -> BoxStream<T> {
+        Box::pin(UntilDeleted {
+            inner: stream,
+            end: Box::pin(self.stream_end(cluster.to_string())),
+            done: false,
+        })
+    }
+
     fn latest(&self, cluster: &str) -> Result<Option<pb::Announce>, Status> {
         Ok(self
             .0
@@ -73,9 +115,10 @@ impl Agent for AgentService {
         let mut announcements = self.0.controller.subscribe();
         let initial = self.latest(&cluster)?;
         let (tx, rx) = mpsc::channel(16);
+        let response = self.until_deleted(&cluster, Box::pin(ReceiverStream::new(rx)));
         let this = AgentService(self.0.clone());
         let heartbeat = self.0.heartbeat;
-        tokio::spawn(async move {
+        self.0.tasks.spawn(async move {
             let mut current = initial.clone().map(|a| a.version).unwrap_or(0);
             if let Some(a) = initial
                 && a.version > have
@@ -88,6 +131,7 @@ impl Agent for AgentService {
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = this.0.shutdown.cancelled() => return,
                     _ = ticker.tick() => {
                         this.0.last_contact.lock().expect("last_contact lock").insert(cluster.clone(), unix_now());
                         Some(pb::Announce { version: current, digest: Vec::new(), heartbeat: true })
@@ -116,7 +160,7 @@ impl Agent for AgentService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(response))
     }
 
     async fn get_cluster_state(
@@ -167,7 +211,8 @@ impl Agent for AgentService {
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.0.store.clone();
         let (tx, rx) = mpsc::channel(32);
-        tokio::task::spawn_blocking(move || {
+        let response = self.until_deleted(&cluster, Box::pin(ReceiverStream::new(rx)));
+        self.0.tasks.spawn_blocking(move || {
             for digest in digests {
                 let item = match store.blob_for_cluster(&cluster, &digest) {
                     Ok(Some(data)) => Ok(pb::Blob {
@@ -186,7 +231,7 @@ impl Agent for AgentService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(response))
     }
 
     type ReportStatusStream = BoxStream<pb::Ack>;
@@ -199,9 +244,15 @@ impl Agent for AgentService {
         let mut inbound = request.into_inner();
         let store = self.0.store.clone();
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
+        let response = self.until_deleted(&cluster, Box::pin(ReceiverStream::new(rx)));
+        let shutdown = self.0.shutdown.clone();
+        self.0.tasks.spawn(async move {
             loop {
-                let report = match inbound.message().await {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    message = inbound.message() => message,
+                };
+                let report = match message {
                     Ok(Some(r)) => r,
                     Ok(None) => return,
                     Err(e) => {
@@ -234,6 +285,84 @@ impl Agent for AgentService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(response))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let cluster = self.cluster(&request)?;
+        let presented = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        {
+            let mut renewals = self.0.renewals.lock().expect("renewals lock");
+            let now = Instant::now();
+            if let Some(last) = renewals.get(&cluster)
+                && now.duration_since(*last) < self.0.renew_min_interval
+            {
+                return Err(Status::resource_exhausted(format!(
+                    "this cluster renewed its certificate {}s ago; renewals are allowed once every {}s (renewMinInterval)",
+                    now.duration_since(*last).as_secs(),
+                    self.0.renew_min_interval.as_secs()
+                )));
+            }
+            renewals.insert(cluster.clone(), now);
+        }
+        let ttl = self.0.cluster_cert_ttl;
+        let now = time::OffsetDateTime::now_utc();
+        let csr = request.into_inner().csr_der;
+        let cert = self
+            .0
+            .ca
+            .renew_cluster_csr(&csr, &cluster, ttl, now, &presented)
+            .map_err(|e| Status::invalid_argument(format!("renewal refused: {e}")))?;
+        let expires_at = now.unix_timestamp() + ttl.as_secs() as i64;
+        let store = self.0.store.clone();
+        let id = cluster.clone();
+        tokio::task::spawn_blocking(move || store.record_renewal(&id, expires_at, unix_now()))
+            .await
+            .map_err(internal)?
+            .map_err(|e| match e {
+                crate::store::ClusterUpdateError::NotFound(_) => {
+                    Status::permission_denied(format!("cluster {cluster} is not registered"))
+                }
+                crate::store::ClusterUpdateError::Store(e) => internal(e),
+            })?;
+        info!(cluster = %cluster, expires_at, "cluster certificate renewed");
+        Ok(Response::new(pb::RenewResponse {
+            certificate_pem: cert,
+            ca_pem: self.0.ca.cert_pem(),
+            expires_at,
+        }))
+    }
+}
+
+/// A response stream that ends with an error once its cluster is deleted or the hub stops.
+struct UntilDeleted<T> {
+    inner: BoxStream<T>,
+    end: Pin<Box<dyn Future<Output = Status> + Send>>,
+    done: bool,
+}
+
+impl<T> Stream for UntilDeleted<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(status) = this.end.as_mut().poll(cx) {
+            this.done = true;
+            return Poll::Ready(Some(Err(status)));
+        }
+        let next = this.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(None) = next {
+            this.done = true;
+        }
+        next
     }
 }

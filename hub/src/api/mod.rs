@@ -18,8 +18,6 @@ use crate::controller::ControllerHandle;
 use crate::pki::{CertificateAuthority, PeerIdentity, peer_identity};
 use crate::store::HubStore;
 
-pub use registration::CLUSTER_CERT_VALIDITY;
-
 /// Shared state of the gRPC services.
 #[derive(Clone)]
 pub struct ApiState {
@@ -38,6 +36,19 @@ pub struct ApiState {
     pub heartbeat: std::time::Duration,
     /// Configured sources, for status.
     pub sources: Arc<Vec<crate::config::SourceConfig>>,
+    /// Lifetime of cluster certificates.
+    pub cluster_cert_ttl: std::time::Duration,
+    /// Shortest time between two renewals of one cluster.
+    pub renew_min_interval: std::time::Duration,
+    /// When each cluster last renewed (in memory: a restart only lets one early renewal through).
+    pub renewals: Arc<Mutex<HashMap<String, std::time::Instant>>>,
+    /// Bumped after every cluster deletion, so open streams re-check their cluster.
+    pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Cancelled when the hub stops: open streams end, so a graceful stop does not wait for
+    /// agents to hang up.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The tasks that feed streams; the hub waits for them before it returns.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// The three services, ready to add to a tonic router.

@@ -1,9 +1,6 @@
 //! `Registration.Register`: a single-use bootstrap token and a CSR become a cluster certificate.
 
-use std::time::Duration;
-
 use flotilla_common::ids::{cluster_id_from, validate_name};
-use flotilla_common::labels::validate_label;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::registration_server::Registration;
 use rand::RngCore;
@@ -14,9 +11,6 @@ use tracing::{info, warn};
 use super::{ApiState, internal};
 use crate::controller::unix_now;
 use crate::store::{ClusterRecord, RegisterError};
-
-/// How long a cluster certificate is valid.
-pub const CLUSTER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The Registration service.
 pub struct RegistrationService(pub ApiState);
@@ -35,8 +29,14 @@ impl Registration for RegistrationService {
         let req = request.into_inner();
         validate_name("cluster name", &req.requested_name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        for (k, v) in &req.labels {
-            validate_label(k, v).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Labels decide which apps and Secrets a cluster receives, so only operators set
+        // them (invariant 9): through the token, then `flotilla cluster label`.
+        if !req.labels.is_empty() {
+            let keys: Vec<&str> = req.labels.keys().map(String::as_str).collect();
+            return Err(Status::invalid_argument(format!(
+                "a registering agent cannot choose its labels (it asked for {}); labels come from the bootstrap token (flotilla token create --labels) and from flotilla cluster label",
+                keys.join(", ")
+            )));
         }
         let hash = token_hash(&req.bootstrap_token);
         let mut random = [0u8; 8];
@@ -45,26 +45,35 @@ impl Registration for RegistrationService {
 
         // Sign before consuming the token: a bad CSR must not burn it.
         let now = time::OffsetDateTime::now_utc();
+        let ttl = self.0.cluster_cert_ttl;
         let cert = self
             .0
             .ca
-            .sign_cluster_csr(&req.csr_der, &id, CLUSTER_CERT_VALIDITY, now)
+            .sign_cluster_csr(&req.csr_der, &id, ttl, now)
             .map_err(|e| Status::invalid_argument(format!("CSR refused: {e}")))?;
+        let cert_expires_at = now.unix_timestamp() + ttl.as_secs() as i64;
 
         let store = self.0.store.clone();
-        let name = req.requested_name.clone();
-        let extra: flotilla_common::labels::Labels = req.labels.clone().into_iter().collect();
+        let requested = req.requested_name.clone();
         let result = tokio::task::spawn_blocking(move || {
             store.register(&hash, unix_now(), |token| {
-                // Token labels win over labels the agent asks for.
-                let mut labels = extra;
-                labels.extend(token.labels.clone());
-                ClusterRecord {
+                let name = match &token.name {
+                    Some(pinned) if *pinned != requested => {
+                        return Err(RegisterError::NamePinned {
+                            pinned: pinned.clone(),
+                            requested,
+                        });
+                    }
+                    _ => requested,
+                };
+                Ok(ClusterRecord {
                     id,
                     name,
-                    labels,
+                    labels: token.labels.clone(),
                     registered_at: unix_now(),
-                }
+                    cert_expires_at,
+                    renewed_at: 0,
+                })
             })
         })
         .await
@@ -79,6 +88,9 @@ impl Registration for RegistrationService {
             }
             Err(e @ RegisterError::NameTaken(_)) => {
                 return Err(Status::already_exists(e.to_string()));
+            }
+            Err(e @ RegisterError::NamePinned { .. }) => {
+                return Err(Status::permission_denied(e.to_string()));
             }
             Err(RegisterError::Store(e)) => return Err(internal(e)),
         };

@@ -224,8 +224,9 @@ impl Store {
             if rt.namespaced {
                 self.check_namespace(rt, Some(&ns), &applied)?;
             }
-            crate::validate::name(rt, name)?;
+            crate::validate::name(rt, name, &applied)?;
             let mut obj = applied;
+            self.defaults(rt, &mut obj);
             let meta = meta_mut(&mut obj);
             meta.insert("uid".into(), json!(new_uid()));
             meta.insert("creationTimestamp".into(), json!(ctx.now));

@@ -125,6 +125,46 @@ impl ApiError {
         }))
     }
 
+    /// `422 Invalid` with one `FieldValueInvalid` cause per message, worded as the API server
+    /// words them: `Kind.group "name" is invalid: field: Invalid value: "value": message`, and a
+    /// bracketed, comma-separated list when there are several.
+    pub fn invalid_value(
+        group: &str,
+        kind: &str,
+        name: &str,
+        field: &str,
+        value: &str,
+        messages: &[String],
+    ) -> Self {
+        let qualified_kind = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let bodies: Vec<String> = messages
+            .iter()
+            .map(|m| format!("Invalid value: {}: {m}", go_quote(value)))
+            .collect();
+        let full: Vec<String> = bodies.iter().map(|b| format!("{field}: {b}")).collect();
+        let aggregate = match full.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let causes: Vec<Value> = bodies
+            .iter()
+            .map(|b| json!({"reason": "FieldValueInvalid", "message": b, "field": field}))
+            .collect();
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "{qualified_kind} {} is invalid: {aggregate}",
+                go_quote(name)
+            ),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
+    }
+
     /// `400 BadRequest`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message.into())
@@ -204,4 +244,24 @@ fn qualified(group: &str, plural: &str) -> String {
     } else {
         format!("{plural}.{group}")
     }
+}
+
+/// A string quoted as Go's `%q` prints it (the API server's messages use it for values).
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

@@ -74,8 +74,10 @@ fn route(shared: &Arc<Shared>, parts: &Parts, body: Bytes) -> Result<Response<Bo
         "/api" if get => return ok(&discovery::api_versions(&shared.addr.to_string())),
         "/apis" if get => return ok(&discovery::group_list(&shared.lock().registry)),
         "/openapi/v2" if get => {
+            // Clients ask for `...spec.v2@v1.0+protobuf`, but `@` is not a token character, so
+            // the API server answers with the `.v1.0` spelling, which Go's mime parser accepts.
             return Ok(if accept.contains("protobuf") {
-                let content_type = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+                let content_type = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
                 bytes_response(
                     StatusCode::OK,
                     content_type,
@@ -228,6 +230,7 @@ fn resource(
             let obj = store.get(&rt, &ns, &name)?;
             if table::wanted(accept) {
                 return ok(&table::table(
+                    &rt,
                     &[obj],
                     store.resource_version(),
                     query.get("includeObject").unwrap_or_default(),
@@ -239,6 +242,7 @@ fn resource(
             let (items, rv) = store.list(&rt, &filter(&rp, query)?);
             if table::wanted(accept) {
                 return ok(&table::table(
+                    &rt,
                     &items,
                     rv,
                     query.get("includeObject").unwrap_or_default(),

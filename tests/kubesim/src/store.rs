@@ -290,10 +290,11 @@ impl Store {
             meta.insert("name".into(), json!(format!("{prefix}{suffix}")));
         }
         let name = meta_str_map(meta, "name").to_string();
-        crate::validate::name(rt, &name)?;
+        crate::validate::name(rt, &name, &obj)?;
         if self.raw(rt, &ns, &name).is_some() {
             return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
         }
+        let meta = meta_mut(&mut obj);
         for k in [
             "uid",
             "resourceVersion",
@@ -334,7 +335,7 @@ impl Store {
     }
 
     /// Values the real API server fills in on create.
-    fn defaults(&self, rt: &ResourceType, obj: &mut Value) {
+    pub(crate) fn defaults(&self, rt: &ResourceType, obj: &mut Value) {
         if rt.group.is_empty() && rt.kind == "Namespace" {
             let name = meta_str(obj, "name").to_string();
             let meta = meta_mut(obj);

@@ -13,7 +13,9 @@
 //!   not the batch.
 //! - **Watches** (`live.rs`) cover every resource type in the inventory, selected by the
 //!   managed-by label; they feed health, drift detection and [`Target::changed`].
-//! - **Prune** lists afresh, by label, every type it deletes from; any error aborts it.
+//! - **Prune** lists afresh, by the managed-by and app labels, every type it deletes from; any
+//!   error aborts it. Deletes carry the listed uid as a precondition, so an object recreated
+//!   since the listing is left alone.
 //! - **Inventory** is mirrored into ConfigMaps (`inventory.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -24,7 +26,7 @@ use flotilla_common::cluster_state::DriftMode;
 use flotilla_common::object::ObjectId;
 use flotilla_common::status::AppHealth;
 use futures_util::StreamExt;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::Value;
@@ -35,7 +37,7 @@ use self::discovery::{Discovery, Resolved};
 use self::error::{KubeError, call, is_secret};
 use self::inventory::InventoryMirror;
 use self::live::{LiveCache, TypeKey};
-use super::{Applied, ApplyRequest, Change, Target, TargetError};
+use super::{Applied, ApplyRequest, Change, LiveObject, Target, TargetError};
 use crate::drift::differences;
 use crate::health::{app_health, object_health};
 use crate::inventory::AppInventory;
@@ -468,7 +470,7 @@ impl Target for KubeTarget {
         results
     }
 
-    async fn delete(&mut self, id: &ObjectId) -> Result<Change, TargetError> {
+    async fn delete(&mut self, id: &ObjectId, uid: Option<&str>) -> Result<Change, TargetError> {
         let resolved = match self.resolve(id).await {
             Ok(resolved) => resolved,
             // No such kind any more, so no such object.
@@ -476,10 +478,17 @@ impl Target for KubeTarget {
             Err(e) => return Err(e.into_target("delete", id.to_string())),
         };
         let api = self.api(id, &resolved);
+        let mut params = DeleteParams::background();
+        if let Some(uid) = uid {
+            params = params.preconditions(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            });
+        }
         let result = call(
             self.options.request_timeout,
             is_secret(id),
-            api.delete(&id.name, &DeleteParams::background()),
+            api.delete(&id.name, &params),
         )
         .await;
         match result {
@@ -491,15 +500,25 @@ impl Target for KubeTarget {
                 self.live.remove(id);
                 Ok(Change::Unchanged)
             }
+            // The uid precondition failed: this is another object of the same name, made
+            // since the listing; it is not ours to delete.
+            Err(e) if uid.is_some() && e.code() == Some(409) => {
+                info!(object = %id, "not deleted: recreated since it was listed");
+                Ok(Change::Unchanged)
+            }
             Err(e) => Err(e.into_target("delete", id.to_string())),
         }
     }
 
-    async fn list_live(&mut self, ids: &[ObjectId]) -> Result<BTreeSet<ObjectId>, TargetError> {
+    async fn list_live(
+        &mut self,
+        app: &str,
+        ids: &[ObjectId],
+    ) -> Result<BTreeMap<ObjectId, LiveObject>, TargetError> {
         let wanted: BTreeSet<&ObjectId> = ids.iter().collect();
         let types: BTreeMap<TypeKey, &ObjectId> =
             ids.iter().map(|id| (TypeKey::of(id), id)).collect();
-        let mut live = BTreeSet::new();
+        let mut live = BTreeMap::new();
         for (key, example) in types {
             let what = format!("{}/{} objects", example.api_version(), key.kind);
             let resolved = match self.resolve(example).await {
@@ -509,11 +528,19 @@ impl Target for KubeTarget {
                 Err(e) => return Err(e.into_target("list", what)),
             };
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resolved.resource);
-            let params = ListParams::default().labels(MANAGED_SELECTOR);
+            let selector = format!("{MANAGED_SELECTOR},{APP_LABEL}={app}");
+            let params = ListParams::default().labels(&selector);
             let list = call(self.options.request_timeout, false, api.list(&params))
                 .await
                 .map_err(|e| e.into_target("list", what.clone()))?;
             for obj in list.items {
+                // Checked here as well as by the selector: only what the live labels say is
+                // this app's, and Flotilla's, may be deleted.
+                let labels = obj.metadata.labels.as_ref();
+                let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+                if label(MANAGED_LABEL) != Some(MANAGED_BY) || label(APP_LABEL) != Some(app) {
+                    continue;
+                }
                 let id = ObjectId {
                     group: key.group.clone(),
                     version: key.version.clone(),
@@ -522,7 +549,12 @@ impl Target for KubeTarget {
                     name: obj.metadata.name.clone().unwrap_or_default(),
                 };
                 if wanted.contains(&id) {
-                    live.insert(id);
+                    live.insert(
+                        id,
+                        LiveObject {
+                            uid: obj.metadata.uid.clone(),
+                        },
+                    );
                 }
             }
         }
