@@ -9,6 +9,7 @@ pub mod digest;
 pub mod ids;
 pub mod labels;
 pub mod limits;
+pub mod names;
 pub mod object;
 pub mod peer;
 pub mod status;

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::canonical::to_canonical_json;
 use crate::digest::Digest;
+use crate::names::NameRule;
 
 /// What identifies an object in a cluster: group/version/kind, namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -80,26 +81,22 @@ pub enum ObjectError {
     /// `apiVersion` with more than one slash, or empty parts.
     #[error("invalid apiVersion {0:?}")]
     ApiVersion(String),
-    /// A name or namespace Kubernetes would reject.
-    #[error("invalid {field} {value:?}")]
+    /// A name or namespace the Kubernetes API server would reject.
+    #[error("{kind} {field} {value:?} is not {rule}")]
     Name {
+        /// The object's kind.
+        kind: String,
         /// Which field.
         field: &'static str,
         /// The value.
         value: String,
+        /// The rule it breaks.
+        rule: NameRule,
     },
 }
 
 fn str_field<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
-}
-
-fn valid_object_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b':'
-        })
 }
 
 /// Kinds of the built-in API that are cluster-scoped. Everything else is
@@ -186,10 +183,13 @@ impl KubeObject {
         let name = str_field(&value, "/metadata/name")
             .ok_or(ObjectError::Missing("metadata.name"))?
             .to_string();
-        if !valid_object_name(&name) {
+        let rule = NameRule::for_kind(&group, &kind);
+        if !rule.allows(&name) {
             return Err(ObjectError::Name {
+                kind,
                 field: "metadata.name",
                 value: name,
+                rule,
             });
         }
         let namespace = if cluster_scoped(&group, &kind) {
@@ -202,10 +202,12 @@ impl KubeObject {
                 Some(ns) if !ns.is_empty() => ns.to_string(),
                 _ => default_namespace.unwrap_or("default").to_string(),
             };
-            if !valid_object_name(&ns) || ns.contains('.') {
+            if !NameRule::Dns1123Label.allows(&ns) {
                 return Err(ObjectError::Name {
+                    kind,
                     field: "metadata.namespace",
                     value: ns,
+                    rule: NameRule::Dns1123Label,
                 });
             }
             value["metadata"]["namespace"] = Value::String(ns.clone());
@@ -279,5 +281,63 @@ mod tests {
             obj(json!({"apiVersion": "v1", "kind": "A", "metadata": {}})),
             Err(ObjectError::Missing("metadata.name"))
         ));
+    }
+
+    #[test]
+    fn names_follow_the_api_server_rules_per_kind() {
+        let rbac = "rbac.authorization.k8s.io/v1";
+        // (apiVersion, kind, name, namespace, accepted)
+        let cases = [
+            (
+                rbac,
+                "ClusterRole",
+                "system:aggregated-metrics-reader",
+                None,
+                true,
+            ),
+            (rbac, "ClusterRoleBinding", "system:kube-dns", None, true),
+            (rbac, "Role", "Mixed_Case:ok", Some("apps"), true),
+            (rbac, "ClusterRole", "..", None, false),
+            (rbac, "RoleBinding", "a/b", Some("apps"), false),
+            ("v1", "ConfigMap", "system:config", None, false),
+            ("v1", "ConfigMap", "app.config-1", None, true),
+            ("v1", "Namespace", "team.a", None, false),
+            ("v1", "Namespace", "team-a", None, true),
+            ("v1", "Service", "1web", None, false),
+            ("v1", "Service", "web1", None, true),
+            ("v1", "Service", "web.internal", None, false),
+            ("apps/v1", "Deployment", "web.v2", None, true),
+            ("apps/v1", "Deployment", "web-", None, false),
+            ("example.com/v1", "Widget", "w:1", None, false),
+            ("v1", "ConfigMap", "ok", Some("Bad.NS"), false),
+            ("v1", "ConfigMap", "ok", Some("a.b"), false),
+        ];
+        for (api_version, kind, name, namespace, accepted) in cases {
+            let mut value =
+                json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}});
+            if let Some(ns) = namespace {
+                value["metadata"]["namespace"] = json!(ns);
+            }
+            let got = obj(value);
+            assert_eq!(
+                got.is_ok(),
+                accepted,
+                "{kind} {name:?} in {namespace:?}: {got:?}"
+            );
+        }
+        let err = obj(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "1web"}}))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "Service metadata.name \"1web\" is not a DNS-1035 label (lower-case letters, digits and '-', starting with a letter and ending with a letter or digit, at most 63 characters)"
+        );
+        let err = obj(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "a.b"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("ConfigMap metadata.namespace \"a.b\" is not a DNS-1123 label"),
+            "{err}"
+        );
     }
 }

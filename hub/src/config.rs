@@ -9,6 +9,8 @@ use flotilla_common::ids::validate_name;
 use flotilla_common::limits::Limits;
 use serde::Deserialize;
 
+use crate::source::{RedactedUrl, redact_url};
+
 /// A configuration problem, naming the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +55,8 @@ struct RawConfig {
     limits: Limits,
     #[serde(default = "default_fetch_timeout")]
     fetch_timeout: String,
+    #[serde(default = "default_max_pack_bytes")]
+    max_pack_bytes: u64,
     #[serde(default = "default_cluster_cert_ttl")]
     cluster_cert_ttl: String,
     #[serde(default = "default_renew_min_interval")]
@@ -132,6 +136,7 @@ struct RawSource {
     interval: String,
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    max_pack_bytes: Option<u64>,
 }
 
 fn default_listen() -> String {
@@ -145,6 +150,9 @@ fn default_state_ttl() -> String {
 }
 fn default_fetch_timeout() -> String {
     "60s".into()
+}
+fn default_max_pack_bytes() -> u64 {
+    crate::source::DEFAULT_MAX_PACK_BYTES
 }
 fn default_cluster_cert_ttl() -> String {
     "30d".into()
@@ -175,6 +183,8 @@ pub struct SourceConfig {
     /// PEM bundle of CA certificates an https source's server certificate may chain to, besides the
     /// system roots (read at each fetch, so a rotated CA needs no restart).
     pub ca_file: Option<PathBuf>,
+    /// Most bytes of pack one fetch may receive (`maxPackBytes` of the source, else of the file).
+    pub max_pack_bytes: u64,
 }
 
 /// Connection-level limits of the gRPC listener (`transport:` in hub.yaml).
@@ -257,6 +267,8 @@ pub struct HubConfig {
     pub state_ttl: Duration,
     /// Time box for one fetch.
     pub fetch_timeout: Duration,
+    /// Default most bytes of pack one fetch may receive; a source's own `maxPackBytes` overrides it.
+    pub max_pack_bytes: u64,
     /// Sources.
     pub sources: Vec<SourceConfig>,
     /// Limits.
@@ -409,6 +421,12 @@ impl HubConfig {
                 message: "at least one name is needed".into(),
             });
         }
+        if raw.max_pack_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                field: "maxPackBytes".into(),
+                message: "must be greater than zero".into(),
+            });
+        }
         let mut sources = Vec::new();
         for (i, s) in raw.sources.into_iter().enumerate() {
             let field = |f: &str| format!("sources[{i}].{f}");
@@ -426,6 +444,36 @@ impl HubConfig {
                 return Err(ConfigError::Invalid {
                     field: field("url"),
                     message: "must not be empty".into(),
+                });
+            }
+            let plain_http = s
+                .url
+                .get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("http://"));
+            if plain_http && s.token_file.is_some() {
+                return Err(ConfigError::Invalid {
+                    field: field("tokenFile"),
+                    message: format!(
+                        "source {:?} would send its token in clear text to {}; use an https:// URL",
+                        s.name,
+                        RedactedUrl(&s.url)
+                    ),
+                });
+            }
+            if plain_http && redact_url(&s.url) != s.url {
+                return Err(ConfigError::Invalid {
+                    field: field("url"),
+                    message: format!(
+                        "source {:?}: {} carries credentials over plain http; use https:// and a tokenFile",
+                        s.name,
+                        RedactedUrl(&s.url)
+                    ),
+                });
+            }
+            if s.max_pack_bytes == Some(0) {
+                return Err(ConfigError::Invalid {
+                    field: field("maxPackBytes"),
+                    message: "must be greater than zero".into(),
                 });
             }
             if s.branch.is_empty() || s.branch.contains("..") || s.branch.starts_with('-') {
@@ -447,6 +495,7 @@ impl HubConfig {
                 branch: s.branch,
                 token_file: s.token_file,
                 ca_file: s.ca_file,
+                max_pack_bytes: s.max_pack_bytes.unwrap_or(raw.max_pack_bytes),
             });
         }
         let cluster_cert_ttl = duration("clusterCertTtl", &raw.cluster_cert_ttl)?;
@@ -463,6 +512,7 @@ impl HubConfig {
             server_names: raw.server_names,
             state_ttl: duration("stateTtl", &raw.state_ttl)?,
             fetch_timeout: duration("fetchTimeout", &raw.fetch_timeout)?,
+            max_pack_bytes: raw.max_pack_bytes,
             sources,
             limits: raw.limits,
             transport: transport_limits(raw.transport)?,
@@ -535,6 +585,11 @@ mod tests {
             ),
             ("rpc: {stateRetention: 0}", "rpc.stateRetention"),
             ("rpc: {maxReportTextBytes: 1}", "rpc.maxReportTextBytes"),
+            ("maxPackBytes: 0", "maxPackBytes"),
+            (
+                "sources: [{name: a, url: 'https://h/r', maxPackBytes: 0}]",
+                "sources[0].maxPackBytes",
+            ),
         ];
         for (text, field) in cases {
             let err = HubConfig::parse(text).unwrap_err().to_string();
@@ -544,6 +599,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn max_pack_bytes_defaults_and_overrides() {
+        let c = HubConfig::parse(
+            "maxPackBytes: 5000\nsources:\n  - {name: a, url: 'https://h/a'}\n  - {name: b, url: 'https://h/b', maxPackBytes: 7}\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_pack_bytes, 5000);
+        assert_eq!(c.sources[0].max_pack_bytes, 5000);
+        assert_eq!(c.sources[1].max_pack_bytes, 7);
+        let c = HubConfig::parse("sources: [{name: a, url: 'https://h/a'}]").unwrap();
+        assert_eq!(c.sources[0].max_pack_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn no_credentials_over_plain_http() {
+        let cases = [
+            (
+                "sources: [{name: web, url: 'http://git.example/r.git', tokenFile: /t}]",
+                "invalid sources[0].tokenFile: source \"web\" would send its token in clear text to http://git.example/r.git",
+            ),
+            (
+                "sources: [{name: web, url: 'HTTP://git.example/r.git', tokenFile: /t}]",
+                "invalid sources[0].tokenFile",
+            ),
+            (
+                "sources: [{name: web, url: 'http://bob:hunter2@git.example/r.git'}]",
+                "invalid sources[0].url: source \"web\": http://***@git.example/r.git carries credentials",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = HubConfig::parse(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        for ok in [
+            "sources: [{name: web, url: 'https://git.example/r.git', tokenFile: /t}]",
+            "sources: [{name: web, url: 'http://git.example/r.git'}]",
+        ] {
+            HubConfig::parse(ok).unwrap();
+        }
     }
 
     #[test]

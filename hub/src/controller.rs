@@ -189,6 +189,7 @@ impl Controller {
     async fn poll_source(&mut self, i: usize) {
         let cfg = self.sources[i].config.clone();
         let dir = self.mirrors_dir.join(&cfg.name);
+        let timeout = self.fetch_timeout;
         let fetch = tokio::task::spawn_blocking(move || -> Result<String, String> {
             let token = match &cfg.token_file {
                 Some(path) => Some(
@@ -210,13 +211,17 @@ impl Controller {
                 token: token.as_deref(),
                 ca_pem: ca_pem.as_deref(),
             };
-            let mirror = GitMirror::open_or_init(&dir, &cfg.url).map_err(|e| e.to_string())?;
+            // The mirror's own time box interrupts gix, so this task always ends and the next poll never
+            // overlaps it; no tokio timeout that would leave it running.
+            let mirror = GitMirror::open_or_init(&dir, &cfg.url)
+                .map_err(|e| e.to_string())?
+                .with_timeout(timeout)
+                .with_max_pack_bytes(cfg.max_pack_bytes);
             mirror.fetch(&cfg.branch, auth).map_err(|e| e.to_string())
         });
-        let outcome = match tokio::time::timeout(self.fetch_timeout, fetch).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(format!("fetch task failed: {join}")),
-            Err(_) => Err(format!("fetch timed out after {:?}", self.fetch_timeout)),
+        let outcome = match fetch.await {
+            Ok(result) => result,
+            Err(join) => Err(format!("fetch task failed: {join}")),
         };
         self.sources[i].record.last_fetch = unix_now();
         match outcome {
@@ -229,7 +234,7 @@ impl Controller {
                 }
             }
             Err(e) => {
-                warn!(source = %self.sources[i].config.name, error = %e, "fetch failed; previous release stays in force");
+                warn!(source = %self.sources[i].config.name, url = %crate::source::RedactedUrl(&self.sources[i].config.url), error = %e, "fetch failed; previous release stays in force");
                 self.sources[i].record.error = format!("fetch failed: {e}");
             }
         }

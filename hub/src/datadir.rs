@@ -8,10 +8,13 @@
 //! D/mirrors/<source>/             bare Git mirrors
 //! D/hub.addr                      the address `run` listens on
 //! ```
+//!
+//! Directories the hub creates are mode 0700 and secret files and the store 0600, so no other local
+//! user reads keys, tokens' hashes, ClusterStates or mirrored repositories.
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -82,6 +85,28 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
     f.sync_all().map_err(io(path))
 }
 
+/// Creates `dir` and its missing parents with mode 0700 (the umask can only narrow it); directories that
+/// already exist keep their mode, since a mounted volume may not be ours to change.
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist and sets an existing file to 0600, so a
+/// library that opens it afterwards (redb) never leaves it readable by others.
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+}
+
 fn write_public(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
     fs::write(path, contents).map_err(io(path))
 }
@@ -132,7 +157,7 @@ impl DataDir {
             return Err(DataDirError::AlreadyInitialized(self.root.clone()));
         }
         for dir in [self.root.join("pki"), self.admin_dir(), self.mirrors_dir()] {
-            fs::create_dir_all(&dir).map_err(io(&dir))?;
+            create_private_dir_all(&dir).map_err(io(&dir))?;
         }
         let ca = CertificateAuthority::generate("Flotilla cluster CA")?;
         let signing = SigningKey::generate(&mut rand::rngs::OsRng);
@@ -211,5 +236,37 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(d.init(), Err(DataDirError::AlreadyInitialized(_))));
+    }
+
+    #[test]
+    fn directories_keys_and_store_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::new(dir.path().join("data/hub"));
+        d.init().unwrap();
+        crate::store::HubStore::open(&d.store_path()).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let private_dirs = [
+            dir.path().join("data"),
+            d.root().to_path_buf(),
+            d.root().join("pki"),
+            d.admin_dir(),
+            d.mirrors_dir(),
+        ];
+        for path in private_dirs {
+            assert_eq!(mode(&path), 0o700, "{}", path.display());
+        }
+        let private_files = [
+            d.pki("ca-key.pem"),
+            d.pki("signing.key"),
+            d.admin_dir().join("admin-key.pem"),
+            d.store_path(),
+        ];
+        for path in private_files {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+        // A mirror made by the source poller is private too.
+        let mirror = d.mirrors_dir().join("fleet");
+        crate::source::GitMirror::open_or_init(&mirror, "file:///nowhere").unwrap();
+        assert_eq!(mode(&mirror), 0o700);
     }
 }

@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use flotilla_common::limits::Limits;
 use gix::bstr::ByteSlice;
@@ -59,6 +60,36 @@ pub enum SourceError {
         /// gix's message, credentials removed.
         message: String,
     },
+    /// The time box ran out before the fetch finished; gix was interrupted.
+    #[error("fetch {url}: did not finish within the fetch timeout of {}; it was stopped ({message})", humantime::format_duration(*timeout))]
+    TimedOut {
+        /// Remote URL, user info removed.
+        url: String,
+        /// The time box.
+        timeout: Duration,
+        /// gix's message for the interruption.
+        message: String,
+    },
+    /// The remote sent a pack larger than the cap.
+    #[error(
+        "fetch {url}: the pack is larger than maxPackBytes ({limit} bytes): {received} bytes were received before the fetch was stopped"
+    )]
+    PackTooLarge {
+        /// Remote URL, user info removed.
+        url: String,
+        /// The cap (`maxPackBytes`).
+        limit: u64,
+        /// Pack bytes received when the fetch stopped.
+        received: u64,
+    },
+    /// Another fetch of the same mirror is running.
+    #[error("fetch {url}: another fetch of mirror {dir} is still running")]
+    Busy {
+        /// Remote URL, user info removed.
+        url: String,
+        /// Mirror directory.
+        dir: PathBuf,
+    },
     /// The CA bundle to trust does not hold a usable certificate.
     #[error("fetch {url}: CA bundle {message}")]
     CaBundle {
@@ -109,23 +140,36 @@ pub enum SourceError {
     },
 }
 
-/// Replaces the user info of a URL (`https://user:secret@host/…`) so it can be shown.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let authority_start = scheme_end + 3;
-    let authority_end = url[authority_start..]
-        .find('/')
-        .map_or(url.len(), |i| authority_start + i);
-    match url[authority_start..authority_end].rfind('@') {
-        Some(at) => format!(
-            "{}***@{}",
-            &url[..authority_start],
-            &url[authority_start + at + 1..]
-        ),
-        None => url.to_string(),
+/// A URL for display: its user info (`https://user:secret@host/…`) is replaced by `***`. Every place the hub
+/// shows a source URL (status, logs, errors) goes through this.
+#[derive(Debug, Clone, Copy)]
+pub struct RedactedUrl<'a>(pub &'a str);
+
+impl std::fmt::Display for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.0;
+        let Some(scheme_end) = url.find("://") else {
+            return f.write_str(url);
+        };
+        let authority_start = scheme_end + 3;
+        let authority_end = url[authority_start..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |i| authority_start + i);
+        match url[authority_start..authority_end].rfind('@') {
+            Some(at) => write!(
+                f,
+                "{}***@{}",
+                &url[..authority_start],
+                &url[authority_start + at + 1..]
+            ),
+            None => f.write_str(url),
+        }
     }
+}
+
+/// [`RedactedUrl`] as a string.
+pub fn redact_url(url: &str) -> String {
+    RedactedUrl(url).to_string()
 }
 
 /// What a fetch presents to, and trusts from, an `https://` remote; `file://` remotes ignore it.
@@ -154,14 +198,26 @@ impl std::fmt::Debug for FetchAuth<'_> {
     }
 }
 
+/// Default for [`GitMirror::with_max_pack_bytes`] and hub.yaml's `maxPackBytes`: 1 GiB.
+pub const DEFAULT_MAX_PACK_BYTES: u64 = 1 << 30;
+
+/// Default for [`GitMirror::with_timeout`] and hub.yaml's `fetchTimeout`.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The file in a mirror directory whose OS lock a fetch holds, so two fetches of one mirror never run at once
+/// (in this process or another); the OS drops the lock when the holder exits, so it never goes stale.
+pub const FETCH_LOCK_FILE: &str = "flotilla-fetch.lock";
+
 /// A bare repository under a directory the hub owns, mirroring one remote URL.
 ///
-/// Fetches of one mirror must not run concurrently; the hub serializes them per Source.
+/// A fetch holds the lock on [`FETCH_LOCK_FILE`] from start to end, and ends by its time box (see
+/// [`GitMirror::fetch`]), so fetches of one mirror never overlap.
 #[derive(Debug)]
 pub struct GitMirror {
     dir: PathBuf,
     url: String,
-    interrupt: Arc<AtomicBool>,
+    timeout: Duration,
+    max_pack_bytes: u64,
 }
 
 fn open_isolated(dir: &Path) -> Result<gix::Repository, gix::Error> {
@@ -170,8 +226,117 @@ fn open_isolated(dir: &Path) -> Result<gix::Repository, gix::Error> {
     gix::open_opts(dir, gix::open::Options::isolated())
 }
 
+/// What a fetch learned about why it stopped, beyond gix's own message.
+struct FetchWatch {
+    /// Set by the timer or by the pack meter; gix polls it while negotiating and receiving.
+    interrupt: AtomicBool,
+    /// The time box ran out.
+    timed_out: AtomicBool,
+    /// Pack bytes received so far.
+    pack_bytes: AtomicU64,
+    /// Pack bytes allowed.
+    max_pack_bytes: u64,
+    /// The pack went over `max_pack_bytes`.
+    pack_too_large: AtomicBool,
+}
+
+impl FetchWatch {
+    fn count_pack_bytes(&self, n: usize) {
+        let total = self.pack_bytes.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+        if total > self.max_pack_bytes {
+            self.pack_too_large.store(true, Ordering::SeqCst);
+            self.interrupt.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The progress gix reports to during a fetch: it discards everything except the bytes of the pack being read,
+/// which it counts against the cap (gix's `read pack` task, id `BWRB`, increments once per read).
+struct PackMeter {
+    watch: Arc<FetchWatch>,
+    id: gix::progress::Id,
+    counter: gix::progress::StepShared,
+}
+
+/// The progress id gix-pack gives the bytes it reads from a received pack.
+const READ_PACK_BYTES: gix::progress::Id = *b"BWRB";
+
+impl PackMeter {
+    fn new(watch: Arc<FetchWatch>, id: gix::progress::Id) -> Self {
+        PackMeter {
+            watch,
+            id,
+            counter: Default::default(),
+        }
+    }
+}
+
+impl gix::progress::Count for PackMeter {
+    fn set(&self, step: gix::progress::Step) {
+        let before = self.counter.swap(step, Ordering::SeqCst);
+        if self.id == READ_PACK_BYTES && step > before {
+            self.watch.count_pack_bytes(step - before);
+        }
+    }
+
+    fn step(&self) -> gix::progress::Step {
+        self.counter.load(Ordering::SeqCst)
+    }
+
+    fn inc_by(&self, step: gix::progress::Step) {
+        self.counter.fetch_add(step, Ordering::SeqCst);
+        if self.id == READ_PACK_BYTES {
+            self.watch.count_pack_bytes(step);
+        }
+    }
+
+    fn counter(&self) -> gix::progress::StepShared {
+        self.counter.clone()
+    }
+}
+
+impl gix::progress::Progress for PackMeter {
+    fn init(&mut self, _max: Option<gix::progress::Step>, _unit: Option<gix::progress::Unit>) {}
+
+    fn set_name(&mut self, _name: String) {}
+
+    fn name(&self) -> Option<String> {
+        None
+    }
+
+    fn id(&self) -> gix::progress::Id {
+        self.id
+    }
+
+    fn message(&self, _level: gix::progress::MessageLevel, _message: String) {}
+}
+
+impl gix::progress::NestedProgress for PackMeter {
+    type SubProgress = PackMeter;
+
+    fn add_child(&mut self, _name: impl Into<String>) -> Self::SubProgress {
+        PackMeter::new(self.watch.clone(), gix::progress::UNKNOWN)
+    }
+
+    fn add_child_with_id(
+        &mut self,
+        _name: impl Into<String>,
+        id: gix::progress::Id,
+    ) -> Self::SubProgress {
+        PackMeter::new(self.watch.clone(), id)
+    }
+}
+
+/// Scheme, lower-case host and port (the scheme's default when none is written) of a URL, or `None` when
+/// it does not parse or has no host: what must match for a credential to be sent.
+fn authority(url: &[u8]) -> Option<(String, String, Option<u16>)> {
+    let url = gix::url::parse(url.as_bstr()).ok()?;
+    let host = url.host()?.to_ascii_lowercase();
+    Some((url.scheme.as_str().to_string(), host, url.port_or_default()))
+}
+
 impl GitMirror {
-    /// Opens the bare repository in `dir`, creating it (and `dir`) when absent.
+    /// Opens the bare repository in `dir`, creating it (and `dir`, mode 0700) when absent.
     pub fn open_or_init(dir: &Path, url: &str) -> Result<Self, SourceError> {
         let mirror_err = |message: String| SourceError::Mirror {
             dir: dir.to_path_buf(),
@@ -179,7 +344,7 @@ impl GitMirror {
         };
         let exists = dir.join("HEAD").exists() || dir.join(".git").exists();
         if !exists {
-            std::fs::create_dir_all(dir).map_err(|e| mirror_err(e.to_string()))?;
+            crate::datadir::create_private_dir_all(dir).map_err(|e| mirror_err(e.to_string()))?;
             gix::ThreadSafeRepository::init_opts(
                 dir,
                 gix::create::Kind::Bare,
@@ -195,8 +360,21 @@ impl GitMirror {
         Ok(GitMirror {
             dir: dir.to_path_buf(),
             url: url.to_string(),
-            interrupt: Arc::new(AtomicBool::new(false)),
+            timeout: DEFAULT_FETCH_TIMEOUT,
+            max_pack_bytes: DEFAULT_MAX_PACK_BYTES,
         })
+    }
+
+    /// Sets the time box of each fetch (default [`DEFAULT_FETCH_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the most pack bytes one fetch may receive (default [`DEFAULT_MAX_PACK_BYTES`]).
+    pub fn with_max_pack_bytes(mut self, max_pack_bytes: u64) -> Self {
+        self.max_pack_bytes = max_pack_bytes;
+        self
     }
 
     /// The mirror's directory.
@@ -209,16 +387,15 @@ impl GitMirror {
         redact_url(&self.url)
     }
 
-    /// A flag that, once set, makes the running fetch stop with an error (for time-boxing from another
-    /// thread); each fetch clears it when it starts.
-    pub fn interrupt_handle(&self) -> Arc<AtomicBool> {
-        self.interrupt.clone()
-    }
-
     /// Fetches `refs/heads/<branch>` from the remote into the mirror's `refs/heads/<branch>` and returns the
     /// commit id (hex), presenting `auth.token` and trusting `auth.ca_pem` over https.
+    ///
+    /// The fetch is time-boxed: a timer sets gix's interrupt flag when the time box ends (gix checks it
+    /// while negotiating and between reads of the pack), and over HTTP every request carries the same
+    /// timeout, so a server that stops sending cannot hold a read open. It stops the same way once the pack
+    /// exceeds the mirror's cap. A second fetch of the same mirror while one runs fails with
+    /// [`SourceError::Busy`] instead of waiting.
     pub fn fetch(&self, branch: &str, auth: FetchAuth<'_>) -> Result<String, SourceError> {
-        let token = auth.token;
         let remote_ref = format!("refs/heads/{branch}");
         let valid = !branch.is_empty()
             && !branch.starts_with('-')
@@ -229,6 +406,84 @@ impl GitMirror {
                 branch: branch.to_string(),
             });
         }
+        let _lock = self.lock()?;
+        let watch = Arc::new(FetchWatch {
+            interrupt: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            pack_bytes: AtomicU64::new(0),
+            max_pack_bytes: self.max_pack_bytes,
+            pack_too_large: AtomicBool::new(false),
+        });
+        let result = std::thread::scope(|scope| {
+            let (done, wait) = std::sync::mpsc::channel::<()>();
+            let timer_watch = watch.clone();
+            let timeout = self.timeout;
+            // The timer ends with the fetch: dropping `done` wakes it, and the scope joins it.
+            scope.spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(timeout)
+                {
+                    timer_watch.timed_out.store(true, Ordering::SeqCst);
+                    timer_watch.interrupt.store(true, Ordering::SeqCst);
+                }
+            });
+            let result = self.fetch_watched(&remote_ref, branch, auth, &watch);
+            drop(done);
+            result
+        });
+        match result {
+            Ok(commit) => Ok(commit),
+            Err(_) if watch.pack_too_large.load(Ordering::SeqCst) => {
+                Err(SourceError::PackTooLarge {
+                    url: self.display_url(),
+                    limit: self.max_pack_bytes,
+                    received: watch.pack_bytes.load(Ordering::SeqCst),
+                })
+            }
+            Err(e) if watch.timed_out.load(Ordering::SeqCst) => Err(SourceError::TimedOut {
+                url: self.display_url(),
+                timeout: self.timeout,
+                message: match e {
+                    SourceError::Fetch { message, .. } => message,
+                    other => other.to_string(),
+                },
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes the mirror's fetch lock without waiting.
+    fn lock(&self) -> Result<std::fs::File, SourceError> {
+        let path = self.dir.join(FETCH_LOCK_FILE);
+        let mirror_err = |message: String| SourceError::Mirror {
+            dir: self.dir.clone(),
+            message,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| mirror_err(format!("cannot open {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(SourceError::Busy {
+                url: self.display_url(),
+                dir: self.dir.clone(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(mirror_err(format!("cannot lock {}: {e}", path.display())))
+            }
+        }
+    }
+
+    fn fetch_watched(
+        &self,
+        remote_ref: &str,
+        branch: &str,
+        auth: FetchAuth<'_>,
+        watch: &Arc<FetchWatch>,
+    ) -> Result<String, SourceError> {
+        let token = auth.token;
         let fetch_err = |e: &dyn std::error::Error| SourceError::Fetch {
             url: self.display_url(),
             dir: self.dir.clone(),
@@ -242,7 +497,6 @@ impl GitMirror {
                 url: self.display_url(),
                 message,
             })?;
-        self.interrupt.store(false, Ordering::SeqCst);
         let repo = open_isolated(&self.dir).map_err(|e| SourceError::Mirror {
             dir: self.dir.clone(),
             message: chain(&e),
@@ -255,38 +509,56 @@ impl GitMirror {
             .with_refspecs([refspec.as_str()], gix::remote::Direction::Fetch)
             .map_err(|e| fetch_err(&e))?;
         install_crypto_provider();
-        let transport_options = match ca_certs {
-            Some(certs) => trusting(&repo, &self.url, certs).map_err(|e| fetch_err(&e))?,
-            None => None,
-        };
+        let transport_options =
+            http_options(&repo, &self.url, ca_certs.unwrap_or_default(), self.timeout)
+                .map_err(|e| fetch_err(&e))?;
         let token = token.map(str::to_string);
+        let source_authority = authority(self.url.as_bytes());
+        let display_url = self.display_url();
         let mut connection = remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(|e| fetch_err(&e))?
             .with_credentials(move |action| match action {
-                gix::credentials::helper::Action::Get(ctx) => match &token {
-                    Some(token) => Ok(Some(gix::credentials::protocol::Outcome {
-                        identity: gix::sec::identity::Account {
-                            username: TOKEN_USER.to_string(),
-                            password: token.clone(),
-                            oauth_refresh_token: None,
-                        },
-                        next: ctx.into(),
-                    })),
-                    // gix's own message for "no credentials" blames a credential helper we do not use.
-                    None => Err(gix::error::message(
-                        "the server requires authentication and the source has no token (set its tokenFile)",
-                    )
-                    .raise()),
-                },
+                gix::credentials::helper::Action::Get(ctx) => {
+                    // The context names the URL that asked, which is another host after a redirect; the
+                    // token belongs to the source's own host only.
+                    let asking = ctx.url.as_ref().and_then(|u| authority(u.as_ref()));
+                    if asking.is_none() || asking != source_authority {
+                        let asking = ctx
+                            .url
+                            .as_ref()
+                            .map(|u| redact_url(&u.to_str_lossy()))
+                            .unwrap_or_default();
+                        return Err(gix::error::Message::new(format!(
+                            "{asking} asks for credentials but is not the source's host ({display_url}); the token is sent only to the source's own host"
+                        ))
+                        .raise());
+                    }
+                    match &token {
+                        Some(token) => Ok(Some(gix::credentials::protocol::Outcome {
+                            identity: gix::sec::identity::Account {
+                                username: TOKEN_USER.to_string(),
+                                password: token.clone(),
+                                oauth_refresh_token: None,
+                            },
+                            next: ctx.into(),
+                        })),
+                        // gix's own message for "no credentials" blames a credential helper we do not use.
+                        None => Err(gix::error::message(
+                            "the server requires authentication and the source has no token (set its tokenFile)",
+                        )
+                        .raise()),
+                    }
+                }
                 // Nothing is stored or erased: credentials live only in memory, per fetch.
                 _ => Ok(None),
             });
         if let Some(options) = transport_options {
             connection = connection.with_transport_options(options);
         }
+        let mut progress = PackMeter::new(watch.clone(), gix::progress::UNKNOWN);
         let prepare = connection
-            .prepare_fetch(gix::progress::Discard, Default::default())
+            .prepare_fetch(&mut progress, Default::default())
             .map_err(|e| fetch_err(&e))?;
         let advertised = prepare.ref_map().remote_refs.iter().find_map(|r| {
             let (name, target, peeled) = r.unpack();
@@ -300,8 +572,15 @@ impl GitMirror {
                 branch: branch.to_string(),
             });
         };
+        if watch.interrupt.load(Ordering::SeqCst) {
+            return Err(SourceError::Fetch {
+                url: self.display_url(),
+                dir: self.dir.clone(),
+                message: "interrupted before the pack was requested".into(),
+            });
+        }
         prepare
-            .receive(gix::progress::Discard, &self.interrupt)
+            .receive(progress, &watch.interrupt)
             .map_err(|e| fetch_err(&e))?;
         // The pack is in and the ref is updated; make sure the commit really is readable.
         let repo = open_isolated(&self.dir).map_err(|e| fetch_err(&e))?;
@@ -322,11 +601,14 @@ fn parse_ca_bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
 }
 
 /// HTTP transport options for `url` (from the isolated repository config) whose reqwest client trusts
-/// `certs` besides the system roots; `None` for non-HTTP URLs, which need no TLS.
-fn trusting(
+/// `certs` besides the system roots and bounds every request by `timeout` (reqwest's blocking client would
+/// otherwise cut each request at its own default of 30 s, whatever the hub's time box); `None` for non-HTTP
+/// URLs.
+fn http_options(
     repo: &gix::Repository,
     url: &str,
     certs: Vec<reqwest::Certificate>,
+    timeout: Duration,
 ) -> Result<Option<Box<dyn std::any::Any>>, gix::Error> {
     use gix::protocol::transport::client::blocking_io::http;
     let Some(options) = repo.transport_options(url, None)? else {
@@ -337,10 +619,14 @@ fn trusting(
     };
     let backend = http::reqwest::Options {
         configure_client: Some(Box::new(move |builder| {
-            Ok(certs.iter().cloned().fold(
-                builder,
-                reqwest::blocking::ClientBuilder::add_root_certificate,
-            ))
+            Ok(certs
+                .iter()
+                .cloned()
+                .fold(
+                    builder,
+                    reqwest::blocking::ClientBuilder::add_root_certificate,
+                )
+                .timeout(timeout))
         })),
         configure_request: None,
     };
@@ -779,6 +1065,50 @@ mod tests {
     }
 
     #[test]
+    fn a_pack_over_the_cap_stops_the_fetch_and_names_limit_and_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, first) = work_repo(tmp.path());
+        let mirror = GitMirror::open_or_init(&tmp.path().join("m"), &file_url(&work))
+            .unwrap()
+            .with_max_pack_bytes(100);
+        let err = mirror.fetch("main", FetchAuth::NONE).unwrap_err();
+        let SourceError::PackTooLarge {
+            limit, received, ..
+        } = err
+        else {
+            panic!("not a pack-size error: {err}");
+        };
+        assert_eq!(limit, 100);
+        assert!(received > 100, "{received}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("maxPackBytes (100 bytes)")
+                && msg.contains(&format!("{received} bytes were received"))
+                && msg.contains(&work.display().to_string()),
+            "{msg}"
+        );
+        // Nothing half-fetched stays behind to confuse the next fetch, which a larger cap lets through.
+        let mirror = mirror.with_max_pack_bytes(DEFAULT_MAX_PACK_BYTES);
+        assert_eq!(mirror.fetch("main", FetchAuth::NONE).unwrap(), first);
+    }
+
+    #[test]
+    fn a_second_fetch_of_a_mirror_is_refused_while_one_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, first) = work_repo(tmp.path());
+        let dir = tmp.path().join("m");
+        let mirror = GitMirror::open_or_init(&dir, &file_url(&work)).unwrap();
+        // Another process (or another GitMirror on the same directory) holding the lock.
+        let held = std::fs::File::create(dir.join(FETCH_LOCK_FILE)).unwrap();
+        held.lock().unwrap();
+        let err = mirror.fetch("main", FetchAuth::NONE).unwrap_err();
+        assert!(matches!(err, SourceError::Busy { .. }), "{err}");
+        assert!(err.to_string().contains("still running"), "{err}");
+        drop(held);
+        assert_eq!(mirror.fetch("main", FetchAuth::NONE).unwrap(), first);
+    }
+
+    #[test]
     fn redacting_urls() {
         let cases = [
             ("https://host/repo.git", "https://host/repo.git"),
@@ -787,6 +1117,7 @@ mod tests {
             ("https://host/a@b", "https://host/a@b"),
             ("ssh://git@host:22/repo", "ssh://***@host:22/repo"),
             ("/srv/git/repo", "/srv/git/repo"),
+            ("https://u:p@host?x=a@b", "https://***@host?x=a@b"),
         ];
         for (url, want) in cases {
             assert_eq!(redact_url(url), want, "{url}");

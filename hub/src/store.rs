@@ -44,6 +44,14 @@ pub enum StoreError {
     /// redb failed (IO, corruption, full disk).
     #[error("hub store: {0}")]
     Db(#[from] redb::Error),
+    /// The store file cannot be created with mode 0600.
+    #[error("hub store {path}: cannot create it readable only by its owner: {source}")]
+    Io {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// IO error.
+        source: std::io::Error,
+    },
     /// A stored record did not decode.
     #[error("hub store: corrupt record in {table}: {detail}")]
     Corrupt {
@@ -300,6 +308,11 @@ fn find_cluster_in(
 impl HubStore {
     /// Opens (or creates) the database file and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Create the file ourselves so it never exists with looser permissions than 0600.
+        crate::datadir::create_private_file(path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {

@@ -1,6 +1,7 @@
 //! The https path of `GitMirror::fetch` against a real smart-HTTP Git server in this process: hyper over
 //! rustls with a certificate from the hub's own CA, basic auth, and `git http-backend` run as a CGI process
-//! per request. Covers the token, the per-source `caFile`, incremental fetches and the hub config path.
+//! per request. Covers the token, the per-source `caFile`, incremental fetches, the hub config path, the
+//! fetch time box against a server that never finishes, the pack cap, and a redirect to another host.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,7 +19,9 @@ use flotilla_hub::source::{FetchAuth, GitMirror, SourceError, TOKEN_USER, read_t
 use flotilla_hub::store::HubStore;
 use flotilla_testkit::{git, write};
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -87,9 +90,24 @@ impl Repos {
     }
 }
 
+/// How the server answers.
+#[derive(Clone, Default)]
+enum Mode {
+    /// As `git http-backend` does.
+    #[default]
+    Serve,
+    /// Answers `git-upload-pack` POSTs with the headers and the first bytes of the pack, then never
+    /// sends more and never ends the response.
+    StallPack,
+    /// Answers every request with a redirect to the same path under this base URL, before any auth.
+    RedirectTo(String),
+}
+
 /// What the server saw, for assertions.
 #[derive(Default)]
 struct Seen {
+    /// Requests that carried an `Authorization` header, right or wrong.
+    with_authorization: usize,
     /// Requests refused with 401.
     unauthorized: usize,
     /// Requests served by `git http-backend`.
@@ -101,6 +119,7 @@ struct Seen {
 struct ServerState {
     project_root: PathBuf,
     expected_authorization: String,
+    mode: Mutex<Mode>,
     seen: Mutex<Seen>,
 }
 
@@ -144,6 +163,7 @@ impl GitServer {
         let state = Arc::new(ServerState {
             project_root: project_root.to_path_buf(),
             expected_authorization: format!("Basic {credentials}"),
+            mode: Mutex::new(Mode::Serve),
             seen: Mutex::new(Seen::default()),
         });
         let shutdown = CancellationToken::new();
@@ -164,6 +184,10 @@ impl GitServer {
 
     fn url(&self) -> String {
         format!("https://{}/fleet.git", self.addr)
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
     }
 
     fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
@@ -224,20 +248,40 @@ async fn accept_loop(
     connections.wait().await;
 }
 
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
 async fn handle(
     state: Arc<ServerState>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let authorized = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .is_some_and(|v| v.as_bytes() == state.expected_authorization.as_bytes());
+) -> Result<Response<Body>, Infallible> {
+    let mode = state.mode.lock().unwrap().clone();
+    if let Mode::RedirectTo(base) = &mode {
+        let target = match req.uri().query() {
+            Some(q) => format!("{base}{}?{q}", req.uri().path()),
+            None => format!("{base}{}", req.uri().path()),
+        };
+        return Ok(Response::builder()
+            .status(StatusCode::FOUND)
+            .header(http::header::LOCATION, target)
+            .body(full(Bytes::new()))
+            .unwrap());
+    }
+    let authorization = req.headers().get(http::header::AUTHORIZATION);
+    if authorization.is_some() {
+        state.seen.lock().unwrap().with_authorization += 1;
+    }
+    let authorized =
+        authorization.is_some_and(|v| v.as_bytes() == state.expected_authorization.as_bytes());
     if !authorized {
         state.seen.lock().unwrap().unauthorized += 1;
         return Ok(Response::builder()
             .status(StatusCode::UNAUTHORIZED)
             .header(http::header::WWW_AUTHENTICATE, "Basic realm=\"git\"")
-            .body(Full::new(Bytes::from_static(b"authentication required\n")))
+            .body(full(Bytes::from_static(b"authentication required\n")))
             .unwrap());
     }
     let (parts, body) = req.into_parts();
@@ -252,18 +296,30 @@ async fn handle(
             seen.upload_pack_bodies.push(body.clone());
         }
     }
-    Ok(
-        match run_http_backend(&state.project_root, &parts, body).await {
-            Ok(response) => response,
-            Err(message) => plain(StatusCode::INTERNAL_SERVER_ERROR, message),
-        },
-    )
+    let upload_pack = parts.uri.path().ends_with("/git-upload-pack");
+    let response = match run_http_backend(&state.project_root, &parts, body).await {
+        Ok(response) => response,
+        Err(message) => return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, message)),
+    };
+    if !(upload_pack && matches!(mode, Mode::StallPack)) {
+        return Ok(response.map(full));
+    }
+    let (head, body) = response.into_parts();
+    let first = body.slice(..body.len().min(64));
+    let never_ends = tokio_stream::StreamExt::chain(
+        tokio_stream::iter([Ok::<_, Infallible>(Frame::data(first))]),
+        tokio_stream::pending(),
+    );
+    Ok(Response::from_parts(
+        head,
+        StreamBody::new(never_ends).boxed(),
+    ))
 }
 
-fn plain(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+fn plain(status: StatusCode, message: String) -> Response<Body> {
     Response::builder()
         .status(status)
-        .body(Full::new(Bytes::from(message)))
+        .body(full(message))
         .unwrap()
 }
 
@@ -281,7 +337,7 @@ async fn run_http_backend(
     project_root: &Path,
     parts: &http::request::Parts,
     body: Bytes,
-) -> Result<Response<Full<Bytes>>, String> {
+) -> Result<Response<Bytes>, String> {
     let mut child = tokio::process::Command::new("git")
         .arg("http-backend")
         .env_clear()
@@ -326,7 +382,7 @@ async fn run_http_backend(
 }
 
 /// Splits CGI output into a response: `Status:` sets the status, other header lines are copied.
-fn parse_cgi(out: &[u8]) -> Result<Response<Full<Bytes>>, String> {
+fn parse_cgi(out: &[u8]) -> Result<Response<Bytes>, String> {
     let (head_len, sep_len) = match out.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(i) => (i, 4),
         None => match out.windows(2).position(|w| w == b"\n\n") {
@@ -352,10 +408,19 @@ fn parse_cgi(out: &[u8]) -> Result<Response<Full<Bytes>>, String> {
         }
     }
     response
-        .body(Full::new(Bytes::copy_from_slice(
-            &out[head_len + sep_len..],
-        )))
+        .body(Bytes::copy_from_slice(&out[head_len + sep_len..]))
         .map_err(|e| format!("CGI response: {e}"))
+}
+
+/// Fetches on a blocking thread, as the hub does; returns the outcome and how long it took.
+async fn timed_fetch(
+    mirror: &Arc<GitMirror>,
+    token: Option<&str>,
+    ca_pem: Option<&str>,
+) -> (Result<String, SourceError>, Duration) {
+    let start = std::time::Instant::now();
+    let result = fetch(mirror, token, ca_pem).await;
+    (result, start.elapsed())
 }
 
 /// Fetches on a blocking thread, as the hub does.
@@ -546,6 +611,120 @@ async fn hub_config_with_token_file_and_ca_file_fetches_over_https() {
     shutdown.cancel();
     task.await.unwrap();
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_never_finishes_is_cut_off_at_the_timeout_and_the_next_fetch_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repos, first) = Repos::create(tmp.path());
+    let server = GitServer::start(&repos.project_root, TOKEN).await;
+    let timeout = Duration::from_secs(2);
+    let mirror = Arc::new(
+        GitMirror::open_or_init(&tmp.path().join("m"), &server.url())
+            .unwrap()
+            .with_timeout(timeout),
+    );
+    server.set_mode(Mode::StallPack);
+    let (result, took) = timed_fetch(&mirror, Some(TOKEN), Some(&server.ca_pem)).await;
+    let err = result.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, SourceError::TimedOut { .. }), "{msg}");
+    assert!(
+        msg.contains("did not finish within the fetch timeout of 2s")
+            && msg.contains(&server.url()),
+        "{msg}"
+    );
+    assert!(
+        server.seen(|s| s.upload_pack_bodies.len()) > 0,
+        "the fetch never reached the pack"
+    );
+    eprintln!("stalled fetch stopped after {took:?} (time box {timeout:?})");
+    // Interrupted at the time box, not at some later library default; slack for a loaded machine.
+    assert!(
+        took >= timeout && took < timeout + Duration::from_millis(1500),
+        "the fetch took {took:?} with a time box of {timeout:?}"
+    );
+    // The blocking fetch really ended: the mirror is free and the next fetch completes.
+    server.set_mode(Mode::Serve);
+    let (result, _) = timed_fetch(&mirror, Some(TOKEN), Some(&server.ca_pem)).await;
+    assert_eq!(result.unwrap(), first);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pack_over_the_cap_fails_naming_the_limit_and_the_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repos, first) = Repos::create(tmp.path());
+    let server = GitServer::start(&repos.project_root, TOKEN).await;
+    let dir = tmp.path().join("m");
+    let capped = Arc::new(
+        GitMirror::open_or_init(&dir, &server.url())
+            .unwrap()
+            .with_max_pack_bytes(64),
+    );
+    let err = fetch(&capped, Some(TOKEN), Some(&server.ca_pem))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    let SourceError::PackTooLarge {
+        limit, received, ..
+    } = err
+    else {
+        panic!("not a pack-size error: {msg}");
+    };
+    assert_eq!(limit, 64);
+    assert!(received > 64, "{msg}");
+    assert!(
+        msg.contains(&server.url())
+            && msg.contains("maxPackBytes (64 bytes)")
+            && msg.contains(&format!("{received} bytes")),
+        "{msg}"
+    );
+    let open = Arc::new(GitMirror::open_or_init(&dir, &server.url()).unwrap());
+    assert_eq!(
+        fetch(&open, Some(TOKEN), Some(&server.ca_pem))
+            .await
+            .unwrap(),
+        first
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_to_another_host_gets_no_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repos, _) = Repos::create(tmp.path());
+    // Same address, other port: another host as Git credentials see it (host and port).
+    let elsewhere = GitServer::start(&repos.project_root, TOKEN).await;
+    let source = GitServer::start(&repos.project_root, TOKEN).await;
+    source.set_mode(Mode::RedirectTo(format!("https://{}", elsewhere.addr)));
+    let trusted = format!("{}{}", source.ca_pem, elsewhere.ca_pem);
+    let mirror = Arc::new(GitMirror::open_or_init(&tmp.path().join("m"), &source.url()).unwrap());
+
+    let err = fetch(&mirror, Some(TOKEN), Some(&trusted))
+        .await
+        .unwrap_err();
+    let msg = format!("{err} {err:?}");
+    assert!(
+        msg.contains(&format!(
+            "https://{}/fleet.git asks for credentials but is not the source's host ({})",
+            elsewhere.addr,
+            source.url()
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains(TOKEN), "token leaked: {msg}");
+    assert!(
+        elsewhere.seen(|s| s.unauthorized) > 0,
+        "the redirect was not followed, so the test proves nothing"
+    );
+    assert_eq!(
+        elsewhere.seen(|s| s.with_authorization),
+        0,
+        "the other host received credentials"
+    );
+    elsewhere.stop().await;
+    source.stop().await;
 }
 
 /// Polls `probe` until it yields a value, failing the test after `limit`.

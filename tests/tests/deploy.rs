@@ -1,6 +1,7 @@
 //! The kustomize bases in deploy/ render with the real kubectl and apply to
 //! the Kubernetes simulator; the shipped hub.yaml is a valid hub config; the
-//! agent's RBAC grants nothing that escalates.
+//! agent's RBAC grants nothing that escalates, and the restricted overlay
+//! (deploy/agent-restricted) names every resource and grants no subresource.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,36 +36,129 @@ fn documents(yaml: &str) -> Vec<serde_json::Value> {
     flotilla_common::yaml::parse_documents(yaml, &Default::default()).unwrap()
 }
 
-#[test]
-fn agent_rbac_grants_no_escalation() {
+/// Rules the restricted overlay's ClusterRole holds; the closing note of issue 12 quotes it.
+const RESTRICTED_CLUSTER_ROLE_RULES: usize = 7;
+
+fn render(dir: &str) -> Vec<serde_json::Value> {
     let home = tempfile::tempdir().unwrap();
-    let root = repo_root();
     let rendered = kubectl(
         home.path(),
         None,
-        &["kustomize", root.join("deploy/agent").to_str().unwrap()],
+        &["kustomize", repo_root().join(dir).to_str().unwrap()],
     );
-    let docs = documents(&rendered);
+    documents(&rendered)
+}
+
+fn strings(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn agent_rbac_grants_no_escalation() {
+    for dir in ["deploy/agent", "deploy/agent-restricted"] {
+        let docs = render(dir);
+        for role in docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        {
+            for rule in role["rules"].as_array().unwrap() {
+                for verb in strings(&rule["verbs"]) {
+                    assert!(
+                        !["*", "escalate", "bind", "impersonate"].contains(&verb),
+                        "{dir}: {} grants {verb}",
+                        role["kind"]
+                    );
+                    if role["kind"] == "ClusterRole" {
+                        assert_ne!(verb, "update", "{dir}: the ClusterRole grants update");
+                    }
+                }
+            }
+        }
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
+            false
+        );
+    }
+}
+
+#[test]
+fn agent_store_is_on_a_persistent_volume_claim() {
+    for dir in ["deploy/agent", "deploy/agent-restricted"] {
+        let docs = render(dir);
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate", "{dir}");
+        let volumes = deployment["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap();
+        let data = volumes.iter().find(|v| v["name"] == "data").unwrap();
+        let claim = data["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{dir}: the data volume is not a PVC: {data}"));
+        let pvc = docs
+            .iter()
+            .find(|d| d["kind"] == "PersistentVolumeClaim" && d["metadata"]["name"] == claim)
+            .unwrap_or_else(|| panic!("{dir}: no PersistentVolumeClaim {claim}"));
+        assert_eq!(pvc["metadata"]["namespace"], "flotilla-system");
+        let mount = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "data")
+            .unwrap();
+        assert_eq!(mount["mountPath"], "/var/lib/flotilla-agent");
+    }
+}
+
+/// Checks a rendered ClusterRole against the restricted policy; returns its rule count.
+fn check_restricted(role: &serde_json::Value) -> usize {
+    let rules = role["rules"].as_array().unwrap();
+    for rule in rules {
+        for field in ["apiGroups", "resources", "verbs"] {
+            assert!(
+                !strings(&rule[field]).contains(&"*"),
+                "restricted ClusterRole has * in {field}: {rule}"
+            );
+        }
+        for resource in strings(&rule["resources"]) {
+            assert!(
+                !resource.contains('/'),
+                "restricted ClusterRole grants subresource {resource}"
+            );
+        }
+        assert!(
+            rule.get("nonResourceURLs").is_none(),
+            "restricted ClusterRole grants non-resource URLs: {rule}"
+        );
+    }
+    rules.len()
+}
+
+#[test]
+fn restricted_rbac_lists_resources_and_grants_no_subresource_write() {
+    let docs = render("deploy/agent-restricted");
     let role = docs
         .iter()
         .find(|d| d["kind"] == "ClusterRole")
         .expect("a ClusterRole");
-    for rule in role["rules"].as_array().unwrap() {
-        for verb in rule["verbs"].as_array().unwrap() {
-            let verb = verb.as_str().unwrap();
-            assert!(
-                !["*", "update", "escalate", "bind", "impersonate"].contains(&verb),
-                "agent ClusterRole grants {verb}"
-            );
+    let rules = check_restricted(role);
+    println!("restricted agent ClusterRole: {rules} rules");
+    assert_eq!(rules, RESTRICTED_CLUSTER_ROLE_RULES);
+    // The namespaced Role grants no subresource either.
+    let ns_role = docs.iter().find(|d| d["kind"] == "Role").unwrap();
+    for rule in ns_role["rules"].as_array().unwrap() {
+        for resource in strings(&rule["resources"]) {
+            assert!(!resource.contains('/') && resource != "*", "{resource}");
         }
     }
-    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
-    let pod = &deployment["spec"]["template"]["spec"];
-    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(
-        pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
-        false
-    );
+    // The broad base really is broad (what its comment warns about).
+    let broad = render("deploy/agent");
+    let broad_role = broad.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    assert!(strings(&broad_role["rules"][0]["resources"]).contains(&"*"));
 }
 
 #[test]
@@ -81,7 +175,8 @@ async fn bases_apply_to_the_simulator() {
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let root = repo_root();
-    for base in ["deploy/hub", "deploy/agent"] {
+    // The restricted overlay last: it replaces the agent ClusterRole's rules.
+    for base in ["deploy/hub", "deploy/agent", "deploy/agent-restricted"] {
         let path = root.join(base);
         let home = home.clone();
         let kubeconfig = kubeconfig.clone();
@@ -139,6 +234,6 @@ async fn bases_apply_to_the_simulator() {
         "flotilla"
     );
     let role: serde_json::Value = serde_json::from_str(&objects.1).unwrap();
-    assert!(role["rules"].as_array().is_some_and(|r| !r.is_empty()));
+    assert_eq!(check_restricted(&role), RESTRICTED_CLUSTER_ROLE_RULES);
     sim.shutdown().await;
 }

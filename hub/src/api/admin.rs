@@ -213,7 +213,7 @@ impl Admin for AdminService {
                 .unwrap_or_default();
             sources.push(pb::SourceStatus {
                 name: s.name.clone(),
-                url: s.url.clone(),
+                url: crate::source::redact_url(&s.url),
                 branch: s.branch.clone(),
                 fetched_commit: record.fetched_commit,
                 rendered_commit: record.rendered_commit,

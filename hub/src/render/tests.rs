@@ -363,7 +363,10 @@ fn billion_laughs_in_a_manifest_is_rejected_quickly() {
         .with_file("apps/web/lol.yaml", y);
     let start = Instant::now();
     let err = render(&tree, &Limits::default()).unwrap_err().to_string();
-    assert!(start.elapsed() < Duration::from_secs(5));
+    // Expanded, the document has 387 million nodes: minutes of work. The bound only tells a
+    // budget that stopped early from one that did not; it is loose because a debug build on
+    // a loaded 2-core CI machine takes seconds even for the early stop.
+    assert!(start.elapsed() < Duration::from_secs(60));
     assert!(err.starts_with("apps/web/lol.yaml: "), "{err}");
 }
 
