@@ -445,9 +445,12 @@ async fn operators_relabel_describe_and_delete_clusters_with_the_cli() {
     // Relabelled into the edge target, the cluster gets the edge values without a commit.
     let labelled = cli_json(
         &fleet,
-        &["cluster", "label", "core-eu", "tier=edge", "region-"],
+        &["cluster", "label", "core-eu", "tier=edge", "owner-"],
     );
-    assert_eq!(labelled["labels"], serde_json::json!({"tier": "edge"}));
+    assert_eq!(
+        labelled["labels"],
+        serde_json::json!({"tier": "edge", "region": "eu"})
+    );
     eventually("the edge values applied", CONVERGE, || {
         fleet
             .object(0, DEPLOY)
