@@ -288,6 +288,41 @@ fn decode_parts(
     Ok(parts)
 }
 
+/// A cluster's newest state, report and report time, read in `txn`.
+fn snapshot_in(
+    txn: &redb::ReadTransaction,
+    cluster: ClusterRecord,
+) -> Result<ClusterSnapshot, StoreError> {
+    let id = cluster.id.as_str();
+    let latest = match txn
+        .open_table(STATES)?
+        .range((id, 0)..=(id, u64::MAX))?
+        .next_back()
+    {
+        Some(entry) => {
+            let (k, v) = entry?;
+            Some((k.value().1, decode_state(v.value())?))
+        }
+        None => None,
+    };
+    let report = txn
+        .open_table(REPORTS)?
+        .get(id)?
+        .map(|v| unjson("reports", v.value()))
+        .transpose()?;
+    let reported_at = txn
+        .open_table(REPORT_RECEIVED)?
+        .get(id)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    Ok(ClusterSnapshot {
+        cluster,
+        latest,
+        report,
+        reported_at,
+    })
+}
+
 fn find_cluster_in(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     name_or_id: &str,
@@ -460,32 +495,10 @@ impl HubStore {
     pub fn cluster_snapshots(&self) -> Result<Vec<ClusterSnapshot>, StoreError> {
         let txn = self.db.begin_read()?;
         let clusters = txn.open_table(CLUSTERS)?;
-        let states = txn.open_table(STATES)?;
-        let reports = txn.open_table(REPORTS)?;
-        let received = txn.open_table(REPORT_RECEIVED)?;
         let mut out = Vec::new();
         for entry in clusters.iter()? {
             let (_, v) = entry?;
-            let cluster: ClusterRecord = unjson("clusters", v.value())?;
-            let id = cluster.id.as_str();
-            let latest = match states.range((id, 0)..=(id, u64::MAX))?.next_back() {
-                Some(entry) => {
-                    let (k, v) = entry?;
-                    Some((k.value().1, decode_state(v.value())?))
-                }
-                None => None,
-            };
-            let report = reports
-                .get(id)?
-                .map(|v| unjson("reports", v.value()))
-                .transpose()?;
-            let reported_at = received.get(id)?.map(|v| v.value()).unwrap_or(0);
-            out.push(ClusterSnapshot {
-                cluster,
-                latest,
-                report,
-                reported_at,
-            });
+            out.push(snapshot_in(&txn, unjson("clusters", v.value())?)?);
         }
         Ok(out)
     }
@@ -762,31 +775,7 @@ impl HubStore {
         let Some(cluster) = find_cluster_in(&clusters, name_or_id)? else {
             return Ok(None);
         };
-        let id = cluster.id.as_str();
-        let states = txn.open_table(STATES)?;
-        let latest = match states.range((id, 0)..=(id, u64::MAX))?.next_back() {
-            Some(entry) => {
-                let (k, v) = entry?;
-                Some((k.value().1, decode_state(v.value())?))
-            }
-            None => None,
-        };
-        let report = txn
-            .open_table(REPORTS)?
-            .get(id)?
-            .map(|v| unjson("reports", v.value()))
-            .transpose()?;
-        let reported_at = txn
-            .open_table(REPORT_RECEIVED)?
-            .get(id)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        Ok(Some(ClusterSnapshot {
-            cluster,
-            latest,
-            report,
-            reported_at,
-        }))
+        snapshot_in(&txn, cluster).map(Some)
     }
 
     /// Sets and removes labels of a cluster in one transaction; returns the updated record.

@@ -105,6 +105,45 @@ async fn fetch(agent: &mut AgentClient<Channel>, digest: Digest) -> Result<Vec<u
     Ok(blob.data)
 }
 
+/// A hub running in this process on a loopback port, with its admin bundle read.
+struct TestHub {
+    url: String,
+    ca: String,
+    admin_cert: String,
+    admin_key: String,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), flotilla_hub::server::HubError>>,
+}
+
+impl TestHub {
+    /// Initialises a data directory under `dir` and runs a hub with `config` (hub.yaml text).
+    async fn start(dir: &std::path::Path, config: &str) -> TestHub {
+        let data = DataDir::new(dir.join("hub"));
+        data.init().unwrap();
+        let config = HubConfig::parse(config).unwrap();
+        let shutdown = CancellationToken::new();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(flotilla_hub::server::run(
+            data.clone(),
+            config,
+            shutdown.clone(),
+            move |a| {
+                let _ = addr_tx.send(a);
+            },
+        ));
+        let url = format!("https://{}", addr_rx.await.unwrap());
+        let read = |f: &str| std::fs::read_to_string(data.admin_dir().join(f)).unwrap();
+        TestHub {
+            url,
+            ca: read("ca.pem"),
+            admin_cert: read("admin.pem"),
+            admin_key: read("admin-key.pem"),
+            shutdown,
+            server,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_scope_every_call() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,27 +155,22 @@ async fn certificates_scope_every_call() {
         );
     repo.commit("one");
 
-    let data = DataDir::new(dir.path().join("hub"));
-    data.init().unwrap();
-    let config = HubConfig::parse(&format!(
-        "listen: 127.0.0.1:0\nsources:\n  - name: main\n    url: {}\n    interval: 100ms\n",
-        repo.url()
-    ))
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(flotilla_hub::server::run(
-        data.clone(),
-        config,
-        shutdown.clone(),
-        move |a| {
-            let _ = addr_tx.send(a);
-        },
-    ));
-    let url = format!("https://{}", addr_rx.await.unwrap());
-    let admin_dir = data.admin_dir();
-    let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
-    let (ca, admin_cert, admin_key) = (read("ca.pem"), read("admin.pem"), read("admin-key.pem"));
+    let hub = TestHub::start(
+        dir.path(),
+        &format!(
+            "listen: 127.0.0.1:0\nsources:\n  - name: main\n    url: {}\n    interval: 100ms\n",
+            repo.url()
+        ),
+    )
+    .await;
+    let TestHub {
+        url,
+        ca,
+        admin_cert,
+        admin_key,
+        shutdown,
+        server,
+    } = hub;
     let admin_channel = channel(&url, &ca, Some((&admin_cert, &admin_key))).await;
     let mut admin = AdminClient::new(admin_channel.clone());
 
@@ -281,27 +315,18 @@ async fn chains_skip_nothing_held_and_pruned_versions_are_gone() {
     repo.write("flotilla.yaml", "apps:\n  - name: app\n    path: app\n")
         .write("app/cm.yaml", &cm(1));
     repo.commit("one");
-    let data = DataDir::new(dir.path().join("hub"));
-    data.init().unwrap();
-    let config = HubConfig::parse(&format!(
+    let hub = TestHub::start(dir.path(), &format!(
         "listen: 127.0.0.1:0\nsources:\n  - name: main\n    url: {}\n    interval: 100ms\nrpc: {{stateRetention: 2}}\n",
         repo.url()
-    ))
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(flotilla_hub::server::run(
-        data.clone(),
-        config,
-        shutdown.clone(),
-        move |a| {
-            let _ = addr_tx.send(a);
-        },
-    ));
-    let url = format!("https://{}", addr_rx.await.unwrap());
-    let admin_dir = data.admin_dir();
-    let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
-    let (ca, admin_cert, admin_key) = (read("ca.pem"), read("admin.pem"), read("admin-key.pem"));
+    )).await;
+    let TestHub {
+        url,
+        ca,
+        admin_cert,
+        admin_key,
+        shutdown,
+        server,
+    } = hub;
     let mut admin = AdminClient::new(channel(&url, &ca, Some((&admin_cert, &admin_key))).await);
     let a = register(&url, &ca, &mut admin, "alpha").await;
     let mut agent = AgentClient::new(channel(&url, &ca, Some((&a.cert, &a.key))).await);
@@ -347,23 +372,15 @@ async fn chains_skip_nothing_held_and_pruned_versions_are_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registering_agent_cannot_choose_its_labels() {
     let dir = tempfile::tempdir().unwrap();
-    let data = DataDir::new(dir.path().join("hub"));
-    data.init().unwrap();
-    let config = HubConfig::parse("listen: 127.0.0.1:0\n").unwrap();
-    let shutdown = CancellationToken::new();
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(flotilla_hub::server::run(
-        data.clone(),
-        config,
-        shutdown.clone(),
-        move |a| {
-            let _ = addr_tx.send(a);
-        },
-    ));
-    let url = format!("https://{}", addr_rx.await.unwrap());
-    let admin_dir = data.admin_dir();
-    let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
-    let (ca, admin_cert, admin_key) = (read("ca.pem"), read("admin.pem"), read("admin-key.pem"));
+    let hub = TestHub::start(dir.path(), "listen: 127.0.0.1:0\n").await;
+    let TestHub {
+        url,
+        ca,
+        admin_cert,
+        admin_key,
+        shutdown,
+        server,
+    } = hub;
     let mut admin = AdminClient::new(channel(&url, &ca, Some((&admin_cert, &admin_key))).await);
     let token = admin
         .create_token(pb::CreateTokenRequest {
