@@ -112,8 +112,6 @@ pub async fn run(
         heartbeat: Duration::from_secs(15),
         sources: Arc::new(config.sources.clone()),
         cluster_cert_ttl: config.cluster_cert_ttl,
-        renew_min_interval: config.renew_min_interval,
-        renewals: Arc::new(Mutex::new(HashMap::new())),
         revocations: Arc::new(tokio::sync::watch::Sender::new(0)),
         shutdown: shutdown.clone(),
         tasks: tracker.clone(),

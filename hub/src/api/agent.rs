@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use flotilla_common::digest::Digest;
 use flotilla_proto::v1 as pb;
@@ -375,20 +374,7 @@ impl Agent for AgentService {
             .peer_certs()
             .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        {
-            let mut renewals = self.0.renewals.lock().expect("renewals lock");
-            let now = Instant::now();
-            if let Some(last) = renewals.get(&cluster)
-                && now.duration_since(*last) < self.0.renew_min_interval
-            {
-                return Err(Status::resource_exhausted(format!(
-                    "this cluster renewed its certificate {}s ago; renewals are allowed once every {}s (renewMinInterval)",
-                    now.duration_since(*last).as_secs(),
-                    self.0.renew_min_interval.as_secs()
-                )));
-            }
-            renewals.insert(cluster.clone(), now);
-        }
+        self.0.limits.admit_renewal(&cluster)?;
         let ttl = self.0.cluster_cert_ttl;
         let now = time::OffsetDateTime::now_utc();
         let csr = request.into_inner().csr_der;

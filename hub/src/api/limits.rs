@@ -48,6 +48,8 @@ pub struct ApiLimits {
     pub rpc: RpcLimits,
     registrations: DefaultKeyedRateLimiter<IpAddr>,
     reports: DefaultKeyedRateLimiter<String>,
+    renewals: DefaultKeyedRateLimiter<String>,
+    renew_min_interval: Duration,
     streams: Arc<Mutex<HashMap<(String, StreamKind), usize>>>,
     registration_log: Mutex<LogThrottle>,
 }
@@ -79,12 +81,17 @@ impl Drop for StreamSlot {
 impl ApiLimits {
     /// Limits from the validated configuration.
     pub fn new(config: &HubConfig) -> Self {
-        Self::from_rpc(config.rpc.clone())
+        Self::from_parts(config.rpc.clone(), config.renew_min_interval)
     }
 
-    /// Limits from the `rpc:` numbers alone.
-    pub fn from_rpc(rpc: RpcLimits) -> Self {
+    /// Limits from the `rpc:` numbers and `renewMinInterval`.
+    pub fn from_parts(rpc: RpcLimits, renew_min_interval: Duration) -> Self {
+        // One renewal per interval, no burst; the configuration refuses a zero interval.
+        let renewal_quota = Quota::with_period(renew_min_interval)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX));
         ApiLimits {
+            renewals: RateLimiter::keyed(renewal_quota),
+            renew_min_interval,
             registrations: RateLimiter::keyed(quota(
                 rpc.registrations_per_minute,
                 rpc.registration_burst,
@@ -105,6 +112,19 @@ impl ApiLimits {
             Status::resource_exhausted(format!(
                 "too many registration attempts from {ip}: at most {} per minute (rpc.registrationsPerMinute); retry later",
                 self.rpc.registrations_per_minute
+            ))
+        })
+    }
+
+    /// Admits one certificate renewal of `cluster`, or refuses it with ResourceExhausted.
+    pub fn admit_renewal(&self, cluster: &str) -> Result<(), Status> {
+        if self.renewals.len() > LIMITER_KEYS_BEFORE_SWEEP {
+            self.renewals.retain_recent();
+        }
+        self.renewals.check_key(&cluster.to_string()).map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this cluster renewed its certificate within the last {}s; renewals are allowed once per renewMinInterval",
+                self.renew_min_interval.as_secs()
             ))
         })
     }
@@ -201,14 +221,17 @@ mod tests {
     use super::*;
 
     fn limits() -> ApiLimits {
-        ApiLimits::from_rpc(RpcLimits {
-            max_report_apps: 2,
-            max_report_text_bytes: 64,
-            max_streams_per_cluster: 2,
-            registrations_per_minute: 1,
-            registration_burst: 2,
-            ..RpcLimits::default()
-        })
+        ApiLimits::from_parts(
+            RpcLimits {
+                max_report_apps: 2,
+                max_report_text_bytes: 64,
+                max_streams_per_cluster: 2,
+                registrations_per_minute: 1,
+                registration_burst: 2,
+                ..RpcLimits::default()
+            },
+            Duration::from_secs(60),
+        )
     }
 
     fn app(name: &str, message: &str) -> AppStatus {

@@ -41,10 +41,6 @@ pub struct ApiState {
     pub sources: Arc<Vec<crate::config::SourceConfig>>,
     /// Lifetime of cluster certificates.
     pub cluster_cert_ttl: std::time::Duration,
-    /// Shortest time between two renewals of one cluster.
-    pub renew_min_interval: std::time::Duration,
-    /// When each cluster last renewed (in memory: a restart only lets one early renewal through).
-    pub renewals: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     /// Bumped after every cluster deletion, so open streams re-check their cluster.
     pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
     /// Cancelled when the hub stops: open streams end, so a graceful stop does not wait for
