@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flotilla_common::cluster_state::{SignedClusterState, StateBody, StateHeader};
+use flotilla_common::cluster_state::{ClusterState, SignedClusterState, StateBody, StateHeader};
 use flotilla_common::digest::Digest;
 use flotilla_hub::config::HubConfig;
 use flotilla_hub::datadir::DataDir;
@@ -67,31 +67,8 @@ async fn register(url: &str, ca: &str, admin: &mut AdminClient<Channel>, name: &
 }
 
 async fn first_state(agent: &mut AgentClient<Channel>) -> (StateHeader, StateBody) {
-    for _ in 0..600 {
-        match agent
-            .get_cluster_state(pb::GetClusterStateRequest {
-                version: 1,
-                have_version: 0,
-            })
-            .await
-        {
-            Ok(resp) => {
-                let s = resp.into_inner().state.unwrap();
-                let signed = SignedClusterState {
-                    header: s.header,
-                    signature: s.signature,
-                    body: s.body,
-                };
-                let state = signed.decode_unverified().unwrap();
-                return (state.header, state.body);
-            }
-            Err(status) if status.code() == Code::NotFound => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(status) => panic!("{status}"),
-        }
-    }
-    panic!("no ClusterState issued within 30 s");
+    let state = wait_state(agent, 1).await;
+    (state.header, state.body)
 }
 
 async fn fetch(agent: &mut AgentClient<Channel>, digest: Digest) -> Result<Vec<u8>, tonic::Status> {
@@ -274,7 +251,8 @@ async fn certificates_scope_every_call() {
     server.await.unwrap().unwrap();
 }
 
-async fn wait_state(agent: &mut AgentClient<Channel>, version: u64) -> StateBody {
+/// The cluster's ClusterState `version`, decoded, once the hub has issued it.
+async fn wait_state(agent: &mut AgentClient<Channel>, version: u64) -> ClusterState {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         match agent
@@ -291,7 +269,7 @@ async fn wait_state(agent: &mut AgentClient<Channel>, version: u64) -> StateBody
                     signature: s.signature,
                     body: s.body,
                 };
-                return signed.decode_unverified().unwrap().body;
+                return signed.decode_unverified().unwrap();
             }
             Err(status) if status.code() == Code::NotFound => {
                 assert!(
@@ -331,7 +309,7 @@ async fn chains_skip_nothing_held_and_pruned_versions_are_gone() {
     let a = register(&url, &ca, &mut admin, "alpha").await;
     let mut agent = AgentClient::new(channel(&url, &ca, Some((&a.cert, &a.key))).await);
 
-    let first = wait_state(&mut agent, 1).await.apps[0].objects[0].digest;
+    let first = wait_state(&mut agent, 1).await.body.apps[0].objects[0].digest;
     for v in 2..=4 {
         repo.write("app/cm.yaml", &cm(v));
         repo.commit(&format!("v{v}"));
