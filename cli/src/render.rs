@@ -57,6 +57,7 @@ pub fn render(req: &RenderRequest<'_>) -> Result<Vec<KubeObject>, RenderCommandE
         id: "c-local".into(),
         name: req.cluster_name.to_string(),
         labels: req.labels.clone(),
+        capabilities: Default::default(),
     };
     let mut objects = Vec::new();
     let mut matched = false;

@@ -4,6 +4,7 @@
 //! runtime: it is the vocabulary both sides agree on (see docs/ARCHITECTURE.md).
 
 pub mod canonical;
+pub mod capabilities;
 pub mod cluster_state;
 pub mod digest;
 pub mod ids;

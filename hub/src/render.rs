@@ -14,6 +14,7 @@ pub mod tree;
 #[cfg(test)]
 mod tests;
 
+use flotilla_common::capabilities::Capabilities;
 use flotilla_common::labels::Labels;
 use flotilla_common::limits::Limits;
 use flotilla_common::object::KubeObject;
@@ -31,6 +32,8 @@ pub struct ClusterInfo {
     pub name: String,
     /// Cluster labels, which select the target.
     pub labels: Labels,
+    /// What the cluster's API server offers, as its agent last reported.
+    pub capabilities: Capabilities,
 }
 
 /// The objects one app gives one cluster.

@@ -93,6 +93,7 @@ impl Case {
                 .clone()
                 .unwrap_or_else(|| "cluster-1".into()),
             labels: self.cluster.labels.clone(),
+            capabilities: Default::default(),
         }
     }
 }
@@ -222,6 +223,7 @@ fn cluster(labels: &[(&str, &str)]) -> ClusterInfo {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        capabilities: Default::default(),
     }
 }
 

@@ -881,6 +881,7 @@ mod tests {
             id: "c-1".into(),
             name: "one".into(),
             labels: Default::default(),
+            capabilities: Default::default(),
         };
         let web = render_app(&tree2, &manifest.apps[0], &cluster, &limits)
             .unwrap()
