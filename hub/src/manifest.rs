@@ -90,7 +90,9 @@ pub enum RenderMode {
 pub struct AppSpec {
     /// App name, a DNS label unique in the manifest.
     pub name: String,
-    /// Directory inside the repository, relative to its root (`.` for the root).
+    /// Directory inside the repository, relative to its root (`.` for the root); empty for a chart from a
+    /// chart repository (`helm.repo`).
+    #[serde(default)]
     pub path: String,
     /// Default namespace for namespaced objects without one (`default` when absent).
     #[serde(default)]
@@ -98,6 +100,15 @@ pub struct AppSpec {
     /// How to render.
     #[serde(default)]
     pub render: RenderMode,
+    /// Helm options; with `repo`, the chart comes from a chart repository instead of `path`.
+    #[serde(default)]
+    pub helm: Option<HelmSpec>,
+    /// kustomize options.
+    #[serde(default)]
+    pub kustomize: KustomizeSpec,
+    /// Helm values files, repository paths layered after the chart's `values.yaml` and before `values`.
+    #[serde(default)]
+    pub values_files: Vec<String>,
     /// gitignore-style patterns relative to `path` that raw and template rendering skip.
     #[serde(default)]
     pub ignore: Vec<String>,
@@ -127,6 +138,64 @@ pub struct AppSpec {
     pub rollout: Option<RolloutSpec>,
 }
 
+/// `helm:` of an app: a chart from a chart repository, named by the repository's URL, the chart and a version.
+///
+/// Credentials for a chart repository (`caFile`, `tokenFile`) are the hub operator's: they are set per
+/// repository in hub.yaml (`chartRepositories`), never in a Git repository, whose authors could otherwise point
+/// the hub at files it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HelmSpec {
+    /// `https://` URL of the chart repository (the directory holding `index.yaml`).
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Chart name in the repository's index.
+    #[serde(default)]
+    pub chart: Option<String>,
+    /// An exact version (`1.2.3`) or a semver range (`6.x`, `^1.2`, `>=1.0.0 <2.0.0`).
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    #[doc(hidden)]
+    pub ca_file: Option<Value>,
+    #[serde(default)]
+    #[doc(hidden)]
+    pub token_file: Option<Value>,
+}
+
+/// `kustomize:` of an app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KustomizeSpec {
+    /// Lets the kustomization inflate Helm charts vendored in the repository (`helmCharts:`), rendered
+    /// with the hub's Helm; charts from remote repositories stay refused.
+    #[serde(default)]
+    pub enable_helm: bool,
+}
+
+/// A chart from a chart repository, as `helm:` names it once validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RepoChart<'a> {
+    /// Repository URL.
+    pub repo: &'a str,
+    /// Chart name.
+    pub chart: &'a str,
+    /// Version or range.
+    pub version: &'a str,
+}
+
+impl AppSpec {
+    /// The chart repository chart this app renders, if `helm.repo` is set.
+    pub fn repo_chart(&self) -> Option<RepoChart<'_>> {
+        let helm = self.helm.as_ref()?;
+        Some(RepoChart {
+            repo: helm.repo.as_deref()?,
+            chart: helm.chart.as_deref()?,
+            version: helm.version.as_deref()?,
+        })
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -145,6 +214,9 @@ pub struct TargetSpec {
     /// Values deep-merged over the app's values.
     #[serde(default)]
     pub values: Map<String, Value>,
+    /// Helm values files layered after the app's `values` (repository paths).
+    #[serde(default)]
+    pub values_files: Vec<String>,
     /// Objects these clusters must not get.
     #[serde(default)]
     pub exclude: Vec<ObjectSelector>,
@@ -429,7 +501,17 @@ fn validate(manifest: &Manifest) -> Result<(), ManifestError> {
 }
 
 fn validate_app(app: &AppSpec, at: &str) -> Result<(), ManifestError> {
+    validate_helm(app, at)?;
+    if app.repo_chart().is_none() && app.path.is_empty() {
+        return Err(invalid(
+            format!("{at}.path"),
+            "path is required (`.` for the repository root) unless `helm.repo` names a chart repository",
+        ));
+    }
     normalize_app_path(&app.path).map_err(|m| path_error(format!("{at}.path"), &app.path, m))?;
+    for (j, file) in app.values_files.iter().enumerate() {
+        validate_values_file(file, &format!("{at}.valuesFiles[{j}]"))?;
+    }
     if let Some(ns) = &app.namespace {
         validate_name("namespace", ns)
             .map_err(|e| invalid(format!("{at}.namespace"), e.to_string()))?;
@@ -478,7 +560,16 @@ fn validate_app(app: &AppSpec, at: &str) -> Result<(), ManifestError> {
             .validate()
             .map_err(|e| invalid(format!("{tat}.selector"), e.to_string()))?;
         if let Some(path) = &target.path {
+            if app.repo_chart().is_some() {
+                return Err(invalid(
+                    format!("{tat}.path"),
+                    "an app whose chart comes from a chart repository has no directory to replace",
+                ));
+            }
             normalize_app_path(path).map_err(|m| path_error(format!("{tat}.path"), path, m))?;
+        }
+        for (j, file) in target.values_files.iter().enumerate() {
+            validate_values_file(file, &format!("{tat}.valuesFiles[{j}]"))?;
         }
         for (j, sel) in target.exclude.iter().enumerate() {
             validate_object_selector(sel, &format!("{tat}.exclude[{j}]"))?;
@@ -521,6 +612,82 @@ fn validate_app(app: &AppSpec, at: &str) -> Result<(), ManifestError> {
         }
     }
     Ok(())
+}
+
+fn validate_values_file(file: &str, at: &str) -> Result<(), ManifestError> {
+    let normalized = normalize_app_path(file).map_err(|m| path_error(at.to_string(), file, m))?;
+    if normalized.is_empty() {
+        return Err(invalid(
+            at,
+            "a values file must name a file, not the repository root",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_helm(app: &AppSpec, at: &str) -> Result<(), ManifestError> {
+    let Some(helm) = &app.helm else {
+        if app.render != RenderMode::Helm
+            && app.render != RenderMode::Auto
+            && !app.values_files.is_empty()
+        {
+            return Err(invalid(
+                format!("{at}.valuesFiles"),
+                "values files are for Helm charts; templates take `values`",
+            ));
+        }
+        return Ok(());
+    };
+    let hat = format!("{at}.helm");
+    for (field, present) in [
+        ("caFile", helm.ca_file.is_some()),
+        ("tokenFile", helm.token_file.is_some()),
+    ] {
+        if present {
+            return Err(invalid(
+                format!("{hat}.{field}"),
+                "chart repository credentials are set by the hub operator in hub.yaml `chartRepositories`, never in a Git repository",
+            ));
+        }
+    }
+    if !matches!(app.render, RenderMode::Auto | RenderMode::Helm) {
+        return Err(invalid(
+            format!("{at}.render"),
+            "an app with `helm:` renders with helm (`render: helm` or `auto`)",
+        ));
+    }
+    match (&helm.repo, &helm.chart, &helm.version) {
+        (None, None, None) => Ok(()),
+        (Some(repo), Some(chart), Some(version)) => {
+            if !repo.starts_with("https://") {
+                return Err(invalid(
+                    format!("{hat}.repo"),
+                    format!(
+                        "{repo:?} is not an https:// URL; chart repositories are fetched over HTTPS only"
+                    ),
+                ));
+            }
+            if !app.path.is_empty() {
+                return Err(invalid(
+                    format!("{at}.path"),
+                    "an app takes its chart either from `path` or from `helm.repo`, not both",
+                ));
+            }
+            validate_name("chart name", chart)
+                .map_err(|e| invalid(format!("{hat}.chart"), e.to_string()))?;
+            if version.trim().is_empty() || version.len() > 128 {
+                return Err(invalid(
+                    format!("{hat}.version"),
+                    "a version or semver range of 1 to 128 characters is required",
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(invalid(
+            hat,
+            "a chart from a chart repository needs all of `repo`, `chart` and `version`",
+        )),
+    }
 }
 
 fn validate_object_selector(sel: &ObjectSelector, at: &str) -> Result<(), ManifestError> {
