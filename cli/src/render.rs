@@ -7,7 +7,7 @@ use flotilla_common::labels::Labels;
 use flotilla_common::limits::Limits;
 use flotilla_common::object::KubeObject;
 use flotilla_hub::manifest::load_manifest;
-use flotilla_hub::render::{ClusterInfo, render_app};
+use flotilla_hub::render::{ClusterInfo, RenderEnv, Tools, render_app};
 use flotilla_hub::source::read_tree;
 
 /// What `flotilla render` needs.
@@ -59,11 +59,16 @@ pub fn render(req: &RenderRequest<'_>) -> Result<Vec<KubeObject>, RenderCommandE
         labels: req.labels.clone(),
         capabilities: Default::default(),
     };
+    let tools = Tools::discover();
+    let env = RenderEnv::new(&limits, &tools);
     let mut objects = Vec::new();
     let mut matched = false;
     for app in apps {
-        if let Some(rendered) = render_app(&tree, app, &cluster, &limits).map_err(|e| err(&e))? {
+        if let Some(rendered) = render_app(&tree, app, &cluster, &env).map_err(|e| err(&e))? {
             matched = true;
+            for note in &rendered.notes {
+                eprintln!("note: app {}: {note}", app.name);
+            }
             objects.extend(rendered.objects);
         }
     }

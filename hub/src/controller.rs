@@ -22,7 +22,9 @@ use tracing::{info, warn};
 
 use crate::config::{HubConfig, SourceConfig};
 use crate::manifest::{AppSpec, load_manifest};
-use crate::render::{ClusterInfo, RenderedApp, RepoTree, render_app};
+use crate::render::{
+    ClusterInfo, RenderEnv, RenderedApp, RepoTree, TargetPlan, Tools, plan_target, select_target,
+};
 use crate::source::{FetchAuth, GitMirror, read_tree};
 use crate::store::{ClusterRecord, HubStore, NewState, SourceRecord, StoreError};
 
@@ -40,11 +42,33 @@ pub struct Announcement {
 /// Object bytes by digest, shared between clusters that render the same object.
 type Blobs = Vec<(Digest, Arc<Vec<u8>>)>;
 
+/// One app's render as a ClusterState entry and its object bytes, shared by every cluster that gets it.
+type AppRender = Arc<(AppState, Blobs)>;
+
 /// One source's render of one commit, for every cluster that rendered.
 struct RenderedSource {
     commit: String,
     /// Per cluster: the apps it gets from this source, with their object bytes.
-    per_cluster: BTreeMap<String, Vec<(AppState, Blobs)>>,
+    per_cluster: BTreeMap<String, Vec<AppRender>>,
+}
+
+/// Renders by the digest of their inputs ([`crate::render::TargetPlan::key`]): a render is a pure function
+/// of them, so clusters and commits that agree on the inputs share one. Only renders used by the latest
+/// render of the source are kept.
+#[derive(Default)]
+struct RenderMemo {
+    entries: HashMap<Digest, AppRender>,
+}
+
+/// What one render of a source did, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenderCounts {
+    /// (cluster, app) pairs that got objects.
+    pub assigned: usize,
+    /// Distinct renders those needed.
+    pub distinct: usize,
+    /// Renders that actually ran (the rest came from the memo).
+    pub ran: usize,
 }
 
 struct SourceRuntime {
@@ -52,6 +76,7 @@ struct SourceRuntime {
     record: SourceRecord,
     next_poll: Instant,
     rendered: Option<Arc<RenderedSource>>,
+    memo: Option<RenderMemo>,
 }
 
 /// Handle to wake the controller (e.g. after a cluster registered).
@@ -82,6 +107,8 @@ pub struct Controller {
     state_ttl: Duration,
     fetch_timeout: Duration,
     limits: flotilla_common::limits::Limits,
+    tools: Arc<Tools>,
+    render_parallelism: usize,
     mirrors_dir: PathBuf,
     sources: Vec<SourceRuntime>,
     wake: mpsc::Receiver<()>,
@@ -115,6 +142,7 @@ impl Controller {
                 config: s.clone(),
                 next_poll: Instant::now(),
                 rendered: None,
+                memo: Some(RenderMemo::default()),
             });
         }
         let handle = ControllerHandle {
@@ -129,6 +157,10 @@ impl Controller {
                 state_ttl: config.state_ttl,
                 fetch_timeout: config.fetch_timeout,
                 limits: config.limits.clone(),
+                tools: Arc::new(Tools::discover()),
+                render_parallelism: std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
                 mirrors_dir,
                 sources,
                 wake,
@@ -299,7 +331,7 @@ impl Controller {
     /// Reads the tree at `commit` and renders every app for every cluster.
     /// Returns the successful renders and one message per failed (cluster, app).
     async fn render(
-        &self,
+        &mut self,
         i: usize,
         commit: String,
     ) -> Result<(RenderedSource, Vec<String>), String> {
@@ -307,20 +339,37 @@ impl Controller {
         let source_name = self.sources[i].config.name.clone();
         let dir = self.mirrors_dir.join(&source_name);
         let limits = self.limits.clone();
-        tokio::task::spawn_blocking(move || {
-            let clusters = store.clusters().map_err(|e| e.to_string())?;
-            let tree = read_tree(&dir, &commit, &limits).map_err(|e| e.to_string())?;
-            let manifest = load_manifest(&tree, &limits).map_err(|e| e.to_string())?;
-            Ok(render_for_clusters(
-                &tree,
-                &manifest.apps,
-                &clusters,
-                &source_name,
-                &limits,
-            ))
+        let tools = self.tools.clone();
+        let parallelism = self.render_parallelism;
+        let mut memo = self.sources[i].memo.take().unwrap_or_default();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let clusters = store.clusters().map_err(|e| e.to_string())?;
+                let tree = read_tree(&dir, &commit, &limits).map_err(|e| e.to_string())?;
+                let manifest = load_manifest(&tree, &limits).map_err(|e| e.to_string())?;
+                let env = RenderEnv::new(&limits, &tools);
+                let (rendered, errors, counts) = render_for_clusters(
+                    &tree,
+                    &manifest.apps,
+                    &clusters,
+                    &source_name,
+                    &env,
+                    &mut memo,
+                    parallelism,
+                );
+                info!(source = %source_name, commit = %commit, assigned = counts.assigned, distinct = counts.distinct, ran = counts.ran, "rendered");
+                Ok((rendered, errors))
+            })();
+            (result, memo)
         })
-        .await
-        .map_err(|e| format!("render task failed: {e}"))?
+        .await;
+        match outcome {
+            Ok((result, memo)) => {
+                self.sources[i].memo = Some(memo);
+                result
+            }
+            Err(e) => Err(format!("render task failed: {e}")),
+        }
     }
 
     /// Issues a new version for every cluster whose desired body changed or
@@ -357,8 +406,8 @@ impl Controller {
                 let Some(rendered) = &src.rendered else {
                     continue;
                 };
-                for (app, app_blobs) in rendered.per_cluster.get(&cluster.id).into_iter().flatten()
-                {
+                for entry in rendered.per_cluster.get(&cluster.id).into_iter().flatten() {
+                    let (app, app_blobs) = &**entry;
                     if apps.iter().any(|a| a.name == app.name) {
                         continue; // first source wins; duplicates are reported at render time
                     }
@@ -439,49 +488,173 @@ fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
-/// Renders every app for every cluster (pure; no IO).
+/// Renders every app for every cluster: each app's targets are planned once, clusters that agree on a
+/// render's inputs share it, and only renders missing from `memo` run, `parallelism` at a time. No IO
+/// except the external renderers' runs (see `render::external`).
+#[allow(clippy::too_many_arguments)]
 fn render_for_clusters(
     tree: &RepoTree,
     apps: &[AppSpec],
     clusters: &[ClusterRecord],
     source: &str,
-    limits: &flotilla_common::limits::Limits,
-) -> (RenderedSource, Vec<String>) {
+    env: &RenderEnv<'_>,
+    memo: &mut RenderMemo,
+    parallelism: usize,
+) -> (RenderedSource, Vec<String>, RenderCounts) {
+    let infos: Vec<ClusterInfo> = clusters.iter().map(cluster_info).collect();
+    // Per app: its plans, one per target (or one for an app without targets).
+    let mut plans: Vec<Vec<Result<TargetPlan<'_>, String>>> = Vec::new();
+    for app in apps {
+        let targets: Vec<Option<&crate::manifest::TargetSpec>> = if app.targets.is_empty() {
+            vec![None]
+        } else {
+            app.targets.iter().map(Some).collect()
+        };
+        plans.push(
+            targets
+                .into_iter()
+                .map(|t| plan_target(tree, app, t, env).map_err(|e| e.to_string()))
+                .collect(),
+        );
+    }
+    // Which render each (cluster, app) gets, and one cluster to render each distinct key for.
+    let mut wanted: BTreeMap<Digest, (usize, usize, usize)> = BTreeMap::new();
+    let mut assignment: Vec<Vec<Result<Option<Digest>, String>>> = Vec::new();
+    for (c, info) in infos.iter().enumerate() {
+        let mut row = Vec::with_capacity(apps.len());
+        for (a, app) in apps.iter().enumerate() {
+            let t = match select_target(app, info) {
+                None => {
+                    row.push(Ok(None));
+                    continue;
+                }
+                Some(None) => 0,
+                Some(Some(target)) => app
+                    .targets
+                    .iter()
+                    .position(|x| std::ptr::eq(x, target))
+                    .expect("the target is the app's"),
+            };
+            match &plans[a][t] {
+                Ok(plan) => {
+                    let key = plan.key(info);
+                    wanted.entry(key).or_insert((a, t, c));
+                    row.push(Ok(Some(key)));
+                }
+                Err(e) => row.push(Err(e.clone())),
+            }
+        }
+        assignment.push(row);
+    }
+    let missing: Vec<(Digest, (usize, usize, usize))> = wanted
+        .iter()
+        .filter(|(k, _)| !memo.entries.contains_key(*k))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::with_capacity(missing.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..parallelism.clamp(1, missing.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((key, (a, t, c))) = missing.get(n) else {
+                        return;
+                    };
+                    let plan = plans[*a][*t]
+                        .as_ref()
+                        .expect("only planned targets are wanted");
+                    let outcome = plan
+                        .render(tree, &infos[*c], env)
+                        .map(|rendered| {
+                            for note in &rendered.notes {
+                                info!(source = %source, app = %apps[*a].name, "{note}");
+                            }
+                            Arc::new(app_state(&apps[*a], source, &tree.commit, rendered))
+                        })
+                        .map_err(|e| e.to_string());
+                    results
+                        .lock()
+                        .expect("a render thread panicked")
+                        .push((*key, outcome));
+                }
+            });
+        }
+    });
+    let mut fresh: HashMap<Digest, Result<AppRender, String>> = results
+        .into_inner()
+        .expect("a render thread panicked")
+        .into_iter()
+        .collect();
+    let counts = RenderCounts {
+        assigned: assignment
+            .iter()
+            .flatten()
+            .filter(|r| matches!(r, Ok(Some(_))))
+            .count(),
+        distinct: wanted.len(),
+        ran: missing.len(),
+    };
     let mut per_cluster = BTreeMap::new();
     let mut errors = Vec::new();
-    for cluster in clusters {
-        let info = ClusterInfo {
-            id: cluster.id.clone(),
-            name: cluster.name.clone(),
-            labels: cluster.labels.clone(),
-            capabilities: Default::default(),
-        };
+    for (c, row) in assignment.into_iter().enumerate() {
         let mut out = Vec::new();
         let mut failed = false;
-        for app in apps {
-            match render_app(tree, app, &info, limits) {
-                Ok(Some(rendered)) => out.push(app_state(app, source, &tree.commit, rendered)),
-                Ok(None) => {}
+        for (a, slot) in row.into_iter().enumerate() {
+            let outcome = match slot {
+                Ok(None) => continue,
+                Ok(Some(key)) => match memo.entries.get(&key) {
+                    Some(hit) => Ok(hit.clone()),
+                    None => match fresh.get(&key) {
+                        Some(Ok(render)) => Ok(render.clone()),
+                        Some(Err(e)) => Err(e.clone()),
+                        None => Err("render missing".to_string()),
+                    },
+                },
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(render) => out.push(render),
                 Err(e) => {
                     failed = true;
                     errors.push(format!(
                         "app {} for cluster {}: {e}",
-                        app.name, cluster.name
+                        apps[a].name, infos[c].name
                     ));
                 }
             }
         }
         if !failed {
-            per_cluster.insert(cluster.id.clone(), out);
+            per_cluster.insert(infos[c].id.clone(), out);
         }
     }
+    // Keep what this render used (memo hits and new renders), drop the rest.
+    let mut kept: HashMap<Digest, AppRender> = HashMap::new();
+    for key in wanted.keys() {
+        if let Some(hit) = memo.entries.get(key) {
+            kept.insert(*key, hit.clone());
+        } else if let Some(Ok(render)) = fresh.remove(key) {
+            kept.insert(*key, render);
+        }
+    }
+    memo.entries = kept;
     (
         RenderedSource {
             commit: tree.commit.clone(),
             per_cluster,
         },
         errors,
+        counts,
     )
+}
+
+fn cluster_info(cluster: &ClusterRecord) -> ClusterInfo {
+    ClusterInfo {
+        id: cluster.id.clone(),
+        name: cluster.name.clone(),
+        labels: cluster.labels.clone(),
+        capabilities: Default::default(),
+    }
 }
 
 /// Builds an app's ClusterState entry and its blobs from a render.

@@ -57,3 +57,36 @@ fn template_error(path: &str, e: &minijinja::Error) -> RenderError {
         message: e.to_string(),
     }
 }
+
+/// The parts of `cluster` the app's templates read (`cluster.name`, `cluster.labels.region`, or `cluster`
+/// as a whole when a template takes it apart dynamically), so a render is shared by every cluster that
+/// agrees on them.
+pub(super) fn cluster_reads(
+    files: &AppFiles<'_>,
+) -> Result<std::collections::BTreeSet<String>, RenderError> {
+    let mut env = Environment::new();
+    let mut reads = std::collections::BTreeSet::new();
+    for (name, path, bytes) in &files.templates {
+        let source = std::str::from_utf8(bytes).map_err(|e| RenderError::Parse {
+            path: path.clone(),
+            message: format!("not UTF-8: {e}"),
+        })?;
+        // `debug()` prints the whole context.
+        if source.contains("debug(") {
+            reads.insert("cluster".to_string());
+        }
+        env.add_template_owned(name.clone(), source.to_string())
+            .map_err(|e| template_error(path, &e))?;
+    }
+    for (name, path, _) in &files.templates {
+        let template = env
+            .get_template(name)
+            .map_err(|e| template_error(path, &e))?;
+        for var in template.undeclared_variables(true) {
+            if var == "cluster" || var.starts_with("cluster.") {
+                reads.insert(var);
+            }
+        }
+    }
+    Ok(reads)
+}

@@ -38,10 +38,13 @@ struct Case {
     no_target: bool,
     #[serde(default)]
     error: Vec<String>,
+    /// Substrings the render's notes must contain, one per note.
+    #[serde(default)]
+    notes: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CaseCluster {
     #[serde(default)]
     id: Option<String>,
@@ -49,6 +52,10 @@ struct CaseCluster {
     name: Option<String>,
     #[serde(default)]
     labels: Labels,
+    #[serde(default)]
+    kube_version: Option<String>,
+    #[serde(default)]
+    api_versions: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -93,8 +100,19 @@ impl Case {
                 .clone()
                 .unwrap_or_else(|| "cluster-1".into()),
             labels: self.cluster.labels.clone(),
-            capabilities: Default::default(),
+            capabilities: flotilla_common::capabilities::Capabilities {
+                kube_version: self.cluster.kube_version.clone(),
+                api_versions: self.cluster.api_versions.iter().cloned().collect(),
+            },
         }
+    }
+}
+
+/// The real tools: Helm's engine through the project's shim, kustomize from `kubectl kustomize`.
+pub(super) fn test_tools() -> Tools {
+    Tools {
+        helm: Some(flotilla_testkit::helm()),
+        ..Tools::discover()
     }
 }
 
@@ -112,7 +130,13 @@ fn render_case(case: &Case, limits: &Limits) -> Result<Option<RenderedApp>, Stri
             &manifest.apps[0]
         }
     };
-    render_app(&tree, app, &case.cluster(), limits).map_err(|e| e.to_string())
+    render_app(
+        &tree,
+        app,
+        &case.cluster(),
+        &RenderEnv::new(limits, &test_tools()),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn check_case(name: &str, case: &Case) -> Result<(), String> {
@@ -176,6 +200,15 @@ fn check_case(name: &str, case: &Case) -> Result<(), String> {
     if bytes(&again) != bytes(&got) {
         return Err("second render differs".into());
     }
+    if got.notes.len() != case.notes.len()
+        || got
+            .notes
+            .iter()
+            .zip(&case.notes)
+            .any(|(n, want)| !n.contains(want.as_str()))
+    {
+        return Err(format!("notes {:?}, want {:?}", got.notes, case.notes));
+    }
     Ok(())
 }
 
@@ -229,7 +262,12 @@ fn cluster(labels: &[(&str, &str)]) -> ClusterInfo {
 
 fn render(tree: &RepoTree, limits: &Limits) -> Result<Option<RenderedApp>, RenderError> {
     let manifest = load_manifest(tree, limits).unwrap();
-    render_app(tree, &manifest.apps[0], &cluster(&[]), limits)
+    render_app(
+        tree,
+        &manifest.apps[0],
+        &cluster(&[]),
+        &RenderEnv::new(limits, &Tools::discover()),
+    )
 }
 
 #[test]
@@ -286,12 +324,22 @@ fn renders_are_deterministic_across_insertion_order() {
     let manifest = load_manifest(&forward, &Limits::default()).unwrap();
     let c1 = cluster(&[("b", "2"), ("a", "1")]);
     let c2 = cluster(&[("a", "1"), ("b", "2")]);
-    let r1 = render_app(&forward, &manifest.apps[0], &c1, &Limits::default())
-        .unwrap()
-        .unwrap();
-    let r2 = render_app(&backward, &manifest.apps[0], &c2, &Limits::default())
-        .unwrap()
-        .unwrap();
+    let r1 = render_app(
+        &forward,
+        &manifest.apps[0],
+        &c1,
+        &RenderEnv::new(&Limits::default(), &Tools::discover()),
+    )
+    .unwrap()
+    .unwrap();
+    let r2 = render_app(
+        &backward,
+        &manifest.apps[0],
+        &c2,
+        &RenderEnv::new(&Limits::default(), &Tools::discover()),
+    )
+    .unwrap()
+    .unwrap();
     let bytes = |r: &RenderedApp| {
         r.objects
             .iter()
@@ -387,9 +435,14 @@ fn manifest_and_render_agree_on_paths() {
             .remove(0);
         app.path = bad.to_string();
         let tree = RepoTree::new("c").with_file("apps/web/a.yaml", "{}");
-        let err = render_app(&tree, &app, &cluster(&[]), &Limits::default())
-            .unwrap_err()
-            .to_string();
+        let err = render_app(
+            &tree,
+            &app,
+            &cluster(&[]),
+            &RenderEnv::new(&Limits::default(), &Tools::discover()),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains(&format!("{bad:?}")), "{err}");
     }
 }

@@ -883,14 +883,24 @@ mod tests {
             labels: Default::default(),
             capabilities: Default::default(),
         };
-        let web = render_app(&tree2, &manifest.apps[0], &cluster, &limits)
-            .unwrap()
-            .unwrap();
+        let web = render_app(
+            &tree2,
+            &manifest.apps[0],
+            &cluster,
+            &crate::render::RenderEnv::new(&limits, &crate::render::Tools::default()),
+        )
+        .unwrap()
+        .unwrap();
         let ids: Vec<_> = web.objects.iter().map(|o| o.id.to_string()).collect();
         assert_eq!(ids, ["v1/ConfigMap web/extra", "v1/ConfigMap web/settings"]);
-        let err = render_app(&tree2, &manifest.apps[1], &cluster, &limits)
-            .unwrap_err()
-            .to_string();
+        let err = render_app(
+            &tree2,
+            &manifest.apps[1],
+            &cluster,
+            &crate::render::RenderEnv::new(&limits, &crate::render::Tools::default()),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("\"apps/linked\" is a symlink"), "{err}");
     }
 

@@ -82,3 +82,29 @@ impl GitRepo {
         format!("file://{}", self.path.display())
     }
 }
+
+/// A `helm` for tests: `$FLOTILLA_HELM` when set, else the project's shim (tools/helm) over Helm's real
+/// engine, installed on first use by tools/install-helm-sdk (a private virtualenv with `helm-python-sdk`
+/// from PyPI, reused across runs). Panics with the installer's message when it cannot be installed.
+pub fn helm() -> std::path::PathBuf {
+    static HELM: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    HELM.get_or_init(|| {
+        if let Some(path) = std::env::var_os("FLOTILLA_HELM").filter(|p| !p.is_empty()) {
+            return path.into();
+        }
+        let installer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/install-helm-sdk");
+        let out = std::process::Command::new(&installer)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", installer.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: {}",
+            installer.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(!path.is_empty(), "{} printed no path", installer.display());
+        path.into()
+    })
+    .clone()
+}
