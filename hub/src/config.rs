@@ -65,6 +65,46 @@ struct RawConfig {
     transport: RawTransport,
     #[serde(default)]
     rpc: RawRpc,
+    #[serde(default)]
+    render: RawRender,
+}
+
+/// `render:` in hub.yaml.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct RawRender {
+    timeout: String,
+    parallelism: u64,
+}
+
+impl Default for RawRender {
+    fn default() -> Self {
+        let d = RenderSettings::default();
+        RawRender {
+            timeout: humantime::format_duration(d.timeout).to_string(),
+            parallelism: d.parallelism as u64,
+        }
+    }
+}
+
+/// How external renders (helm, kustomize) run (`render:` in hub.yaml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderSettings {
+    /// Time box of one `helm template` or `kustomize build`.
+    pub timeout: Duration,
+    /// Renders run at once (default: the number of CPUs).
+    pub parallelism: usize,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        RenderSettings {
+            timeout: crate::render::DEFAULT_TOOL_TIMEOUT,
+            parallelism: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
 }
 
 /// `transport:` in hub.yaml; defaults in [`TransportLimits::default`].
@@ -279,6 +319,8 @@ pub struct HubConfig {
     pub renew_min_interval: Duration,
     /// Listener limits.
     pub transport: TransportLimits,
+    /// External renders.
+    pub render: RenderSettings,
     /// Service limits.
     pub rpc: RpcLimits,
 }
@@ -517,6 +559,18 @@ impl HubConfig {
             limits: raw.limits,
             transport: transport_limits(raw.transport)?,
             rpc: rpc_limits(raw.rpc)?,
+            render: RenderSettings {
+                timeout: duration("render.timeout", &raw.render.timeout)?,
+                parallelism: match raw.render.parallelism {
+                    n @ 1..=256 => n as usize,
+                    n => {
+                        return Err(ConfigError::Invalid {
+                            field: "render.parallelism".into(),
+                            message: format!("{n} is not between 1 and 256"),
+                        });
+                    }
+                },
+            },
         })
     }
 }
@@ -554,12 +608,17 @@ mod tests {
         );
         assert_eq!(c.rpc.state_retention, 3);
         assert_eq!(c.rpc.max_chain_headers, 7);
+        let c = HubConfig::parse("render: {timeout: 2m, parallelism: 4}\n").unwrap();
+        assert_eq!(c.render.timeout, Duration::from_secs(120));
+        assert_eq!(c.render.parallelism, 4);
     }
 
     #[test]
     fn errors_name_the_field() {
         let cases = [
             ("listen: nope", "listen"),
+            ("render: {parallelism: 0}", "render.parallelism"),
+            ("render: {timeout: soon}", "render.timeout"),
             (
                 "sources: [{name: a, url: x, interval: 0s}]",
                 "sources[0].interval",

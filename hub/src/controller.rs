@@ -46,7 +46,7 @@ type Blobs = Vec<(Digest, Arc<Vec<u8>>)>;
 type AppRender = Arc<(AppState, Blobs)>;
 
 /// One source's render of one commit, for every cluster that rendered.
-struct RenderedSource {
+pub struct RenderedSource {
     commit: String,
     /// Per cluster: the apps it gets from this source, with their object bytes.
     per_cluster: BTreeMap<String, Vec<AppRender>>,
@@ -56,8 +56,34 @@ struct RenderedSource {
 /// of them, so clusters and commits that agree on the inputs share one. Only renders used by the latest
 /// render of the source are kept.
 #[derive(Default)]
-struct RenderMemo {
+pub struct RenderMemo {
     entries: HashMap<Digest, AppRender>,
+}
+
+impl RenderMemo {
+    /// Renders held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl RenderedSource {
+    /// Clusters every app rendered for.
+    pub fn clusters(&self) -> usize {
+        self.per_cluster.len()
+    }
+
+    /// The ClusterState entries `cluster` gets from this source.
+    pub fn apps_of(&self, cluster: &str) -> Option<Vec<&AppState>> {
+        self.per_cluster
+            .get(cluster)
+            .map(|apps| apps.iter().map(|a| &a.0).collect())
+    }
 }
 
 /// What one render of a source did, for logs and benchmarks.
@@ -157,10 +183,11 @@ impl Controller {
                 state_ttl: config.state_ttl,
                 fetch_timeout: config.fetch_timeout,
                 limits: config.limits.clone(),
-                tools: Arc::new(Tools::discover()),
-                render_parallelism: std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2),
+                tools: Arc::new(Tools {
+                    timeout: config.render.timeout,
+                    ..Tools::discover()
+                }),
+                render_parallelism: config.render.parallelism,
                 mirrors_dir,
                 sources,
                 wake,
@@ -492,7 +519,7 @@ fn short(commit: &str) -> &str {
 /// render's inputs share it, and only renders missing from `memo` run, `parallelism` at a time. No IO
 /// except the external renderers' runs (see `render::external`).
 #[allow(clippy::too_many_arguments)]
-fn render_for_clusters(
+pub fn render_for_clusters(
     tree: &RepoTree,
     apps: &[AppSpec],
     clusters: &[ClusterRecord],
@@ -648,7 +675,8 @@ fn render_for_clusters(
     )
 }
 
-fn cluster_info(cluster: &ClusterRecord) -> ClusterInfo {
+/// The cluster as a render sees it.
+pub fn cluster_info(cluster: &ClusterRecord) -> ClusterInfo {
     ClusterInfo {
         id: cluster.id.clone(),
         name: cluster.name.clone(),
@@ -695,4 +723,124 @@ fn app_state(
         },
         blobs,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_common::labels::Labels;
+    use flotilla_common::limits::Limits;
+
+    use super::*;
+    use crate::manifest::parse_manifest;
+
+    fn fleet(n: usize) -> Vec<ClusterRecord> {
+        (0..n)
+            .map(|i| {
+                let tier = ["edge", "core", "lab"][i % 3];
+                ClusterRecord {
+                    id: format!("c-{i:016x}"),
+                    name: format!("cluster-{i}"),
+                    labels: Labels::from([("tier".to_string(), tier.to_string())]),
+                    registered_at: 0,
+                    cert_expires_at: 0,
+                    renewed_at: 0,
+                }
+            })
+            .collect()
+    }
+
+    const MANIFEST: &str = r#"
+apps:
+  - name: web
+    path: web
+    targets:
+      - {name: edge, selector: {matchLabels: {tier: edge}}, patches: [{target: {kind: ConfigMap, name: web}, merge: {data: {tier: edge}}}]}
+      - {name: core, selector: {matchLabels: {tier: core}}, patches: [{target: {kind: ConfigMap, name: web}, merge: {data: {tier: core}}}]}
+      - {name: rest, selector: {}}
+  - name: per-tier
+    path: tiered
+  - name: per-cluster
+    path: named
+"#;
+
+    fn tree(commit: &str, web_data: &str) -> RepoTree {
+        RepoTree::new(commit)
+            .with_file("flotilla.yaml", MANIFEST)
+            .with_file(
+                "web/cm.yaml",
+                format!("{{apiVersion: v1, kind: ConfigMap, metadata: {{name: web}}, data: {{v: \"{web_data}\"}}}}"),
+            )
+            .with_file(
+                "tiered/cm.yaml.j2",
+                "{apiVersion: v1, kind: ConfigMap, metadata: {name: tiered}, data: {tier: '{{ cluster.labels.tier }}'}}",
+            )
+            .with_file(
+                "named/cm.yaml.j2",
+                "{apiVersion: v1, kind: ConfigMap, metadata: {name: named}, data: {name: '{{ cluster.name }}'}}",
+            )
+    }
+
+    #[test]
+    fn clusters_share_renders_and_untouched_apps_keep_their_release() {
+        let limits = Limits::default();
+        let tools = Tools::default();
+        let env = RenderEnv::new(&limits, &tools);
+        let clusters = fleet(300);
+        let mut memo = RenderMemo::default();
+        let t1 = tree("1111111111111111111111111111111111111111", "one");
+        let apps = parse_manifest(MANIFEST, &limits).unwrap().apps;
+        let (first, errors, counts) =
+            render_for_clusters(&t1, &apps, &clusters, "src", &env, &mut memo, 2);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(first.clusters(), 300);
+        // web: 3 targets; per-tier: 3 tiers; per-cluster: 300 names.
+        assert_eq!(counts, RenderCounts { assigned: 900, distinct: 306, ran: 306 });
+        let edge = first.apps_of(&clusters[0].id).unwrap();
+        let web = edge.iter().find(|a| a.name == "web").unwrap();
+
+        // The same commit again: everything from the memo.
+        let (_, _, again) = render_for_clusters(&t1, &apps, &clusters, "src", &env, &mut memo, 2);
+        assert_eq!(again.ran, 0);
+
+        // A commit that changes only `web`: only its three renders run; the other apps keep the release
+        // (and commit) they had, so their ClusterState entries are unchanged.
+        let t2 = tree("2222222222222222222222222222222222222222", "two");
+        let (second, errors, counts) =
+            render_for_clusters(&t2, &apps, &clusters, "src", &env, &mut memo, 2);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(counts.ran, 3);
+        let edge2 = second.apps_of(&clusters[0].id).unwrap();
+        let web2 = edge2.iter().find(|a| a.name == "web").unwrap();
+        assert_ne!(web.release_id, web2.release_id);
+        assert_eq!(web2.commit, t2.commit);
+        for name in ["per-tier", "per-cluster"] {
+            let before = edge.iter().find(|a| a.name == name).unwrap();
+            let after = edge2.iter().find(|a| a.name == name).unwrap();
+            assert_eq!(before, after, "{name}");
+            assert_eq!(after.commit, t1.commit);
+        }
+        // Only what the latest render used is kept.
+        assert_eq!(memo.len(), 306);
+    }
+
+    #[test]
+    fn a_failed_render_is_reported_per_cluster_and_not_memoized() {
+        let limits = Limits::default();
+        let tools = Tools::default();
+        let env = RenderEnv::new(&limits, &tools);
+        let clusters = fleet(3);
+        let manifest = "apps: [{name: bad, path: bad}]";
+        let apps = parse_manifest(manifest, &limits).unwrap().apps;
+        let t = RepoTree::new("3333333333333333333333333333333333333333")
+            .with_file("flotilla.yaml", manifest)
+            .with_file("bad/x.yaml.j2", "{{ nope.nope }}");
+        let mut memo = RenderMemo::default();
+        let (rendered, errors, counts) =
+            render_for_clusters(&t, &apps, &clusters, "src", &env, &mut memo, 2);
+        assert_eq!(rendered.clusters(), 0);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("app bad for cluster cluster-0"), "{}", errors[0]);
+        assert_eq!(counts.ran, 1);
+        assert!(memo.is_empty());
+    }
 }

@@ -212,7 +212,7 @@ pub enum RenderError {
         message: String,
     },
     /// An external renderer ran past its time box and was killed.
-    #[error("{tool} on {path} did not finish within {}s and was stopped", timeout.as_secs())]
+    #[error("{tool} on {path} did not finish within {} and was stopped", humantime::format_duration(*timeout))]
     ToolTimeout {
         /// `helm` or `kustomize`.
         tool: &'static str,

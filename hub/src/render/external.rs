@@ -271,3 +271,98 @@ fn tool_message(stderr: &[u8], status: std::process::ExitStatus) -> String {
         .unwrap_or(&joined);
     joined.chars().take(4000).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn run_script(program: &Path, dir: &Path, timeout: Duration) -> Result<Vec<u8>, RenderError> {
+        run(ToolRun {
+            tool: "helm",
+            subject: "charts/x",
+            program,
+            args: vec!["template".into()],
+            dir,
+            max_output: 1024,
+            timeout,
+        })
+    }
+
+    #[test]
+    fn a_tool_that_hangs_is_killed_with_its_children_at_the_time_box() {
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = tmp.path().join("child.pid");
+        let program = script(
+            tmp.path(),
+            "hang",
+            &format!("sleep 30 & echo $! > {}\nwait", marker.display()),
+        );
+        let started = Instant::now();
+        let err = run_script(&program, tmp.path(), Duration::from_millis(300)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            err.to_string().contains("did not finish within 300ms"),
+            "{err}"
+        );
+        let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        // The background child was in the tool's process group, so it is gone (or a zombie being reaped).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(Instant::now() < deadline, "child {pid} outlived the render");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn output_over_the_limit_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let program = script(tmp.path(), "chatty", "while :; do echo 0123456789abcdef; done");
+        let err = run_script(&program, tmp.path(), Duration::from_secs(20)).unwrap_err();
+        assert!(
+            err.to_string().contains("printed more than 1024 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_hubs_environment_does_not_reach_the_tool_and_failures_carry_its_message() {
+        let tmp = tempfile::tempdir().unwrap();
+        let program = script(tmp.path(), "envdump", "env; echo 'Error: chart is broken' >&2; exit 1");
+        // Set for the whole test process; no other test reads it.
+        unsafe { std::env::set_var("FLOTILLA_TEST_SECRET_CANARY", "s3cr3t") };
+        let err = run_script(&program, tmp.path(), Duration::from_secs(20)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "helm failed on charts/x: chart is broken"
+        );
+        let ok = script(tmp.path(), "envok", "env");
+        let out = String::from_utf8(run_script(&ok, tmp.path(), Duration::from_secs(20)).unwrap())
+            .unwrap();
+        assert!(!out.contains("s3cr3t"), "{out}");
+        assert!(out.contains(&format!("HOME={}", tmp.path().display())), "{out}");
+    }
+
+    #[test]
+    fn missing_tools_are_named() {
+        let tools = Tools::default();
+        assert!(tools.helm().unwrap_err().to_string().contains("FLOTILLA_HELM"));
+        assert!(
+            tools
+                .kustomize()
+                .unwrap_err()
+                .to_string()
+                .contains("FLOTILLA_KUSTOMIZE")
+        );
+    }
+}
