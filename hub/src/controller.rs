@@ -16,6 +16,7 @@ use flotilla_common::canonical::canonical_bytes;
 use flotilla_common::cluster_state::{AppState, ClusterState, ObjectEntry, StateBody, StateHeader};
 use flotilla_common::digest::Digest;
 use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -103,6 +104,10 @@ struct SourceRuntime {
     next_poll: Instant,
     rendered: Option<Arc<RenderedSource>>,
     memo: Option<RenderMemo>,
+    /// A job (fetch or render) for this source is running.
+    busy: bool,
+    /// Clusters changed: the commit in force must be rendered again.
+    rerender: bool,
 }
 
 /// Handle to wake the controller (e.g. after a cluster registered).
@@ -135,11 +140,11 @@ pub struct Controller {
     limits: flotilla_common::limits::Limits,
     tools: Arc<Tools>,
     render_parallelism: usize,
+    stop: CancellationToken,
     mirrors_dir: PathBuf,
     sources: Vec<SourceRuntime>,
     wake: mpsc::Receiver<()>,
     announcements: broadcast::Sender<Announcement>,
-    clusters_dirty: bool,
 }
 
 /// Current unix time in seconds.
@@ -169,6 +174,8 @@ impl Controller {
                 next_poll: Instant::now(),
                 rendered: None,
                 memo: Some(RenderMemo::default()),
+                busy: false,
+                rerender: true,
             });
         }
         let handle = ControllerHandle {
@@ -188,30 +195,35 @@ impl Controller {
                     ..Tools::discover()
                 }),
                 render_parallelism: config.render.parallelism,
+                stop: CancellationToken::new(),
                 mirrors_dir,
                 sources,
                 wake,
                 announcements,
-                clusters_dirty: true,
             },
             handle,
         ))
     }
 
     /// Runs until `shutdown` is cancelled.
+    ///
+    /// Fetches and renders run as jobs, at most one per source, so a slow fetch or a long Helm render of
+    /// one source never delays another source's polls or the issuing of states; the controller task alone
+    /// applies their outcomes.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.stop = shutdown.clone();
+        let mut jobs: JoinSet<JobDone> = JoinSet::new();
         loop {
             let now = Instant::now();
             for i in 0..self.sources.len() {
-                if self.sources[i].next_poll <= now {
-                    self.poll_source(i).await;
-                    self.sources[i].next_poll = Instant::now() + self.sources[i].config.interval;
+                let src = &self.sources[i];
+                if src.busy {
+                    continue;
                 }
-            }
-            if self.clusters_dirty {
-                self.clusters_dirty = false;
-                for i in 0..self.sources.len() {
-                    self.rerender_in_force(i).await;
+                if src.next_poll <= now {
+                    self.start_poll(i, &mut jobs);
+                } else if src.rerender {
+                    self.start_rerender(i, &mut jobs);
                 }
             }
             if let Err(e) = self.issue_states().await {
@@ -220,16 +232,176 @@ impl Controller {
             let next = self
                 .sources
                 .iter()
+                .filter(|s| !s.busy)
                 .map(|s| s.next_poll)
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
             // Re-check expiry at least hourly even without sources.
             let next = next.min(Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // Jobs end by their own time boxes (fetch, render); wait so none outlives the hub.
+                    while jobs.join_next().await.is_some() {}
+                    return;
+                }
                 _ = tokio::time::sleep_until(next) => {}
-                Some(()) = self.wake.recv() => { self.clusters_dirty = true; }
+                Some(()) = self.wake.recv() => {
+                    for src in &mut self.sources {
+                        src.rerender = true;
+                    }
+                }
+                Some(done) = jobs.join_next() => match done {
+                    Ok(done) => self.finish_job(done).await,
+                    Err(e) => warn!(error = %e, "a source job failed"),
+                },
             }
+        }
+    }
+
+    fn render_job(&mut self, i: usize, commit: String) -> RenderJob {
+        let src = &mut self.sources[i];
+        RenderJob {
+            store: self.store.clone(),
+            dir: self.mirrors_dir.join(&src.config.name),
+            source: src.config.name.clone(),
+            limits: self.limits.clone(),
+            tools: self.tools.clone(),
+            parallelism: self.render_parallelism,
+            memo: src.memo.take().unwrap_or_default(),
+            commit,
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// Starts fetching source `i`, and rendering the fetched commit if it is new.
+    fn start_poll(&mut self, i: usize, jobs: &mut JoinSet<JobDone>) {
+        let src = &mut self.sources[i];
+        src.busy = true;
+        let cfg = src.config.clone();
+        let in_force = src.rendered.as_ref().map(|r| r.commit.clone());
+        let dir = self.mirrors_dir.join(&cfg.name);
+        let timeout = self.fetch_timeout;
+        let job = self.render_job(i, String::new());
+        jobs.spawn(async move {
+            let fetch = tokio::task::spawn_blocking(move || fetch_source(&cfg, &dir, timeout))
+                .await
+                .unwrap_or_else(|join| Err(format!("fetch task failed: {join}")));
+            let (render, commit, memo) = match &fetch {
+                Ok(commit) if in_force.as_deref() != Some(commit.as_str()) => {
+                    let job = RenderJob {
+                        commit: commit.clone(),
+                        ..job
+                    };
+                    let (result, memo) = job.run().await;
+                    (Some(result), commit.clone(), memo)
+                }
+                _ => (None, String::new(), job.memo),
+            };
+            JobDone {
+                source: i,
+                kind: JobKind::Poll { fetch },
+                render,
+                commit,
+                memo,
+            }
+        });
+    }
+
+    /// Starts rendering the commit in force of source `i` again, for clusters that changed.
+    fn start_rerender(&mut self, i: usize, jobs: &mut JoinSet<JobDone>) {
+        self.sources[i].rerender = false;
+        let commit = self.sources[i].record.rendered_commit.clone();
+        if commit.is_empty() {
+            return;
+        }
+        self.sources[i].busy = true;
+        let job = self.render_job(i, commit.clone());
+        jobs.spawn(async move {
+            let (result, memo) = job.run().await;
+            JobDone {
+                source: i,
+                kind: JobKind::Rerender,
+                render: Some(result),
+                commit,
+                memo,
+            }
+        });
+    }
+
+    /// Applies a finished job's outcome to the source and records it.
+    async fn finish_job(&mut self, done: JobDone) {
+        let i = done.source;
+        let name = self.sources[i].config.name.clone();
+        {
+            let src = &mut self.sources[i];
+            src.busy = false;
+            src.memo = Some(done.memo);
+        }
+        let commit = done.commit;
+        match done.kind {
+            JobKind::Poll { fetch } => {
+                self.sources[i].next_poll = Instant::now() + self.sources[i].config.interval;
+                self.sources[i].record.last_fetch = unix_now();
+                match fetch {
+                    Ok(fetched) => self.sources[i].record.fetched_commit = fetched,
+                    Err(e) => {
+                        warn!(source = %name, url = %crate::source::RedactedUrl(&self.sources[i].config.url), error = %e, "fetch failed; previous release stays in force");
+                        self.sources[i].record.error = format!("fetch failed: {e}");
+                    }
+                }
+                match done.render {
+                    None => {}
+                    Some(Ok((rendered, errors))) if errors.is_empty() => {
+                        info!(source = %name, commit = %commit, clusters = rendered.per_cluster.len(), "rendered new commit");
+                        let src = &mut self.sources[i];
+                        src.rendered = Some(Arc::new(rendered));
+                        src.record.rendered_commit = commit;
+                        src.record.error.clear();
+                    }
+                    Some(Ok((_, errors))) => {
+                        let msg = format!("commit {}: {}", short(&commit), errors.join("; "));
+                        warn!(source = %name, error = %msg, "render failed; previous release stays in force");
+                        self.sources[i].record.error = msg;
+                    }
+                    Some(Err(msg)) => {
+                        let msg = format!("commit {}: {msg}", short(&commit));
+                        warn!(source = %name, error = %msg, "render failed; previous release stays in force");
+                        self.sources[i].record.error = msg;
+                    }
+                }
+            }
+            JobKind::Rerender => {
+                // The commit in force may have moved on while this job ran; its result is then stale.
+                if self.sources[i].record.rendered_commit == commit {
+                    let previous = self.sources[i].rendered.clone();
+                    match done.render {
+                        Some(Ok((mut rendered, errors))) => {
+                            // Clusters whose render failed keep what they had.
+                            if let Some(prev) = &previous {
+                                for (cluster, apps) in &prev.per_cluster {
+                                    rendered
+                                        .per_cluster
+                                        .entry(cluster.clone())
+                                        .or_insert_with(|| apps.clone());
+                                }
+                            }
+                            if !errors.is_empty() {
+                                self.sources[i].record.error = errors.join("; ");
+                            }
+                            self.sources[i].rendered = Some(Arc::new(rendered));
+                        }
+                        Some(Err(msg)) => {
+                            warn!(source = %name, error = %msg, "re-render of the commit in force failed");
+                            self.sources[i].record.error = msg;
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        self.save_source(i).await;
+        if let Err(e) = self.issue_states().await {
+            warn!(error = %e, "issuing ClusterStates failed; will retry");
         }
     }
 
@@ -241,161 +413,6 @@ impl Controller {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "saving source status failed"),
             Err(e) => warn!(error = %e, "saving source status panicked"),
-        }
-    }
-
-    /// Fetches one source; renders a new commit; records the outcome.
-    async fn poll_source(&mut self, i: usize) {
-        let cfg = self.sources[i].config.clone();
-        let dir = self.mirrors_dir.join(&cfg.name);
-        let timeout = self.fetch_timeout;
-        let fetch = tokio::task::spawn_blocking(move || -> Result<String, String> {
-            let token = match &cfg.token_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => None,
-            };
-            let ca_pem = match &cfg.ca_file {
-                Some(path) => Some(
-                    std::fs::read(path)
-                        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?,
-                ),
-                None => None,
-            };
-            let auth = FetchAuth {
-                token: token.as_deref(),
-                ca_pem: ca_pem.as_deref(),
-            };
-            // The mirror's own time box interrupts gix, so this task always ends and the next poll never
-            // overlaps it; no tokio timeout that would leave it running.
-            let mirror = GitMirror::open_or_init(&dir, &cfg.url)
-                .map_err(|e| e.to_string())?
-                .with_timeout(timeout)
-                .with_max_pack_bytes(cfg.max_pack_bytes);
-            mirror.fetch(&cfg.branch, auth).map_err(|e| e.to_string())
-        });
-        let outcome = match fetch.await {
-            Ok(result) => result,
-            Err(join) => Err(format!("fetch task failed: {join}")),
-        };
-        self.sources[i].record.last_fetch = unix_now();
-        match outcome {
-            Ok(commit) => {
-                let src = &mut self.sources[i];
-                src.record.fetched_commit = commit.clone();
-                let in_force = src.rendered.as_ref().map(|r| r.commit.clone());
-                if in_force.as_deref() != Some(commit.as_str()) {
-                    self.render_new_commit(i, commit).await;
-                }
-            }
-            Err(e) => {
-                warn!(source = %self.sources[i].config.name, url = %crate::source::RedactedUrl(&self.sources[i].config.url), error = %e, "fetch failed; previous release stays in force");
-                self.sources[i].record.error = format!("fetch failed: {e}");
-            }
-        }
-        self.save_source(i).await;
-    }
-
-    /// Renders `commit` for all clusters; it goes into force only if every render succeeded.
-    async fn render_new_commit(&mut self, i: usize, commit: String) {
-        let name = self.sources[i].config.name.clone();
-        match self.render(i, commit.clone()).await {
-            Ok((rendered, errors)) if errors.is_empty() => {
-                info!(source = %name, commit = %commit, clusters = rendered.per_cluster.len(), "rendered new commit");
-                let src = &mut self.sources[i];
-                src.rendered = Some(Arc::new(rendered));
-                src.record.rendered_commit = commit;
-                src.record.error.clear();
-            }
-            Ok((_, errors)) => {
-                let msg = format!("commit {}: {}", short(&commit), errors.join("; "));
-                warn!(source = %name, error = %msg, "render failed; previous release stays in force");
-                self.sources[i].record.error = msg;
-            }
-            Err(msg) => {
-                let msg = format!("commit {}: {msg}", short(&commit));
-                warn!(source = %name, error = %msg, "render failed; previous release stays in force");
-                self.sources[i].record.error = msg;
-            }
-        }
-    }
-
-    /// Renders the commit in force again, for clusters that changed; clusters
-    /// whose render fails keep what they had.
-    async fn rerender_in_force(&mut self, i: usize) {
-        let commit = self.sources[i].record.rendered_commit.clone();
-        if commit.is_empty() {
-            return;
-        }
-        let previous = self.sources[i].rendered.clone();
-        match self.render(i, commit.clone()).await {
-            Ok((mut rendered, errors)) => {
-                if let Some(prev) = &previous {
-                    for (cluster, apps) in &prev.per_cluster {
-                        rendered
-                            .per_cluster
-                            .entry(cluster.clone())
-                            .or_insert_with(|| apps.clone());
-                    }
-                }
-                if !errors.is_empty() {
-                    self.sources[i].record.error = errors.join("; ");
-                }
-                self.sources[i].rendered = Some(Arc::new(rendered));
-            }
-            Err(msg) => {
-                warn!(source = %self.sources[i].config.name, error = %msg, "re-render of the commit in force failed");
-                self.sources[i].record.error = msg;
-            }
-        }
-        self.save_source(i).await;
-    }
-
-    /// Reads the tree at `commit` and renders every app for every cluster.
-    /// Returns the successful renders and one message per failed (cluster, app).
-    async fn render(
-        &mut self,
-        i: usize,
-        commit: String,
-    ) -> Result<(RenderedSource, Vec<String>), String> {
-        let store = self.store.clone();
-        let source_name = self.sources[i].config.name.clone();
-        let dir = self.mirrors_dir.join(&source_name);
-        let limits = self.limits.clone();
-        let tools = self.tools.clone();
-        let parallelism = self.render_parallelism;
-        let mut memo = self.sources[i].memo.take().unwrap_or_default();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let result = (|| {
-                let clusters = store.clusters().map_err(|e| e.to_string())?;
-                let tree = read_tree(&dir, &commit, &limits).map_err(|e| e.to_string())?;
-                let manifest = load_manifest(&tree, &limits).map_err(|e| e.to_string())?;
-                let env = RenderEnv::new(&limits, &tools);
-                let (rendered, errors, counts) = render_for_clusters(
-                    &tree,
-                    &manifest.apps,
-                    &clusters,
-                    &source_name,
-                    &env,
-                    &mut memo,
-                    parallelism,
-                );
-                info!(source = %source_name, commit = %commit, assigned = counts.assigned, distinct = counts.distinct, ran = counts.ran, "rendered");
-                Ok((rendered, errors))
-            })();
-            (result, memo)
-        })
-        .await;
-        match outcome {
-            Ok((result, memo)) => {
-                self.sources[i].memo = Some(memo);
-                result
-            }
-            Err(e) => Err(format!("render task failed: {e}")),
         }
     }
 
@@ -511,6 +528,116 @@ impl Controller {
     }
 }
 
+/// One render of a source's commit, run away from the controller task.
+struct RenderJob {
+    store: HubStore,
+    dir: PathBuf,
+    source: String,
+    limits: flotilla_common::limits::Limits,
+    tools: Arc<Tools>,
+    parallelism: usize,
+    memo: RenderMemo,
+    commit: String,
+    /// Stops starting renders once the hub shuts down.
+    stop: CancellationToken,
+}
+
+type RenderResult = Result<(RenderedSource, Vec<String>), String>;
+
+impl RenderJob {
+    /// Reads the tree at the commit and renders every app for every cluster; gives the memo back.
+    async fn run(self) -> (RenderResult, RenderMemo) {
+        let RenderJob {
+            store,
+            dir,
+            source,
+            limits,
+            tools,
+            parallelism,
+            mut memo,
+            commit,
+            stop,
+        } = self;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let clusters = store.clusters().map_err(|e| e.to_string())?;
+                let tree = read_tree(&dir, &commit, &limits).map_err(|e| e.to_string())?;
+                let manifest = load_manifest(&tree, &limits).map_err(|e| e.to_string())?;
+                let env = RenderEnv::new(&limits, &tools);
+                let (rendered, errors, counts) = render_for_clusters(
+                    &tree,
+                    &manifest.apps,
+                    &clusters,
+                    &source,
+                    &env,
+                    &mut memo,
+                    parallelism,
+                    &stop,
+                );
+                info!(source = %source, commit = %commit, assigned = counts.assigned, distinct = counts.distinct, ran = counts.ran, "rendered");
+                Ok((rendered, errors))
+            })();
+            (result, memo)
+        })
+        .await;
+        match outcome {
+            Ok(done) => done,
+            Err(e) => (
+                Err(format!("render task failed: {e}")),
+                RenderMemo::default(),
+            ),
+        }
+    }
+}
+
+enum JobKind {
+    Poll { fetch: Result<String, String> },
+    Rerender,
+}
+
+struct JobDone {
+    source: usize,
+    kind: JobKind,
+    render: Option<RenderResult>,
+    commit: String,
+    memo: RenderMemo,
+}
+
+/// Fetches `cfg`'s branch into its mirror; returns the commit. Blocking.
+fn fetch_source(
+    cfg: &SourceConfig,
+    dir: &std::path::Path,
+    timeout: Duration,
+) -> Result<String, String> {
+    let token = match &cfg.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let ca_pem = match &cfg.ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let auth = FetchAuth {
+        token: token.as_deref(),
+        ca_pem: ca_pem.as_deref(),
+    };
+    // The mirror's own time box interrupts gix, so this task always ends and the next poll never
+    // overlaps it; no tokio timeout that would leave it running.
+    let mirror = GitMirror::open_or_init(dir, &cfg.url)
+        .map_err(|e| e.to_string())?
+        .with_timeout(timeout)
+        .with_max_pack_bytes(cfg.max_pack_bytes);
+    mirror.fetch(&cfg.branch, auth).map_err(|e| e.to_string())
+}
+
 fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
@@ -527,6 +654,7 @@ pub fn render_for_clusters(
     env: &RenderEnv<'_>,
     memo: &mut RenderMemo,
     parallelism: usize,
+    stop: &CancellationToken,
 ) -> (RenderedSource, Vec<String>, RenderCounts) {
     let infos: Vec<ClusterInfo> = clusters.iter().map(cluster_info).collect();
     // Per app: its plans, one per target (or one for an app without targets).
@@ -588,6 +716,14 @@ pub fn render_for_clusters(
                     let Some((key, (a, t, c))) = missing.get(n) else {
                         return;
                     };
+                    if stop.is_cancelled() {
+                        let outcome = Err("the hub is shutting down".to_string());
+                        results
+                            .lock()
+                            .expect("a render thread panicked")
+                            .push((*key, outcome));
+                        continue;
+                    }
                     let plan = plans[*a][*t]
                         .as_ref()
                         .expect("only planned targets are wanted");
@@ -789,24 +925,56 @@ apps:
         let mut memo = RenderMemo::default();
         let t1 = tree("1111111111111111111111111111111111111111", "one");
         let apps = parse_manifest(MANIFEST, &limits).unwrap().apps;
-        let (first, errors, counts) =
-            render_for_clusters(&t1, &apps, &clusters, "src", &env, &mut memo, 2);
+        let (first, errors, counts) = render_for_clusters(
+            &t1,
+            &apps,
+            &clusters,
+            "src",
+            &env,
+            &mut memo,
+            2,
+            &CancellationToken::new(),
+        );
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(first.clusters(), 300);
         // web: 3 targets; per-tier: 3 tiers; per-cluster: 300 names.
-        assert_eq!(counts, RenderCounts { assigned: 900, distinct: 306, ran: 306 });
+        assert_eq!(
+            counts,
+            RenderCounts {
+                assigned: 900,
+                distinct: 306,
+                ran: 306
+            }
+        );
         let edge = first.apps_of(&clusters[0].id).unwrap();
         let web = edge.iter().find(|a| a.name == "web").unwrap();
 
         // The same commit again: everything from the memo.
-        let (_, _, again) = render_for_clusters(&t1, &apps, &clusters, "src", &env, &mut memo, 2);
+        let (_, _, again) = render_for_clusters(
+            &t1,
+            &apps,
+            &clusters,
+            "src",
+            &env,
+            &mut memo,
+            2,
+            &CancellationToken::new(),
+        );
         assert_eq!(again.ran, 0);
 
         // A commit that changes only `web`: only its three renders run; the other apps keep the release
         // (and commit) they had, so their ClusterState entries are unchanged.
         let t2 = tree("2222222222222222222222222222222222222222", "two");
-        let (second, errors, counts) =
-            render_for_clusters(&t2, &apps, &clusters, "src", &env, &mut memo, 2);
+        let (second, errors, counts) = render_for_clusters(
+            &t2,
+            &apps,
+            &clusters,
+            "src",
+            &env,
+            &mut memo,
+            2,
+            &CancellationToken::new(),
+        );
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(counts.ran, 3);
         let edge2 = second.apps_of(&clusters[0].id).unwrap();
@@ -835,11 +1003,23 @@ apps:
             .with_file("flotilla.yaml", manifest)
             .with_file("bad/x.yaml.j2", "{{ nope.nope }}");
         let mut memo = RenderMemo::default();
-        let (rendered, errors, counts) =
-            render_for_clusters(&t, &apps, &clusters, "src", &env, &mut memo, 2);
+        let (rendered, errors, counts) = render_for_clusters(
+            &t,
+            &apps,
+            &clusters,
+            "src",
+            &env,
+            &mut memo,
+            2,
+            &CancellationToken::new(),
+        );
         assert_eq!(rendered.clusters(), 0);
         assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[0].contains("app bad for cluster cluster-0"), "{}", errors[0]);
+        assert!(
+            errors[0].contains("app bad for cluster cluster-0"),
+            "{}",
+            errors[0]
+        );
         assert_eq!(counts.ran, 1);
         assert!(memo.is_empty());
     }

@@ -313,7 +313,11 @@ mod tests {
             err.to_string().contains("did not finish within 300ms"),
             "{err}"
         );
-        let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // The background child was in the tool's process group, so it is gone (or a zombie being reaped).
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -327,7 +331,11 @@ mod tests {
     #[test]
     fn output_over_the_limit_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let program = script(tmp.path(), "chatty", "while :; do echo 0123456789abcdef; done");
+        let program = script(
+            tmp.path(),
+            "chatty",
+            "while :; do echo 0123456789abcdef; done",
+        );
         let err = run_script(&program, tmp.path(), Duration::from_secs(20)).unwrap_err();
         assert!(
             err.to_string().contains("printed more than 1024 bytes"),
@@ -338,25 +346,35 @@ mod tests {
     #[test]
     fn the_hubs_environment_does_not_reach_the_tool_and_failures_carry_its_message() {
         let tmp = tempfile::tempdir().unwrap();
-        let program = script(tmp.path(), "envdump", "env; echo 'Error: chart is broken' >&2; exit 1");
+        let program = script(
+            tmp.path(),
+            "envdump",
+            "env; echo 'Error: chart is broken' >&2; exit 1",
+        );
         // Set for the whole test process; no other test reads it.
         unsafe { std::env::set_var("FLOTILLA_TEST_SECRET_CANARY", "s3cr3t") };
         let err = run_script(&program, tmp.path(), Duration::from_secs(20)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "helm failed on charts/x: chart is broken"
-        );
+        assert_eq!(err.to_string(), "helm failed on charts/x: chart is broken");
         let ok = script(tmp.path(), "envok", "env");
         let out = String::from_utf8(run_script(&ok, tmp.path(), Duration::from_secs(20)).unwrap())
             .unwrap();
         assert!(!out.contains("s3cr3t"), "{out}");
-        assert!(out.contains(&format!("HOME={}", tmp.path().display())), "{out}");
+        assert!(
+            out.contains(&format!("HOME={}", tmp.path().display())),
+            "{out}"
+        );
     }
 
     #[test]
     fn missing_tools_are_named() {
         let tools = Tools::default();
-        assert!(tools.helm().unwrap_err().to_string().contains("FLOTILLA_HELM"));
+        assert!(
+            tools
+                .helm()
+                .unwrap_err()
+                .to_string()
+                .contains("FLOTILLA_HELM")
+        );
         assert!(
             tools
                 .kustomize()
