@@ -64,7 +64,7 @@ enum Command {
         /// Branch, tag or commit.
         #[arg(long, default_value = "HEAD")]
         rev: String,
-        /// App to render (all apps when omitted).
+        /// App to render, from any `flotilla.yaml` of the commit (all apps when omitted).
         #[arg(long)]
         app: Option<String>,
         /// Cluster labels, `k=v,k2=v2`.

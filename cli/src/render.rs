@@ -6,7 +6,7 @@ use std::path::Path;
 use flotilla_common::labels::Labels;
 use flotilla_common::limits::Limits;
 use flotilla_common::object::KubeObject;
-use flotilla_hub::manifest::load_manifest;
+use flotilla_hub::manifest::{AppSpec, MANIFEST_PATH, load_manifest};
 use flotilla_hub::render::{ClusterInfo, RenderEnv, Tools, render_app};
 use flotilla_hub::source::read_tree;
 
@@ -43,10 +43,9 @@ pub fn render(req: &RenderRequest<'_>) -> Result<Vec<KubeObject>, RenderCommandE
                 .iter()
                 .find(|a| a.name == name)
                 .ok_or_else(|| {
-                    let names: Vec<&str> = manifest.apps.iter().map(|a| a.name.as_str()).collect();
                     RenderCommandError(format!(
-                        "no app {name:?} in flotilla.yaml (apps: {})",
-                        names.join(", ")
+                        "no app {name:?} in the commit's {MANIFEST_PATH} files ({})",
+                        apps_by_file(&manifest.apps)
                     ))
                 })?;
             vec![app]
@@ -62,24 +61,45 @@ pub fn render(req: &RenderRequest<'_>) -> Result<Vec<KubeObject>, RenderCommandE
     let tools = Tools::discover();
     let env = RenderEnv::new(&limits, &tools);
     let mut objects = Vec::new();
-    let mut matched = false;
     for app in apps {
-        if let Some(rendered) = render_app(&tree, app, &cluster, &env).map_err(|e| err(&e))? {
-            matched = true;
+        let rendered = render_app(&tree, app, &cluster, &env).map_err(|e| {
+            RenderCommandError(format!("app {:?} (from {}): {e}", app.name, app.origin))
+        })?;
+        if let Some(rendered) = rendered {
             for note in &rendered.notes {
                 eprintln!("note: app {}: {note}", app.name);
             }
             objects.extend(rendered.objects);
+        } else if req.app.is_some() {
+            return Err(RenderCommandError(format!(
+                "no target of app {:?} (from {}) matches labels {}",
+                app.name,
+                app.origin,
+                flotilla_common::labels::format_labels(&req.labels)
+            )));
         }
     }
-    if !matched && req.app.is_some() {
-        return Err(RenderCommandError(format!(
-            "no target of app {:?} matches labels {}",
-            req.app.unwrap_or_default(),
-            flotilla_common::labels::format_labels(&req.labels)
-        )));
-    }
     Ok(objects)
+}
+
+/// The apps grouped by the file that declares them: `flotilla.yaml: web; teams/db/flotilla.yaml: db, cache`.
+fn apps_by_file(apps: &[AppSpec]) -> String {
+    if apps.is_empty() {
+        return "they declare no apps".to_string();
+    }
+    // Apps come file by file, so each file's apps are consecutive.
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for app in apps {
+        match groups.last_mut() {
+            Some((origin, names)) if *origin == app.origin => names.push(&app.name),
+            _ => groups.push((&app.origin, vec![&app.name])),
+        }
+    }
+    groups
+        .iter()
+        .map(|(origin, names)| format!("{origin}: {}", names.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Multi-document YAML, one document per object.

@@ -87,3 +87,114 @@ fn unknown_app_and_unmatched_labels_are_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("matches labels tier=moon"));
 }
+
+/// Two teams' `flotilla.yaml` files and no root one: paths are relative to each file, a nested file's
+/// directory is part of the enclosing app without its `flotilla.yaml`, and errors name the files.
+#[test]
+fn every_flotilla_yaml_counts_and_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    let write = |path: &str, text: &str| {
+        let path = r.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    let cm =
+        |name: &str| format!("{{apiVersion: v1, kind: ConfigMap, metadata: {{name: {name}}}}}\n");
+    git(r, &["init", "-q", "-b", "main"]);
+    write(
+        "teams/payments/flotilla.yaml",
+        "apps:\n  - {name: payments, path: ., namespace: payments}\n",
+    );
+    write("teams/payments/cm.yaml", &cm("payments"));
+    write(
+        "teams/payments/db/flotilla.yaml",
+        "apps:\n  - {name: payments-db, path: .}\n",
+    );
+    write("teams/payments/db/cm.yaml", &cm("payments-db"));
+    write(
+        "teams/search/flotilla.yaml",
+        "apps:\n  - name: search\n    path: app\n    targets:\n      - {name: edge, selector: {matchLabels: {tier: edge}}, path: edge}\n",
+    );
+    write("teams/search/app/cm.yaml", &cm("search"));
+    write("teams/search/edge/cm.yaml", &cm("search-edge"));
+    git(r, &["add", "-A"]);
+    git(r, &["commit", "-q", "-m", "teams"]);
+
+    let names = |out: &std::process::Output| -> Vec<String> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                let m = &o["metadata"];
+                format!(
+                    "{}/{}",
+                    m["namespace"].as_str().unwrap(),
+                    m["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let out = render(r, &["--app", "payments", "-o", "json"]);
+    assert_eq!(names(&out), ["payments/payments", "payments/payments-db"]);
+    // Files in path order (`teams/payments/db/flotilla.yaml` sorts before `teams/payments/flotilla.yaml`),
+    // apps in file order.
+    let out = render(r, &["--labels", "tier=edge", "-o", "json"]);
+    assert_eq!(
+        names(&out),
+        [
+            "default/payments-db",
+            "payments/payments",
+            "payments/payments-db",
+            "default/search-edge"
+        ]
+    );
+
+    let out = render(r, &["--app", "nope"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no app \"nope\"")
+            && stderr.contains("teams/payments/db/flotilla.yaml: payments-db; teams/payments/flotilla.yaml: payments; teams/search/flotilla.yaml: search"),
+        "{stderr}"
+    );
+    let out = render(r, &["--app", "search", "--labels", "tier=core"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no target of app \"search\" (from teams/search/flotilla.yaml)"),
+        "{stderr}"
+    );
+
+    write("teams/search/edge/cm.yaml", "{kind: ConfigMap}\n");
+    git(r, &["commit", "-q", "-am", "broken object"]);
+    let out = render(r, &["--labels", "tier=edge"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "app \"search\" (from teams/search/flotilla.yaml): teams/search/edge/cm.yaml"
+        ),
+        "{stderr}"
+    );
+
+    write(
+        "teams/search/flotilla.yaml",
+        "apps:\n  - {name: payments, path: ../payments}\n",
+    );
+    git(r, &["commit", "-q", "-am", "escape"]);
+    let out = render(r, &["--app", "search"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("teams/search/flotilla.yaml: apps[payments].path")
+            && stderr.contains("'..' components are not allowed"),
+        "{stderr}"
+    );
+}

@@ -1,8 +1,14 @@
-//! The repository's `flotilla.yaml` (DESIGN.md §5): which apps exist, how to render, target and roll them out.
+//! The repository's `flotilla.yaml` files (DESIGN.md §5): which apps exist, how to render, target and roll them out.
 //!
-//! Parsing is pure and strict: unknown fields anywhere are errors naming the field,
+//! Parsing is pure and strict: unknown fields anywhere are errors naming the file and the field,
 //! and everything that can be checked without the tree (names, paths, selectors,
 //! patches, durations) is checked here so a bad manifest fails before any render.
+//!
+//! Every `flotilla.yaml` in a commit is a manifest. Each declares apps whose paths are relative to its own
+//! directory and cannot leave it; [`load_manifest`] merges them (files in path order, apps in file order)
+//! into one [`Manifest`] whose paths are repository paths, so renderers never see where an app was declared
+//! except through [`AppSpec::origin`]. App names are unique across the merged set, and `dependsOn` may
+//! name an app of any file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -18,33 +24,61 @@ use serde_json::{Map, Value};
 use crate::render::tree::check_relative_path;
 use crate::render::{RepoTree, TreeEntry};
 
-/// Where the manifest lives in a Source.
+/// The root manifest's repository path, and the name every manifest file has, in any directory.
 pub const MANIFEST_PATH: &str = "flotilla.yaml";
 
-/// A manifest that cannot be read or breaks a rule.
+/// Most manifest files one Source may hold; each is parsed on every render of a commit.
+pub const MAX_MANIFEST_FILES: usize = 1_000;
+
+/// Whether the repository path `path` names a manifest (a file called `flotilla.yaml`, at any depth).
+pub fn is_manifest_file(path: &str) -> bool {
+    path.rsplit('/').next() == Some(MANIFEST_PATH)
+}
+
+/// A manifest that cannot be read or breaks a rule; every message but `Missing` starts with the file's path.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// The commit has no `flotilla.yaml` at its root.
-    #[error("{MANIFEST_PATH} not found at the repository root (commit {commit})")]
+    /// The commit has no `flotilla.yaml` anywhere.
+    #[error(
+        "{MANIFEST_PATH} not found at the repository root or in any directory (commit {commit})"
+    )]
     Missing {
         /// The commit that was searched.
         commit: String,
     },
-    /// `flotilla.yaml` is a symlink, a submodule or too large.
-    #[error("{MANIFEST_PATH}: {problem}")]
+    /// The commit holds more manifest files than [`MAX_MANIFEST_FILES`].
+    #[error(
+        "commit {commit} has {count} {MANIFEST_PATH} files, over the limit of {limit} per source"
+    )]
+    TooManyFiles {
+        /// The commit that was searched.
+        commit: String,
+        /// How many it holds.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A `flotilla.yaml` is a symlink, a submodule or too large.
+    #[error("{file}: {problem}")]
     NotAFile {
+        /// Repository path of the file.
+        file: String,
         /// What it is instead.
         problem: String,
     },
     /// The YAML does not parse or does not fit the schema (unknown field, wrong type).
-    #[error("{MANIFEST_PATH}: {message}")]
+    #[error("{file}: {message}")]
     Syntax {
+        /// Repository path of the file.
+        file: String,
         /// The parser's message, with line and column where known.
         message: String,
     },
     /// A field holds a value that is not allowed.
-    #[error("{MANIFEST_PATH}: {field}: {message}")]
+    #[error("{file}: {field}: {message}")]
     Invalid {
+        /// Repository path of the file.
+        file: String,
         /// Where the field is, e.g. `apps[guestbook].targets[edge].path`.
         field: String,
         /// What is wrong.
@@ -52,18 +86,35 @@ pub enum ManifestError {
     },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
-    ManifestError::Invalid {
+/// A field that breaks a rule, before it is known which file it is in.
+#[derive(Debug)]
+struct FieldError {
+    field: String,
+    message: String,
+}
+
+impl FieldError {
+    fn in_file(self, file: &str) -> ManifestError {
+        ManifestError::Invalid {
+            file: file.to_string(),
+            field: self.field,
+            message: self.message,
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
         field: field.into(),
         message: message.into(),
     }
 }
 
-/// The parsed `flotilla.yaml`.
+/// The parsed `flotilla.yaml`, or all of a commit's merged.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// The apps this Source declares, in file order.
+    /// The apps this Source declares: files in path order, apps in file order.
     pub apps: Vec<AppSpec>,
 }
 
@@ -88,10 +139,11 @@ pub enum RenderMode {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppSpec {
-    /// App name, a DNS label unique in the manifest.
+    /// App name, a DNS label unique across all of the Source's manifests.
     pub name: String,
-    /// Directory inside the repository, relative to its root (`.` for the root); empty for a chart from a
-    /// chart repository (`helm.repo`).
+    /// Directory of the app, written relative to the declaring file's directory (`.` for that directory)
+    /// and a repository path once loaded by [`load_manifest`]; empty for a chart from a chart repository
+    /// (`helm.repo`).
     #[serde(default)]
     pub path: String,
     /// Default namespace for namespaced objects without one (`default` when absent).
@@ -106,7 +158,7 @@ pub struct AppSpec {
     /// kustomize options.
     #[serde(default)]
     pub kustomize: KustomizeSpec,
-    /// Helm values files, repository paths layered after the chart's `values.yaml` and before `values`.
+    /// Helm values files layered after the chart's `values.yaml` and before `values`; relative like `path`.
     #[serde(default)]
     pub values_files: Vec<String>,
     /// gitignore-style patterns relative to `path` that raw and template rendering skip.
@@ -136,6 +188,10 @@ pub struct AppSpec {
     /// How a new release moves across the targeted clusters; `None` is every cluster at once.
     #[serde(default)]
     pub rollout: Option<RolloutSpec>,
+    /// Repository path of the `flotilla.yaml` that declares the app (e.g. `teams/payments/flotilla.yaml`),
+    /// set by the loader; never read from the file.
+    #[serde(skip)]
+    pub origin: String,
 }
 
 /// `helm:` of an app: a chart from a chart repository, named by the repository's URL, the chart and a version.
@@ -208,13 +264,13 @@ pub struct TargetSpec {
     pub name: String,
     /// Which clusters; required (`{}` matches every cluster).
     pub selector: LabelSelector,
-    /// Another directory (from the repository root) to render for these clusters.
+    /// Another directory to render for these clusters, relative like the app's `path`.
     #[serde(default)]
     pub path: Option<String>,
     /// Values deep-merged over the app's values.
     #[serde(default)]
     pub values: Map<String, Value>,
-    /// Helm values files layered after the app's `values` (repository paths).
+    /// Helm values files layered after the app's `values`, relative like the app's `path`.
     #[serde(default)]
     pub values_files: Vec<String>,
     /// Objects these clusters must not get.
@@ -421,51 +477,144 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// Parses and validates the text of `flotilla.yaml`.
+/// Parses and validates the text of the root `flotilla.yaml` on its own (errors name `flotilla.yaml`).
 pub fn parse_manifest(text: &str, limits: &Limits) -> Result<Manifest, ManifestError> {
-    let manifest: Manifest = yaml::parse_one(text, limits).map_err(|e| ManifestError::Syntax {
-        message: e.to_string(),
-    })?;
-    validate(&manifest)?;
+    let manifest = parse_file(MANIFEST_PATH, text, limits)?;
+    check_dependency_cycles(&manifest.apps)?;
     Ok(manifest)
 }
 
-/// Reads and validates `flotilla.yaml` at the root of `tree`.
-pub fn load_manifest(tree: &RepoTree, limits: &Limits) -> Result<Manifest, ManifestError> {
-    let bytes = match tree.get(MANIFEST_PATH) {
-        None => {
-            return Err(ManifestError::Missing {
-                commit: tree.commit.clone(),
-            });
-        }
-        Some(TreeEntry::File(bytes)) => bytes,
-        Some(TreeEntry::Symlink(_)) => {
-            return Err(ManifestError::NotAFile {
-                problem: "is a symlink; symlinks are never followed".into(),
-            });
-        }
-        Some(TreeEntry::Submodule) => {
-            return Err(ManifestError::NotAFile {
-                problem: "is a submodule".into(),
-            });
-        }
-        Some(TreeEntry::TooLarge(size)) => {
-            return Err(ManifestError::NotAFile {
-                problem: format!(
-                    "{size} bytes is over the {} byte limit for one file",
-                    limits.max_file_bytes
-                ),
-            });
-        }
-    };
-    let text = std::str::from_utf8(bytes).map_err(|e| ManifestError::Syntax {
-        message: format!("not UTF-8: {e}"),
-    })?;
-    parse_manifest(text, limits)
+/// Parses and validates one manifest file, its paths still relative to its directory.
+fn parse_file(file: &str, text: &str, limits: &Limits) -> Result<Manifest, ManifestError> {
+    let mut manifest: Manifest =
+        yaml::parse_one(text, limits).map_err(|e| ManifestError::Syntax {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+    validate(&manifest).map_err(|e| e.in_file(file))?;
+    for app in &mut manifest.apps {
+        app.origin = file.to_string();
+    }
+    Ok(manifest)
 }
 
-/// Checks an app or target path: relative, no `..`; `.` alone (or empty) is the repository root.
-/// Returns the normalized path (`""` for the root, no trailing slash) or what is wrong with it.
+/// Reads, validates and merges every `flotilla.yaml` of `tree`, with app paths rebased to repository paths.
+pub fn load_manifest(tree: &RepoTree, limits: &Limits) -> Result<Manifest, ManifestError> {
+    let files: Vec<(&str, &TreeEntry)> = tree
+        .entries()
+        .filter(|(path, _)| is_manifest_file(path))
+        .collect();
+    if files.is_empty() {
+        return Err(ManifestError::Missing {
+            commit: tree.commit.clone(),
+        });
+    }
+    if files.len() > MAX_MANIFEST_FILES {
+        return Err(ManifestError::TooManyFiles {
+            commit: tree.commit.clone(),
+            count: files.len(),
+            limit: MAX_MANIFEST_FILES,
+        });
+    }
+    let mut apps: Vec<AppSpec> = Vec::new();
+    // App name -> index in `apps`, whose `origin` is where the name was first declared.
+    let mut declared: BTreeMap<String, usize> = BTreeMap::new();
+    for (file, entry) in files {
+        let text = manifest_text(file, entry, limits)?;
+        let dir = file.rsplit_once('/').map_or("", |(dir, _)| dir);
+        for (i, mut app) in parse_file(file, text, limits)?.apps.into_iter().enumerate() {
+            if let Some(&first) = declared.get(&app.name) {
+                return Err(invalid(
+                    format!("apps[{i}].name"),
+                    format!(
+                        "app name {:?} is already declared in {}; app names are unique across a source's {MANIFEST_PATH} files",
+                        app.name, apps[first].origin
+                    ),
+                )
+                .in_file(file));
+            }
+            rebase_app(&mut app, dir).map_err(|e| e.in_file(file))?;
+            declared.insert(app.name.clone(), apps.len());
+            apps.push(app);
+        }
+    }
+    check_dependency_cycles(&apps)?;
+    Ok(Manifest { apps })
+}
+
+/// The text of the manifest file at `file`, or why it cannot be read.
+fn manifest_text<'a>(
+    file: &str,
+    entry: &'a TreeEntry,
+    limits: &Limits,
+) -> Result<&'a str, ManifestError> {
+    let not_a_file = |problem: String| ManifestError::NotAFile {
+        file: file.to_string(),
+        problem,
+    };
+    let bytes = match entry {
+        TreeEntry::File(bytes) => bytes,
+        TreeEntry::Symlink(_) => {
+            return Err(not_a_file(
+                "is a symlink; symlinks are never followed".into(),
+            ));
+        }
+        TreeEntry::Submodule => return Err(not_a_file("is a submodule".into())),
+        TreeEntry::TooLarge(size) => {
+            return Err(not_a_file(format!(
+                "{size} bytes is over the {} byte limit for one file",
+                limits.max_file_bytes
+            )));
+        }
+    };
+    std::str::from_utf8(bytes).map_err(|e| ManifestError::Syntax {
+        file: file.to_string(),
+        message: format!("not UTF-8: {e}"),
+    })
+}
+
+/// Turns the paths of an app declared in directory `dir` into repository paths. The root manifest's
+/// paths (`dir` empty) are kept exactly as written.
+fn rebase_app(app: &mut AppSpec, dir: &str) -> Result<(), FieldError> {
+    if dir.is_empty() {
+        return Ok(());
+    }
+    let at = format!("apps[{}]", app.name);
+    if !app.path.is_empty() {
+        app.path = rebase_path(dir, &app.path, || format!("{at}.path"))?;
+    }
+    for (j, file) in app.values_files.iter_mut().enumerate() {
+        *file = rebase_path(dir, file, || format!("{at}.valuesFiles[{j}]"))?;
+    }
+    for target in &mut app.targets {
+        let tat = format!("{at}.targets[{}]", target.name);
+        if let Some(path) = &mut target.path {
+            *path = rebase_path(dir, path, || format!("{tat}.path"))?;
+        }
+        for (j, file) in target.values_files.iter_mut().enumerate() {
+            *file = rebase_path(dir, file, || format!("{tat}.valuesFiles[{j}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `path`, relative to directory `dir`, as a repository path; `..` stays refused, so it cannot leave `dir`.
+fn rebase_path(
+    dir: &str,
+    path: &str,
+    field: impl FnOnce() -> String,
+) -> Result<String, FieldError> {
+    let rel = normalize_app_path(path).map_err(|m| path_error(field(), path, m))?;
+    Ok(if rel.is_empty() {
+        dir.to_string()
+    } else {
+        format!("{dir}/{rel}")
+    })
+}
+
+/// Checks an app or target path: relative, no `..`; `.` alone (or empty) is the directory it is relative to
+/// (the manifest's, or the repository root once loaded). Returns the normalized path (`""` for that directory,
+/// no trailing slash) or what is wrong with it.
 pub fn normalize_app_path(path: &str) -> Result<String, &'static str> {
     if path.starts_with('/') {
         return Err("absolute paths are not allowed");
@@ -479,11 +628,12 @@ pub fn normalize_app_path(path: &str) -> Result<String, &'static str> {
     Ok(trimmed.to_string())
 }
 
-fn path_error(field: String, path: &str, problem: &str) -> ManifestError {
+fn path_error(field: String, path: &str, problem: &str) -> FieldError {
     invalid(field, format!("path {path:?}: {problem}"))
 }
 
-fn validate(manifest: &Manifest) -> Result<(), ManifestError> {
+/// Checks one file's apps; dependency cycles are checked over the merged set.
+fn validate(manifest: &Manifest) -> Result<(), FieldError> {
     let mut names = BTreeSet::new();
     for (i, app) in manifest.apps.iter().enumerate() {
         let at = format!("apps[{i}]");
@@ -497,15 +647,15 @@ fn validate(manifest: &Manifest) -> Result<(), ManifestError> {
         }
         validate_app(app, &format!("apps[{}]", app.name))?;
     }
-    check_dependency_cycles(manifest)
+    Ok(())
 }
 
-fn validate_app(app: &AppSpec, at: &str) -> Result<(), ManifestError> {
+fn validate_app(app: &AppSpec, at: &str) -> Result<(), FieldError> {
     validate_helm(app, at)?;
     if app.repo_chart().is_none() && app.path.is_empty() {
         return Err(invalid(
             format!("{at}.path"),
-            "path is required (`.` for the repository root) unless `helm.repo` names a chart repository",
+            "path is required (`.` for the directory of the flotilla.yaml) unless `helm.repo` names a chart repository",
         ));
     }
     normalize_app_path(&app.path).map_err(|m| path_error(format!("{at}.path"), &app.path, m))?;
@@ -614,18 +764,15 @@ fn validate_app(app: &AppSpec, at: &str) -> Result<(), ManifestError> {
     Ok(())
 }
 
-fn validate_values_file(file: &str, at: &str) -> Result<(), ManifestError> {
+fn validate_values_file(file: &str, at: &str) -> Result<(), FieldError> {
     let normalized = normalize_app_path(file).map_err(|m| path_error(at.to_string(), file, m))?;
     if normalized.is_empty() {
-        return Err(invalid(
-            at,
-            "a values file must name a file, not the repository root",
-        ));
+        return Err(invalid(at, "a values file must name a file, not `.`"));
     }
     Ok(())
 }
 
-fn validate_helm(app: &AppSpec, at: &str) -> Result<(), ManifestError> {
+fn validate_helm(app: &AppSpec, at: &str) -> Result<(), FieldError> {
     let Some(helm) = &app.helm else {
         if app.render != RenderMode::Helm
             && app.render != RenderMode::Auto
@@ -690,7 +837,7 @@ fn validate_helm(app: &AppSpec, at: &str) -> Result<(), ManifestError> {
     }
 }
 
-fn validate_object_selector(sel: &ObjectSelector, at: &str) -> Result<(), ManifestError> {
+fn validate_object_selector(sel: &ObjectSelector, at: &str) -> Result<(), FieldError> {
     if sel.kind.is_empty() {
         return Err(invalid(format!("{at}.kind"), "kind is empty"));
     }
@@ -704,18 +851,15 @@ fn validate_object_selector(sel: &ObjectSelector, at: &str) -> Result<(), Manife
     Ok(())
 }
 
-/// Rejects `dependsOn` cycles among the manifest's apps (dependencies on apps of other Sources are not checked here).
-fn check_dependency_cycles(manifest: &Manifest) -> Result<(), ManifestError> {
-    let deps: BTreeMap<&str, &[String]> = manifest
-        .apps
-        .iter()
-        .map(|a| (a.name.as_str(), a.depends_on.as_slice()))
-        .collect();
+/// Rejects `dependsOn` cycles among `apps`, which may come from several files (dependencies on apps of
+/// other Sources are not checked here). The error is in the file of the app where the cycle closes.
+fn check_dependency_cycles(apps: &[AppSpec]) -> Result<(), ManifestError> {
+    let by_name: BTreeMap<&str, &AppSpec> = apps.iter().map(|a| (a.name.as_str(), a)).collect();
     // 0 = unvisited, 1 = on the current path, 2 = done.
     let mut state: BTreeMap<&str, u8> = BTreeMap::new();
     fn visit<'a>(
         app: &'a str,
-        deps: &BTreeMap<&'a str, &'a [String]>,
+        by_name: &BTreeMap<&'a str, &'a AppSpec>,
         state: &mut BTreeMap<&'a str, u8>,
         path: &mut Vec<&'a str>,
     ) -> Result<(), ManifestError> {
@@ -724,26 +868,37 @@ fn check_dependency_cycles(manifest: &Manifest) -> Result<(), ManifestError> {
             Some(1) => {
                 path.push(app);
                 let start = path.iter().position(|a| *a == app).unwrap_or(0);
-                return Err(invalid(
-                    format!("apps[{app}].dependsOn"),
-                    format!("dependency cycle {}", path[start..].join(" -> ")),
-                ));
+                let cycle = &path[start..];
+                let mut message = format!("dependency cycle {}", cycle.join(" -> "));
+                let origin = |name: &str| by_name.get(name).map_or("", |a| a.origin.as_str());
+                let files: BTreeSet<&str> = cycle.iter().map(|a| origin(a)).collect();
+                if files.len() > 1 {
+                    let wheres: Vec<String> = cycle[..cycle.len() - 1]
+                        .iter()
+                        .map(|a| format!("{a} in {}", origin(a)))
+                        .collect();
+                    message.push_str(&format!(" ({})", wheres.join(", ")));
+                }
+                return Err(invalid(format!("apps[{app}].dependsOn"), message).in_file(origin(app)));
             }
             _ => {}
         }
         state.insert(app, 1);
         path.push(app);
-        for dep in deps.get(app).copied().unwrap_or_default() {
-            if deps.contains_key(dep.as_str()) {
-                visit(dep, deps, state, path)?;
+        let deps = by_name
+            .get(app)
+            .map_or(&[][..], |a| a.depends_on.as_slice());
+        for dep in deps {
+            if by_name.contains_key(dep.as_str()) {
+                visit(dep, by_name, state, path)?;
             }
         }
         path.pop();
         state.insert(app, 2);
         Ok(())
     }
-    for app in deps.keys() {
-        visit(app, &deps, &mut state, &mut Vec::new())?;
+    for app in by_name.keys() {
+        visit(app, &by_name, &mut state, &mut Vec::new())?;
     }
     Ok(())
 }
@@ -905,5 +1060,170 @@ mod tests {
                 .to_string()
                 .contains("UTF-8")
         );
+    }
+
+    /// A repository of several manifest files (`hub/testdata/manifest/trees/*.yaml`): the files, and either
+    /// the merged apps expected in order (paths as `load_manifest` returns them) or substrings of the error.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct TreeCase {
+        #[serde(default)]
+        files: BTreeMap<String, String>,
+        #[serde(default)]
+        symlinks: BTreeMap<String, String>,
+        #[serde(default)]
+        submodules: Vec<String>,
+        #[serde(default)]
+        too_large: BTreeMap<String, u64>,
+        #[serde(default)]
+        expect: Option<Vec<ExpectApp>>,
+        #[serde(default)]
+        error: Vec<String>,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct ExpectApp {
+        name: String,
+        origin: String,
+        path: String,
+        #[serde(default)]
+        values_files: Vec<String>,
+        #[serde(default)]
+        depends_on: Vec<String>,
+        #[serde(default)]
+        targets: Vec<ExpectTarget>,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct ExpectTarget {
+        name: String,
+        #[serde(default)]
+        path: Option<String>,
+        #[serde(default)]
+        values_files: Vec<String>,
+    }
+
+    impl TreeCase {
+        fn tree(&self) -> RepoTree {
+            let mut tree = RepoTree::new("0123456789abcdef0123456789abcdef01234567");
+            let entries = self
+                .files
+                .iter()
+                .map(|(p, t)| (p, TreeEntry::File(t.as_bytes().to_vec())))
+                .chain(
+                    self.symlinks
+                        .iter()
+                        .map(|(p, t)| (p, TreeEntry::Symlink(t.clone()))),
+                )
+                .chain(self.submodules.iter().map(|p| (p, TreeEntry::Submodule)))
+                .chain(
+                    self.too_large
+                        .iter()
+                        .map(|(p, n)| (p, TreeEntry::TooLarge(*n))),
+                );
+            for (path, entry) in entries {
+                tree.insert(path.as_str(), entry).unwrap();
+            }
+            tree
+        }
+    }
+
+    fn observed(app: &AppSpec) -> ExpectApp {
+        ExpectApp {
+            name: app.name.clone(),
+            origin: app.origin.clone(),
+            path: app.path.clone(),
+            values_files: app.values_files.clone(),
+            depends_on: app.depends_on.clone(),
+            targets: app
+                .targets
+                .iter()
+                .map(|t| ExpectTarget {
+                    name: t.name.clone(),
+                    path: t.path.clone(),
+                    values_files: t.values_files.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn check_tree_case(case: &TreeCase) -> Result<(), String> {
+        match (&case.expect, case.error.is_empty()) {
+            (Some(want), true) => {
+                let got = load_manifest(&case.tree(), &Limits::default())
+                    .map_err(|e| format!("unexpected error: {e}"))?;
+                let got: Vec<ExpectApp> = got.apps.iter().map(observed).collect();
+                if &got != want {
+                    return Err(format!("apps differ\n got: {got:?}\nwant: {want:?}"));
+                }
+                Ok(())
+            }
+            (None, false) => match load_manifest(&case.tree(), &Limits::default()) {
+                Ok(m) => Err(format!("expected an error, loaded {:?}", m.apps)),
+                Err(e) => {
+                    let msg = e.to_string();
+                    match case.error.iter().find(|w| !msg.contains(w.as_str())) {
+                        Some(missing) => Err(format!("{msg:?} does not contain {missing:?}")),
+                        None => Ok(()),
+                    }
+                }
+            },
+            _ => Err("needs exactly one of expect, error".into()),
+        }
+    }
+
+    #[test]
+    fn manifests_in_every_directory_merge() {
+        let paths = case_files("trees");
+        assert!(paths.len() >= 15);
+        let mut failures = Vec::new();
+        for path in &paths {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let text = std::fs::read_to_string(path).unwrap();
+            let result = serde_saphyr::from_str::<TreeCase>(&text)
+                .map_err(|e| format!("bad case file: {e}"))
+                .and_then(|case| check_tree_case(&case));
+            if let Err(e) = result {
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn manifest_files_are_bounded() {
+        let file = |i: usize| format!("apps/a{i:04}/{MANIFEST_PATH}");
+        let mut tree = RepoTree::new("abc");
+        for i in 0..MAX_MANIFEST_FILES {
+            tree = tree.with_file(&file(i), format!("apps: [{{name: a{i}, path: .}}]"));
+        }
+        let manifest = load_manifest(&tree, &Limits::default()).unwrap();
+        assert_eq!(manifest.apps.len(), MAX_MANIFEST_FILES);
+        assert_eq!(manifest.apps[7].path, "apps/a0007");
+        let tree = tree.with_file(&file(MAX_MANIFEST_FILES), "apps: []");
+        let err = load_manifest(&tree, &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1001 flotilla.yaml files") && err.contains("limit of 1000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn manifest_file_names() {
+        for yes in ["flotilla.yaml", "a/flotilla.yaml", "a/b/c/flotilla.yaml"] {
+            assert!(is_manifest_file(yes), "{yes}");
+        }
+        for no in [
+            "flotilla.yml",
+            "a/notflotilla.yaml",
+            "flotilla.yaml/x",
+            "a/flotilla.yaml.j2",
+        ] {
+            assert!(!is_manifest_file(no), "{no}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use gix::glob::{Pattern, pattern::Case, wildmatch};
 use serde_json::Value;
 
 use super::{RenderError, SourcedDoc, TreeEntry};
-use crate::manifest::{MANIFEST_PATH, RenderMode};
+use crate::manifest::{RenderMode, is_manifest_file};
 use crate::render::RepoTree;
 
 /// What a file is to the renderer, by name.
@@ -115,7 +115,8 @@ impl<'a> AppFiles<'a> {
             } else {
                 format!("{dir}/{rel}")
             };
-            if path == MANIFEST_PATH || rules.is_ignored(rel) {
+            // Every `flotilla.yaml` is a manifest of the Source, at any depth, never an object.
+            if is_manifest_file(&path) || rules.is_ignored(rel) {
                 continue;
             }
             let kind = file_kind(rel.rsplit('/').next().unwrap_or(rel));
