@@ -10,6 +10,7 @@
 //! long a commit then takes to converge on every agent.
 
 mod identity;
+mod render;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,19 @@ enum Command {
         /// The hub's source poll interval.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         interval: Duration,
+    },
+    /// The hub's renderer over N clusters in 3 targets for raw, template, kustomize and Helm apps,
+    /// with and without memoization (real kubectl kustomize and Helm engine).
+    Render {
+        /// Clusters in the fleet.
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        /// Clusters rendered one by one without memoization.
+        #[arg(long, default_value_t = 30)]
+        sample: usize,
+        /// Renders at once.
+        #[arg(long, default_value_t = 2)]
+        parallelism: usize,
     },
     /// N clusters registered with the real hub: time to renew every certificate at once,
     /// and time for `cluster delete` to end a live Watch stream.
@@ -351,6 +365,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Identity { clusters } => identity::identity(clusters)
             .await
             .context("identity benchmark"),
+        Command::Render {
+            clusters,
+            sample,
+            parallelism,
+        } => render::render(clusters, sample, parallelism).context("render benchmark"),
         Command::Kube { objects, quiet } => kube(objects, quiet).await.context("kube benchmark"),
         Command::RegisterFlood {
             agents,
