@@ -16,6 +16,8 @@ use gix::objs::tree::EntryKind;
 
 use crate::render::{RepoTree, TreeEntry};
 
+pub mod charts;
+
 /// Most bytes of file content one commit may hold for [`read_tree`].
 pub const MAX_TREE_BYTES: u64 = 256 * 1024 * 1024;
 
