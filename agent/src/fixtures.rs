@@ -70,6 +70,7 @@ pub fn app(name: &str, objects: &[&(ObjectEntry, Vec<u8>)]) -> AppState {
         prune: true,
         prune_protect: Vec::new(),
         force: false,
+        chart: None,
         objects: objects.iter().map(|(entry, _)| entry.clone()).collect(),
     }
 }

@@ -57,7 +57,9 @@ fn tree(commit: &str, raw_revision: u32) -> RepoTree {
         );
         t = t.with_file(
             &format!("kustomize/base/cm-{i}.yaml"),
-            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: kz-{i}}}\ndata: {{a: b}}\n"),
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: kz-{i}}}\ndata: {{a: b}}\n"
+            ),
         );
         t = t.with_file(
             &format!("chart/templates/cm-{i}.yaml"),
@@ -163,7 +165,12 @@ pub fn render(clusters: usize, sample: usize, parallelism: usize) -> anyhow::Res
         );
         let took = started.elapsed();
         ensure!(errors.is_empty(), "render errors: {errors:?}");
-        ensure!(counts.assigned == clusters, "{} of {clusters} clusters got {}", counts.assigned, app.name);
+        ensure!(
+            counts.assigned == clusters,
+            "{} of {clusters} clusters got {}",
+            counts.assigned,
+            app.name
+        );
         println!(
             "  {:<10} {:>9.1} ms for {clusters} clusters ({:.4} ms per cluster), {} renders ran",
             app.name,
@@ -193,7 +200,12 @@ pub fn render(clusters: usize, sample: usize, parallelism: usize) -> anyhow::Res
     );
     for record in &records {
         let apps = rendered.apps_of(&record.id).context("cluster rendered")?;
-        ensure!(apps.len() == 4, "cluster {} got {} apps", record.name, apps.len());
+        ensure!(
+            apps.len() == 4,
+            "cluster {} got {} apps",
+            record.name,
+            apps.len()
+        );
         ensure!(
             apps.iter().all(|a| a.objects.len() == 20),
             "cluster {} got a short app",

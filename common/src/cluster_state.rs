@@ -68,6 +68,23 @@ pub struct AppState {
     /// encoding when false, so states signed before the field existed keep their bytes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// For a chart from a chart repository: which chart, version and archive the release was rendered
+    /// from, so the render is reproducible. Left out of the encoding when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<ChartRelease>,
+}
+
+/// A chart from a chart repository, as a release used it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChartRelease {
+    /// Repository URL.
+    pub repo: String,
+    /// Chart name.
+    pub name: String,
+    /// The version the app's version or range resolved to.
+    pub version: String,
+    /// `sha256:…` of the archive, verified against the repository's index.
+    pub digest: String,
 }
 
 /// The signed part of a ClusterState.

@@ -67,6 +67,37 @@ struct RawConfig {
     rpc: RawRpc,
     #[serde(default)]
     render: RawRender,
+    #[serde(default)]
+    chart_repositories: Vec<RawChartRepo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawChartRepo {
+    url: String,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    timeout: Option<String>,
+    max_index_bytes: Option<u64>,
+    max_chart_bytes: Option<u64>,
+}
+
+/// A Helm chart repository apps may name in `helm.repo` (`chartRepositories:` in hub.yaml). Only listed
+/// repositories are fetched from, with the operator's credentials; a Git repository cannot add one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChartRepoConfig {
+    /// `https://` URL of the repository (no trailing slash), as apps must write it.
+    pub url: String,
+    /// File holding a bearer token (read at each fetch, never logged).
+    pub token_file: Option<PathBuf>,
+    /// PEM bundle of CA certificates trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Time box of one resolve (index and archive).
+    pub timeout: Duration,
+    /// Largest `index.yaml` accepted.
+    pub max_index_bytes: u64,
+    /// Largest chart archive accepted.
+    pub max_chart_bytes: u64,
 }
 
 /// `render:` in hub.yaml.
@@ -321,6 +352,8 @@ pub struct HubConfig {
     pub transport: TransportLimits,
     /// External renders.
     pub render: RenderSettings,
+    /// Chart repositories apps may use.
+    pub chart_repositories: Vec<ChartRepoConfig>,
     /// Service limits.
     pub rpc: RpcLimits,
 }
@@ -547,7 +580,43 @@ impl HubConfig {
                 message: format!("{:?} is longer than the allowed 366d", raw.cluster_cert_ttl),
             });
         }
+        let mut chart_repositories: Vec<ChartRepoConfig> = Vec::new();
+        for (i, r) in raw.chart_repositories.into_iter().enumerate() {
+            let field = |f: &str| format!("chartRepositories[{i}].{f}");
+            let url = r.url.trim_end_matches('/').to_string();
+            if !url.starts_with("https://") {
+                return Err(ConfigError::Invalid {
+                    field: field("url"),
+                    message: format!("{:?} is not an https:// URL", r.url),
+                });
+            }
+            if chart_repositories.iter().any(|c| c.url == url) {
+                return Err(ConfigError::Invalid {
+                    field: field("url"),
+                    message: format!("{url} is listed twice"),
+                });
+            }
+            if let Some(path) = &r.ca_file {
+                check_ca_file(path).map_err(|message| ConfigError::Invalid {
+                    field: field("caFile"),
+                    message: format!("{}: {message}", path.display()),
+                })?;
+            }
+            let defaults = crate::source::charts::ChartRepoAccess::default();
+            chart_repositories.push(ChartRepoConfig {
+                url,
+                token_file: r.token_file,
+                ca_file: r.ca_file,
+                timeout: match &r.timeout {
+                    Some(t) => duration(&field("timeout"), t)?,
+                    None => defaults.timeout,
+                },
+                max_index_bytes: r.max_index_bytes.unwrap_or(defaults.max_index_bytes),
+                max_chart_bytes: r.max_chart_bytes.unwrap_or(defaults.max_chart_bytes),
+            });
+        }
         Ok(HubConfig {
+            chart_repositories,
             cluster_cert_ttl,
             renew_min_interval: duration("renewMinInterval", &raw.renew_min_interval)?,
             listen,
@@ -608,7 +677,9 @@ mod tests {
         );
         assert_eq!(c.rpc.state_retention, 3);
         assert_eq!(c.rpc.max_chain_headers, 7);
-        let c = HubConfig::parse("render: {timeout: 2m, parallelism: 4}\n").unwrap();
+        let c = HubConfig::parse("render: {timeout: 2m, parallelism: 4}\nchartRepositories: [{url: 'https://charts.example/stable/', timeout: 5s}]\n").unwrap();
+        assert_eq!(c.chart_repositories[0].url, "https://charts.example/stable");
+        assert_eq!(c.chart_repositories[0].timeout, Duration::from_secs(5));
         assert_eq!(c.render.timeout, Duration::from_secs(120));
         assert_eq!(c.render.parallelism, 4);
     }
@@ -618,6 +689,10 @@ mod tests {
         let cases = [
             ("listen: nope", "listen"),
             ("render: {parallelism: 0}", "render.parallelism"),
+            (
+                "chartRepositories: [{url: 'http://charts.example'}]",
+                "chartRepositories[0].url",
+            ),
             ("render: {timeout: soon}", "render.timeout"),
             (
                 "sources: [{name: a, url: x, interval: 0s}]",

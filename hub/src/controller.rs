@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use flotilla_common::canonical::canonical_bytes;
-use flotilla_common::cluster_state::{AppState, ClusterState, ObjectEntry, StateBody, StateHeader};
+use flotilla_common::cluster_state::{
+    AppState, ChartRelease, ClusterState, ObjectEntry, StateBody, StateHeader,
+};
 use flotilla_common::digest::Digest;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
@@ -21,11 +23,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{HubConfig, SourceConfig};
+use crate::config::{ChartRepoConfig, HubConfig, SourceConfig};
 use crate::manifest::{AppSpec, load_manifest};
 use crate::render::{
-    ClusterInfo, RenderEnv, RenderedApp, RepoTree, TargetPlan, Tools, plan_target, select_target,
+    ChartKey, ClusterInfo, FetchedChart, RenderEnv, RenderedApp, RepoTree, TargetPlan, Tools,
+    plan_target, select_target,
 };
+use crate::source::charts::{ChartCache, ChartRepoAccess, ChartRequest};
 use crate::source::{FetchAuth, GitMirror, read_tree};
 use crate::store::{ClusterRecord, HubStore, NewState, SourceRecord, StoreError};
 
@@ -51,6 +55,9 @@ pub struct RenderedSource {
     commit: String,
     /// Per cluster: the apps it gets from this source, with their object bytes.
     per_cluster: BTreeMap<String, Vec<AppRender>>,
+    /// Some app takes its chart from a chart repository: every poll resolves its version again, since a
+    /// newer chart matching the range is a new release even at the same commit.
+    uses_chart_repos: bool,
 }
 
 /// Renders by the digest of their inputs ([`crate::render::TargetPlan::key`]): a render is a pure function
@@ -141,6 +148,8 @@ pub struct Controller {
     tools: Arc<Tools>,
     render_parallelism: usize,
     stop: CancellationToken,
+    chart_repos: Arc<Vec<ChartRepoConfig>>,
+    chart_cache: PathBuf,
     mirrors_dir: PathBuf,
     sources: Vec<SourceRuntime>,
     wake: mpsc::Receiver<()>,
@@ -196,6 +205,8 @@ impl Controller {
                 }),
                 render_parallelism: config.render.parallelism,
                 stop: CancellationToken::new(),
+                chart_repos: Arc::new(config.chart_repositories.clone()),
+                chart_cache: mirrors_dir.parent().unwrap_or(&mirrors_dir).join("charts"),
                 mirrors_dir,
                 sources,
                 wake,
@@ -270,6 +281,8 @@ impl Controller {
             memo: src.memo.take().unwrap_or_default(),
             commit,
             stop: self.stop.clone(),
+            chart_repos: self.chart_repos.clone(),
+            chart_cache: self.chart_cache.clone(),
         }
     }
 
@@ -278,7 +291,11 @@ impl Controller {
         let src = &mut self.sources[i];
         src.busy = true;
         let cfg = src.config.clone();
-        let in_force = src.rendered.as_ref().map(|r| r.commit.clone());
+        let in_force = src
+            .rendered
+            .as_ref()
+            .filter(|r| !r.uses_chart_repos)
+            .map(|r| r.commit.clone());
         let dir = self.mirrors_dir.join(&cfg.name);
         let timeout = self.fetch_timeout;
         let job = self.render_job(i, String::new());
@@ -540,6 +557,8 @@ struct RenderJob {
     commit: String,
     /// Stops starting renders once the hub shuts down.
     stop: CancellationToken,
+    chart_repos: Arc<Vec<ChartRepoConfig>>,
+    chart_cache: PathBuf,
 }
 
 type RenderResult = Result<(RenderedSource, Vec<String>), String>;
@@ -557,13 +576,20 @@ impl RenderJob {
             mut memo,
             commit,
             stop,
+            chart_repos,
+            chart_cache,
         } = self;
         let outcome = tokio::task::spawn_blocking(move || {
             let result = (|| {
                 let clusters = store.clusters().map_err(|e| e.to_string())?;
                 let tree = read_tree(&dir, &commit, &limits).map_err(|e| e.to_string())?;
                 let manifest = load_manifest(&tree, &limits).map_err(|e| e.to_string())?;
-                let env = RenderEnv::new(&limits, &tools);
+                let charts = resolve_charts(&manifest.apps, &chart_repos, &chart_cache, &limits)?;
+                let env = RenderEnv {
+                    limits: &limits,
+                    tools: &tools,
+                    charts: &charts,
+                };
                 let (rendered, errors, counts) = render_for_clusters(
                     &tree,
                     &manifest.apps,
@@ -601,6 +627,93 @@ struct JobDone {
     render: Option<RenderResult>,
     commit: String,
     memo: RenderMemo,
+}
+
+/// Resolves every chart the apps take from chart repositories to a verified archive in the cache
+/// (blocking: index and archive downloads). Any failure fails the whole render, so the previous release
+/// stays in force.
+fn resolve_charts(
+    apps: &[AppSpec],
+    repos: &[ChartRepoConfig],
+    cache_dir: &std::path::Path,
+    limits: &flotilla_common::limits::Limits,
+) -> Result<BTreeMap<ChartKey, FetchedChart>, String> {
+    let mut charts = BTreeMap::new();
+    let mut cache = None;
+    for app in apps {
+        let Some(chart) = app.repo_chart() else {
+            continue;
+        };
+        let key: ChartKey = (
+            chart.repo.to_string(),
+            chart.chart.to_string(),
+            chart.version.to_string(),
+        );
+        if charts.contains_key(&key) {
+            continue;
+        }
+        let url = chart.repo.trim_end_matches('/');
+        let Some(repo) = repos.iter().find(|r| r.url == url) else {
+            let listed: Vec<&str> = repos.iter().map(|r| r.url.as_str()).collect();
+            return Err(format!(
+                "app {} (from {}): chart repository {url} is not one of the hub's chartRepositories ({}); an operator must list it in hub.yaml",
+                app.name,
+                app.origin,
+                if listed.is_empty() {
+                    "none are listed".to_string()
+                } else {
+                    listed.join(", ")
+                }
+            ));
+        };
+        let token = match &repo.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let ca_pem = match &repo.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let access = ChartRepoAccess {
+            ca_pem,
+            token,
+            timeout: repo.timeout,
+            max_index_bytes: repo.max_index_bytes,
+            max_chart_bytes: repo.max_chart_bytes,
+        };
+        if cache.is_none() {
+            cache = Some(ChartCache::open(cache_dir, limits).map_err(|e| e.to_string())?);
+        }
+        let resolved = cache
+            .as_ref()
+            .expect("opened above")
+            .resolve(
+                &ChartRequest {
+                    repo_url: url,
+                    chart: chart.chart,
+                    version: chart.version,
+                },
+                &access,
+            )
+            .map_err(|e| format!("app {} (from {}): {e}", app.name, app.origin))?;
+        charts.insert(
+            key,
+            FetchedChart {
+                version: resolved.version,
+                digest: resolved.digest,
+                archive: resolved.archive,
+            },
+        );
+    }
+    Ok(charts)
 }
 
 /// Fetches `cfg`'s branch into its mirror; returns the commit. Blocking.
@@ -805,6 +918,7 @@ pub fn render_for_clusters(
         RenderedSource {
             commit: tree.commit.clone(),
             per_cluster,
+            uses_chart_repos: apps.iter().any(|a| a.repo_chart().is_some()),
         },
         errors,
         counts,
@@ -840,8 +954,17 @@ fn app_state(
         });
         blobs.push((digest, Arc::new(bytes)));
     }
+    let chart = match (app.repo_chart(), rendered.chart) {
+        (Some(c), Some((version, digest))) => Some(ChartRelease {
+            repo: c.repo.to_string(),
+            name: c.chart.to_string(),
+            version,
+            digest,
+        }),
+        _ => None,
+    };
     let release_id = Digest::of(
-        &canonical_bytes(&(&app.name, commit, &objects)).expect("object entries serialize"),
+        &canonical_bytes(&(&app.name, commit, &objects, &chart)).expect("object entries serialize"),
     )
     .to_string();
     (
@@ -855,6 +978,7 @@ fn app_state(
             prune: app.prune,
             prune_protect: app.prune_protect.clone(),
             force: app.force,
+            chart,
             objects,
         },
         blobs,

@@ -75,6 +75,7 @@ impl App {
             prune: self.prune,
             prune_protect: self.prune_protect.iter().map(|k| k.to_string()).collect(),
             force: false,
+            chart: None,
             objects: self
                 .objects
                 .iter()

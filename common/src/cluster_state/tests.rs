@@ -22,6 +22,7 @@ fn body(commit: &str) -> StateBody {
             prune: true,
             prune_protect: vec![],
             force: false,
+            chart: None,
             objects: vec![ObjectEntry {
                 id: ObjectId {
                     group: String::new(),
