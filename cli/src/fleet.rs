@@ -186,6 +186,8 @@ pub struct LocalHub {
     pub log_path: PathBuf,
     /// Address of the current (or last) run.
     pub addr: Option<SocketAddr>,
+    /// Environment variables set for the hub process (e.g. `FLOTILLA_HELM`).
+    pub env: Vec<(String, String)>,
     child: Process,
 }
 
@@ -214,6 +216,7 @@ impl LocalHub {
             data_dir,
             config_path,
             addr: None,
+            env: Vec::new(),
             child: Process::default(),
         })
     }
@@ -235,6 +238,7 @@ impl LocalHub {
             .arg(&self.config_path)
             .arg("--listen")
             .arg(&listen)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)

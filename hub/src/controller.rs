@@ -115,6 +115,8 @@ struct SourceRuntime {
     busy: bool,
     /// Clusters changed: the commit in force must be rendered again.
     rerender: bool,
+    /// The first poll since start has finished (fetched and rendered, or failed).
+    settled: bool,
 }
 
 /// Handle to wake the controller (e.g. after a cluster registered).
@@ -185,6 +187,7 @@ impl Controller {
                 memo: Some(RenderMemo::default()),
                 busy: false,
                 rerender: true,
+                settled: false,
             });
         }
         let handle = ControllerHandle {
@@ -214,6 +217,12 @@ impl Controller {
             },
             handle,
         ))
+    }
+
+    /// Renders with these tools instead of the ones found on `PATH` (tests; an embedding program).
+    pub fn with_tools(mut self, tools: Tools) -> Self {
+        self.tools = Arc::new(tools);
+        self
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -357,6 +366,7 @@ impl Controller {
         let commit = done.commit;
         match done.kind {
             JobKind::Poll { fetch } => {
+                self.sources[i].settled = true;
                 self.sources[i].next_poll = Instant::now() + self.sources[i].config.interval;
                 self.sources[i].record.last_fetch = unix_now();
                 match fetch {
@@ -436,6 +446,11 @@ impl Controller {
     /// Issues a new version for every cluster whose desired body changed or
     /// whose newest state is past half its lifetime.
     async fn issue_states(&mut self) -> Result<(), StoreError> {
+        // Until every source's first poll since start has finished, what clusters should get is not
+        // known yet.
+        if self.sources.iter().any(|s| !s.settled) {
+            return Ok(());
+        }
         // A source that had a release in force but is not rendered in memory
         // (e.g. its re-render failed after a restart) would vanish from the
         // bodies; hold everything rather than issue a partial state.
@@ -871,6 +886,27 @@ pub fn render_for_clusters(
         distinct: wanted.len(),
         ran: missing.len(),
     };
+    // Every render this commit uses, once: memo hits rendered at an earlier commit that did not touch
+    // their inputs are the same objects and release, now at this commit.
+    let mut current: HashMap<Digest, Result<AppRender, String>> = HashMap::new();
+    for key in wanted.keys() {
+        let render = match memo.entries.get(key) {
+            Some(hit) => Ok(hit.clone()),
+            None => fresh
+                .remove(key)
+                .unwrap_or_else(|| Err("render missing".to_string())),
+        };
+        let render = render.map(|r| {
+            if r.0.commit == tree.commit {
+                r
+            } else {
+                let (mut state, blobs) = (*r).clone();
+                state.commit = tree.commit.clone();
+                Arc::new((state, blobs))
+            }
+        });
+        current.insert(*key, render);
+    }
     let mut per_cluster = BTreeMap::new();
     let mut errors = Vec::new();
     for (c, row) in assignment.into_iter().enumerate() {
@@ -879,14 +915,10 @@ pub fn render_for_clusters(
         for (a, slot) in row.into_iter().enumerate() {
             let outcome = match slot {
                 Ok(None) => continue,
-                Ok(Some(key)) => match memo.entries.get(&key) {
-                    Some(hit) => Ok(hit.clone()),
-                    None => match fresh.get(&key) {
-                        Some(Ok(render)) => Ok(render.clone()),
-                        Some(Err(e)) => Err(e.clone()),
-                        None => Err("render missing".to_string()),
-                    },
-                },
+                Ok(Some(key)) => current
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Err("render missing".to_string())),
                 Err(e) => Err(e),
             };
             match outcome {
@@ -905,14 +937,10 @@ pub fn render_for_clusters(
         }
     }
     // Keep what this render used (memo hits and new renders), drop the rest.
-    let mut kept: HashMap<Digest, AppRender> = HashMap::new();
-    for key in wanted.keys() {
-        if let Some(hit) = memo.entries.get(key) {
-            kept.insert(*key, hit.clone());
-        } else if let Some(Ok(render)) = fresh.remove(key) {
-            kept.insert(*key, render);
-        }
-    }
+    let kept: HashMap<Digest, AppRender> = current
+        .into_iter()
+        .filter_map(|(k, r)| r.ok().map(|r| (k, r)))
+        .collect();
     memo.entries = kept;
     (
         RenderedSource {
@@ -963,8 +991,10 @@ fn app_state(
         }),
         _ => None,
     };
+    // The release is what the cluster gets, not the commit it came from: a commit that does not change
+    // an app's objects keeps its release id.
     let release_id = Digest::of(
-        &canonical_bytes(&(&app.name, commit, &objects, &chart)).expect("object entries serialize"),
+        &canonical_bytes(&(&app.name, &objects, &chart)).expect("object entries serialize"),
     )
     .to_string();
     (
@@ -1086,8 +1116,8 @@ apps:
         );
         assert_eq!(again.ran, 0);
 
-        // A commit that changes only `web`: only its three renders run; the other apps keep the release
-        // (and commit) they had, so their ClusterState entries are unchanged.
+        // A commit that changes only `web`: only its three renders run; the other apps keep their objects
+        // and release id, now at the new commit.
         let t2 = tree("2222222222222222222222222222222222222222", "two");
         let (second, errors, counts) = render_for_clusters(
             &t2,
@@ -1108,8 +1138,9 @@ apps:
         for name in ["per-tier", "per-cluster"] {
             let before = edge.iter().find(|a| a.name == name).unwrap();
             let after = edge2.iter().find(|a| a.name == name).unwrap();
-            assert_eq!(before, after, "{name}");
-            assert_eq!(after.commit, t1.commit);
+            assert_eq!(before.release_id, after.release_id, "{name}");
+            assert_eq!(before.objects, after.objects, "{name}");
+            assert_eq!(after.commit, t2.commit);
         }
         // Only what the latest render used is kept.
         assert_eq!(memo.len(), 306);

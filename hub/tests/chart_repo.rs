@@ -1054,3 +1054,221 @@ async fn plain_http_is_refused_for_the_repository_archives_and_redirects() {
     );
     server.stop().await;
 }
+
+/// Packages a chart with the real `helm package` (Helm's engine through tools/helm).
+fn helm_package(work: &Path, name: &str, version: &str) -> Vec<u8> {
+    let dir = work.join(format!("src-{name}-{version}")).join(name);
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        format!("apiVersion: v2\nname: {name}\nversion: {version}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("values.yaml"), "replicas: 1\n").unwrap();
+    std::fs::write(
+        dir.join("templates/configmap.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}\ndata:\n  version: {{ .Chart.Version | quote }}\n  replicas: {{ .Values.replicas | quote }}\n",
+    )
+    .unwrap();
+    let out_dir = work.join("packaged");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = std::process::Command::new(flotilla_testkit::helm())
+        .arg("package")
+        .arg(&dir)
+        .arg("-d")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(out_dir.join(format!("{name}-{version}.tgz"))).unwrap()
+}
+
+/// Serves `charts` (name, version, digest override) at `/charts` with relative URLs.
+fn publish_packaged(server: &ChartServer, work: &Path, charts: &[(&str, &str, Option<&str>)]) {
+    let mut entries = Vec::new();
+    for (name, version, digest) in charts {
+        let bytes = helm_package(work, name, version);
+        let file = format!("{name}-{version}.tgz");
+        entries.push(Entry {
+            name,
+            version,
+            digest: Some(
+                digest
+                    .map(str::to_string)
+                    .unwrap_or_else(|| sha256_hex(&bytes)),
+            ),
+            url: file.clone(),
+        });
+        server.put(&format!("/charts/{file}"), bytes);
+    }
+    server.put("/charts/index.yaml", index_yaml(&entries));
+}
+
+/// The hub's controller with a chart repository app: the range resolves to the newest chart, a chart
+/// published later is a new release at the same commit, and an unknown version or an archive whose
+/// digest does not match the index keeps the previous release in force with the error on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_renders_repository_charts_and_keeps_the_last_good_release() {
+    use flotilla_common::labels::Labels;
+    use flotilla_hub::config::HubConfig;
+    use flotilla_hub::controller::Controller;
+    use flotilla_hub::render::Tools;
+    use flotilla_hub::store::{ClusterRecord, HubStore, TokenRecord};
+
+    let server = ChartServer::start(None).await;
+    let tmp = tempfile::tempdir().unwrap();
+    publish_packaged(&server, tmp.path(), &[("podinfo", "6.5.1", None)]);
+    let ca_file = tmp.path().join("chart-ca.pem");
+    std::fs::write(&ca_file, &server.ca_pem).unwrap();
+
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    flotilla_testkit::git(&repo, &["init", "-q", "-b", "main"]);
+    let manifest = |version: &str| {
+        format!(
+            "apps:\n  - name: podinfo\n    namespace: web\n    helm: {{repo: \"{}\", chart: podinfo, version: \"{version}\"}}\n    values: {{replicas: 3}}\n",
+            server.url("/charts")
+        )
+    };
+    flotilla_testkit::write(&repo, "flotilla.yaml", &manifest("6.x"));
+    flotilla_testkit::git(&repo, &["add", "-A"]);
+    flotilla_testkit::git(&repo, &["commit", "-qm", "podinfo 6.x"]);
+    let first_commit = flotilla_testkit::git(&repo, &["rev-parse", "HEAD"]);
+
+    let store = HubStore::open(&tmp.path().join("hub.redb")).unwrap();
+    let hash = [7u8; 32];
+    store
+        .put_token(
+            &hash,
+            &TokenRecord {
+                labels: Labels::new(),
+                created_at: 0,
+                expires_at: i64::MAX,
+                used_by: None,
+                name: None,
+            },
+        )
+        .unwrap();
+    let cluster = store
+        .register(&hash, 1, |_| {
+            Ok(ClusterRecord {
+                id: "c-00000000000000aa".into(),
+                name: "edge-1".into(),
+                labels: Labels::new(),
+                registered_at: 1,
+                cert_expires_at: 0,
+                renewed_at: 0,
+            })
+        })
+        .unwrap();
+    let config = HubConfig::parse(&format!(
+        "sources: [{{name: main, url: \"file://{}\", interval: 100ms}}]\nchartRepositories: [{{url: \"{}\", caFile: \"{}\"}}]\n",
+        repo.display(),
+        server.url("/charts"),
+        ca_file.display()
+    ))
+    .unwrap();
+    let signing = Arc::new(ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]));
+    let (controller, _handle) = Controller::new(
+        store.clone(),
+        signing,
+        1,
+        &config,
+        tmp.path().join("mirrors"),
+    )
+    .unwrap();
+    let controller = controller.with_tools(Tools {
+        helm: Some(flotilla_testkit::helm()),
+        ..Tools::default()
+    });
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(controller.run(shutdown.clone()));
+
+    let chart_of = |store: &HubStore| {
+        let (_, signed) = store.latest_state(&cluster.id).unwrap()?;
+        let body: flotilla_common::cluster_state::StateBody =
+            serde_json::from_slice(&signed.body).ok()?;
+        body.apps.into_iter().find_map(|a| a.chart)
+    };
+    let wait_chart = |version: &'static str| {
+        let store = store.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(chart) = chart_of(&store)
+                    && chart.version == version
+                {
+                    return chart;
+                }
+                assert!(Instant::now() < deadline, "no state with chart {version}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let chart = wait_chart("6.5.1").await;
+    assert!(chart.digest.starts_with("sha256:"), "{chart:?}");
+    assert_eq!(chart.name, "podinfo");
+
+    // A newer chart matching the range is a new release, with no new commit.
+    publish_packaged(
+        &server,
+        tmp.path(),
+        &[("podinfo", "6.5.1", None), ("podinfo", "6.5.2", None)],
+    );
+    wait_chart("6.5.2").await;
+
+    let wait_error = |want: &'static str| {
+        let store = store.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let record = store.source("main").unwrap().unwrap_or_default();
+                if record.error.contains(want) {
+                    return record;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "source error {:?} never contained {want:?}",
+                    record.error
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // An unknown version: the commit does not go into force; the cluster keeps 6.5.2.
+    flotilla_testkit::write(&repo, "flotilla.yaml", &manifest("9.9.9"));
+    flotilla_testkit::git(&repo, &["commit", "-qam", "podinfo 9.9.9"]);
+    let record = wait_error("9.9.9").await;
+    assert!(record.error.contains("app podinfo"), "{}", record.error);
+    assert_eq!(
+        record.rendered_commit,
+        first_commit,
+        "{record:?}\n{}",
+        flotilla_testkit::git(&repo, &["log", "--format=%H %s"])
+    );
+    assert_eq!(chart_of(&store).unwrap().version, "6.5.2");
+
+    // Back to the range, but the index now lists a 6.5.3 whose archive does not match its digest.
+    publish_packaged(
+        &server,
+        tmp.path(),
+        &[
+            ("podinfo", "6.5.2", None),
+            ("podinfo", "6.5.3", Some(&"0".repeat(64))),
+        ],
+    );
+    flotilla_testkit::write(&repo, "flotilla.yaml", &manifest("6.x"));
+    flotilla_testkit::git(&repo, &["commit", "-qam", "podinfo 6.x again"]);
+    let record = wait_error("digest").await;
+    assert_eq!(record.rendered_commit, first_commit);
+    assert_eq!(chart_of(&store).unwrap().version, "6.5.2");
+
+    shutdown.cancel();
+    task.await.unwrap();
+    server.stop().await;
+}

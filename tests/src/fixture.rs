@@ -42,6 +42,16 @@ impl Fleet {
         interval: Duration,
         extra_config: &str,
     ) -> Self {
+        Self::start_with_env(fill, interval, extra_config, Vec::new()).await
+    }
+
+    /// Like [`Fleet::start_with_config`], with environment variables for the hub process.
+    pub async fn start_with_env(
+        fill: impl FnOnce(&GitRepo),
+        interval: Duration,
+        extra_config: &str,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-e2e-")
             .tempdir()
@@ -57,6 +67,7 @@ impl Fleet {
         let mut hub = LocalHub::init(&bins, dir.path(), &config)
             .await
             .expect("hub init");
+        hub.env = env;
         hub.start().await.expect("hub start");
         Fleet {
             dir,
