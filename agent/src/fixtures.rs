@@ -71,6 +71,7 @@ pub fn app(name: &str, objects: &[&(ObjectEntry, Vec<u8>)]) -> AppState {
         prune_protect: Vec::new(),
         force: false,
         chart: None,
+        origin: String::new(),
         objects: objects.iter().map(|(entry, _)| entry.clone()).collect(),
     }
 }

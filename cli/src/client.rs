@@ -136,6 +136,8 @@ pub struct AppView {
     pub health: String,
     /// Why the app is not healthy.
     pub health_reason: String,
+    /// The flotilla.yaml the app is declared in.
+    pub origin: String,
 }
 
 /// One cluster and its apps.
@@ -207,6 +209,7 @@ fn cluster_status_view(c: pb::ClusterStatus) -> ClusterStatusView {
                 message: a.message,
                 health: a.health,
                 health_reason: a.health_reason,
+                origin: a.origin,
             })
             .collect(),
     }

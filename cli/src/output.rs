@@ -120,10 +120,17 @@ pub fn describe_cluster(view: &ClusterStatusView) -> String {
         },
     );
     out.push_str("Apps:\n");
-    let mut apps = table(&["  APP", "DESIRED", "APPLIED", "STATE", "HEALTH", "MESSAGE"]);
+    let mut apps = table(&[
+        "  APP", "FROM", "DESIRED", "APPLIED", "STATE", "HEALTH", "MESSAGE",
+    ]);
     for a in &view.apps {
         apps.add_row(vec![
             format!("  {}", a.app),
+            if a.origin.is_empty() {
+                "-".to_string()
+            } else {
+                a.origin.clone()
+            },
             short(&a.desired_commit).to_string(),
             short(&a.applied_commit).to_string(),
             or_unknown(&a.phase),

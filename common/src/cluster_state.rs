@@ -72,6 +72,10 @@ pub struct AppState {
     /// from, so the render is reproducible. Left out of the encoding when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chart: Option<ChartRelease>,
+    /// The `flotilla.yaml` the app is declared in (repository path); empty in states signed before the
+    /// field existed, and then left out of the encoding.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin: String,
 }
 
 /// A chart from a chart repository, as a release used it.

@@ -1009,6 +1009,7 @@ fn app_state(
             prune_protect: app.prune_protect.clone(),
             force: app.force,
             chart,
+            origin: app.origin.clone(),
             objects,
         },
         blobs,

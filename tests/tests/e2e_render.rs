@@ -85,7 +85,16 @@ async fn kustomize_and_helm_apps_reach_clusters_by_target() {
         .add_kube_agent("core-1", "tier=core", sims[1].kubeconfig_path())
         .await;
     let first = fleet.repo.git(&["rev-parse", "HEAD"]);
-    fleet.wait_converged(&first).await;
+    let status = fleet.wait_converged(&first).await;
+    // Status names the flotilla.yaml each app comes from.
+    assert!(
+        status
+            .clusters
+            .iter()
+            .flat_map(|c| c.apps.iter())
+            .all(|a| a.origin == "flotilla.yaml"),
+        "{status:?}"
+    );
 
     // kustomize: the overlay per target, the generated ConfigMap under its hashed name.
     assert_eq!(data(&sims[0], "settings", "tier").as_deref(), Some("edge"));

@@ -76,6 +76,7 @@ impl App {
             prune_protect: self.prune_protect.iter().map(|k| k.to_string()).collect(),
             force: false,
             chart: None,
+            origin: String::new(),
             objects: self
                 .objects
                 .iter()

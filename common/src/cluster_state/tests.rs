@@ -23,6 +23,7 @@ fn body(commit: &str) -> StateBody {
             prune_protect: vec![],
             force: false,
             chart: None,
+            origin: String::new(),
             objects: vec![ObjectEntry {
                 id: ObjectId {
                     group: String::new(),

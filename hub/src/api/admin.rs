@@ -77,6 +77,7 @@ impl AdminService {
                         app: app.name.clone(),
                         desired_commit: app.commit.clone(),
                         desired_version: state.header.version,
+                        origin: app.origin.clone(),
                         ..Default::default()
                     },
                 );

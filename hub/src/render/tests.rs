@@ -446,3 +446,53 @@ fn manifest_and_render_agree_on_paths() {
         assert!(err.contains(&format!("{bad:?}")), "{err}");
     }
 }
+
+/// A render's input digest covers what it reads and nothing else: for kustomize, the files its
+/// kustomization graph names; for Helm, the chart directory and the values files.
+#[test]
+fn input_digests_cover_exactly_what_a_render_reads() {
+    let limits = Limits::default();
+    let tools = Tools::default();
+    let env = RenderEnv::new(&limits, &tools);
+    let manifest = "apps:\n  - {name: k, path: overlay}\n  - {name: h, path: chart, valuesFiles: [values/h.yaml]}\n";
+    let base = |extra: &[(&str, &str)]| {
+        let mut t = RepoTree::new("c0")
+            .with_file("flotilla.yaml", manifest)
+            .with_file("base/kustomization.yaml", "resources: [cm.yaml]\n")
+            .with_file("base/cm.yaml", "kind: ConfigMap\n")
+            .with_file("base/README.md", "docs\n")
+            .with_file("overlay/kustomization.yaml", "resources: [../base]\n")
+            .with_file("chart/Chart.yaml", "name: h\n")
+            .with_file("chart/templates/cm.yaml", "kind: ConfigMap\n")
+            .with_file("values/h.yaml", "a: 1\n")
+            .with_file("unrelated/x.yaml", "kind: X\n");
+        for (p, c) in extra {
+            t = t.with_file(p, *c);
+        }
+        t
+    };
+    let digests = |tree: &RepoTree| {
+        let m = load_manifest(tree, &limits).unwrap();
+        m.apps
+            .iter()
+            .map(|a| plan_target(tree, a, None, &env).unwrap().inputs())
+            .collect::<Vec<_>>()
+    };
+    let before = digests(&base(&[]));
+    // Files nobody reads.
+    assert_eq!(
+        digests(&base(&[
+            ("base/README.md", "changed\n"),
+            ("unrelated/x.yaml", "kind: Y\n")
+        ])),
+        before
+    );
+    // The base the overlay reads: only the kustomize app changes.
+    let after = digests(&base(&[("base/cm.yaml", "kind: ConfigMap\nx: 1\n")]));
+    assert_ne!(after[0], before[0]);
+    assert_eq!(after[1], before[1]);
+    // The chart's values file: only the Helm app changes.
+    let after = digests(&base(&[("values/h.yaml", "a: 2\n")]));
+    assert_eq!(after[0], before[0]);
+    assert_ne!(after[1], before[1]);
+}
