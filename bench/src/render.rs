@@ -149,20 +149,23 @@ pub fn render(clusters: usize, sample: usize, parallelism: usize) -> anyhow::Res
 
     // With memoization: the controller's render, one app at a time, then the whole fleet.
     let stop = CancellationToken::new();
+    let run = |tree: &RepoTree, apps: &[flotilla_hub::manifest::AppSpec], memo: &mut RenderMemo| {
+        render_for_clusters(
+            tree,
+            apps,
+            &records,
+            "bench",
+            &env,
+            memo,
+            parallelism,
+            &stop,
+        )
+    };
     println!("with memoization (the controller's render_for_clusters, fresh memo):");
     for app in &manifest.apps {
         let mut memo = RenderMemo::default();
         let started = Instant::now();
-        let (_, errors, counts) = render_for_clusters(
-            &t1,
-            std::slice::from_ref(app),
-            &records,
-            "bench",
-            &env,
-            &mut memo,
-            parallelism,
-            &stop,
-        );
+        let (_, errors, counts) = run(&t1, std::slice::from_ref(app), &mut memo);
         let took = started.elapsed();
         ensure!(errors.is_empty(), "render errors: {errors:?}");
         ensure!(
@@ -181,16 +184,7 @@ pub fn render(clusters: usize, sample: usize, parallelism: usize) -> anyhow::Res
     }
     let mut memo = RenderMemo::default();
     let started = Instant::now();
-    let (rendered, errors, counts) = render_for_clusters(
-        &t1,
-        &manifest.apps,
-        &records,
-        "bench",
-        &env,
-        &mut memo,
-        parallelism,
-        &stop,
-    );
+    let (rendered, errors, counts) = run(&t1, &manifest.apps, &mut memo);
     let first = started.elapsed();
     ensure!(errors.is_empty(), "render errors: {errors:?}");
     ensure!(
@@ -243,16 +237,7 @@ pub fn render(clusters: usize, sample: usize, parallelism: usize) -> anyhow::Res
     let t2 = tree("2222222222222222222222222222222222222222", 2);
     let manifest2 = load_manifest(&t2, &limits)?;
     let started = Instant::now();
-    let (rendered2, errors, counts2) = render_for_clusters(
-        &t2,
-        &manifest2.apps,
-        &records,
-        "bench",
-        &env,
-        &mut memo,
-        parallelism,
-        &stop,
-    );
+    let (rendered2, errors, counts2) = run(&t2, &manifest2.apps, &mut memo);
     let second = started.elapsed();
     ensure!(errors.is_empty(), "render errors: {errors:?}");
     ensure!(rendered2.clusters() == clusters, "second render incomplete");
@@ -268,16 +253,7 @@ pub fn render(clusters: usize, sample: usize, parallelism: usize) -> anyhow::Res
     );
     // The same commit again (a cluster registered, say): everything from the memo.
     let started = Instant::now();
-    let (_, errors, counts3) = render_for_clusters(
-        &t2,
-        &manifest2.apps,
-        &records,
-        "bench",
-        &env,
-        &mut memo,
-        parallelism,
-        &stop,
-    );
+    let (_, errors, counts3) = run(&t2, &manifest2.apps, &mut memo);
     ensure!(errors.is_empty() && counts3.ran == 0, "memo missed");
     println!(
         "  same commit again:  {:>9.0} ms total; 0 renders ran",

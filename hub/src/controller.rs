@@ -681,22 +681,8 @@ fn resolve_charts(
                 }
             ));
         };
-        let token = match &repo.token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
-        let ca_pem = match &repo.ca_file {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?,
-            ),
-            None => None,
-        };
+        let (token, ca_pem) =
+            read_credentials(repo.token_file.as_deref(), repo.ca_file.as_deref())?;
         let access = ChartRepoAccess {
             ca_pem,
             token,
@@ -731,13 +717,13 @@ fn resolve_charts(
     Ok(charts)
 }
 
-/// Fetches `cfg`'s branch into its mirror; returns the commit. Blocking.
-fn fetch_source(
-    cfg: &SourceConfig,
-    dir: &std::path::Path,
-    timeout: Duration,
-) -> Result<String, String> {
-    let token = match &cfg.token_file {
+/// Reads a token file (trimmed) and a CA bundle, each when configured; read at every use so rotated
+/// files need no restart. Blocking.
+fn read_credentials(
+    token_file: Option<&std::path::Path>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<(Option<String>, Option<Vec<u8>>), String> {
+    let token = match token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?
@@ -746,13 +732,23 @@ fn fetch_source(
         ),
         None => None,
     };
-    let ca_pem = match &cfg.ca_file {
+    let ca_pem = match ca_file {
         Some(path) => Some(
             std::fs::read(path)
                 .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?,
         ),
         None => None,
     };
+    Ok((token, ca_pem))
+}
+
+/// Fetches `cfg`'s branch into its mirror; returns the commit. Blocking.
+fn fetch_source(
+    cfg: &SourceConfig,
+    dir: &std::path::Path,
+    timeout: Duration,
+) -> Result<String, String> {
+    let (token, ca_pem) = read_credentials(cfg.token_file.as_deref(), cfg.ca_file.as_deref())?;
     let auth = FetchAuth {
         token: token.as_deref(),
         ca_pem: ca_pem.as_deref(),

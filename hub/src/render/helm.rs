@@ -188,6 +188,17 @@ pub(crate) fn export_dir(
     dest: &Path,
     limits: &Limits,
 ) -> Result<(), RenderError> {
+    let files = files_under(tree, dir, limits)?;
+    export_files(tree, files.iter().map(String::as_str), dir, dest)
+}
+
+/// Repository paths of every file below `dir`; a symlink, a submodule or a file over the limit is an
+/// error naming it, as in every other renderer, so nothing a tool reads can point outside the repository.
+pub(crate) fn files_under(
+    tree: &RepoTree,
+    dir: &str,
+    limits: &Limits,
+) -> Result<Vec<String>, RenderError> {
     let mut files = Vec::new();
     for (rel, entry) in tree.entries_under(dir) {
         let path = if dir.is_empty() {
@@ -208,7 +219,7 @@ pub(crate) fn export_dir(
             TreeEntry::Submodule => return Err(RenderError::Submodule { path }),
         }
     }
-    export_files(tree, files.iter().map(String::as_str), dir, dest)
+    Ok(files)
 }
 
 /// Writes the given repository files below `dest`, paths taken relative to `base`.

@@ -253,23 +253,9 @@ fn visit(
                         format!("{at}: no chart {name:?} vendored at {chart_dir} (no Chart.yaml)"),
                     ));
                 }
-                for (rel, entry) in tree.entries_under(&chart_dir) {
-                    let path = format!("{chart_dir}/{rel}");
-                    match entry {
-                        TreeEntry::File(_) => {
-                            graph.files.insert(path);
-                        }
-                        TreeEntry::TooLarge(size) => {
-                            return Err(RenderError::FileTooLarge {
-                                path,
-                                size: *size,
-                                limit: limits.max_file_bytes,
-                            });
-                        }
-                        TreeEntry::Symlink(_) => return Err(RenderError::Symlink { path }),
-                        TreeEntry::Submodule => return Err(RenderError::Submodule { path }),
-                    }
-                }
+                graph
+                    .files
+                    .extend(super::helm::files_under(tree, &chart_dir, limits)?);
                 for key in ["valuesFile", "additionalValuesFiles"] {
                     let values: Vec<&str> = match chart.get(key) {
                         Some(Value::String(s)) => vec![s.as_str()],
