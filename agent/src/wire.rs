@@ -53,6 +53,7 @@ pub fn register_request(token: String, csr_der: Vec<u8>, name: &str) -> pb::Regi
         csr_der,
         requested_name: name.to_string(),
         labels: Default::default(),
+        capabilities: None,
     }
 }
 

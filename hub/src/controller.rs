@@ -454,7 +454,7 @@ fn render_for_clusters(
             id: cluster.id.clone(),
             name: cluster.name.clone(),
             labels: cluster.labels.clone(),
-            capabilities: Default::default(),
+            capabilities: cluster.capabilities.clone(),
         };
         let mut out = Vec::new();
         let mut failed = false;

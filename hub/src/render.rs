@@ -339,9 +339,14 @@ fn template_context(app: &AppSpec, target: Option<&TargetSpec>, cluster: &Cluste
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
+    let caps = &cluster.capabilities;
     serde_json::json!({
         "values": values,
-        "cluster": {"id": cluster.id, "name": cluster.name, "labels": labels},
+        "cluster": {
+            "id": cluster.id, "name": cluster.name, "labels": labels,
+            // As the agent reported them: none and an empty list when it reported nothing.
+            "kubeVersion": caps.kube_version, "apiVersions": caps.api_versions,
+        },
     })
 }
 
