@@ -7,9 +7,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use flotilla_common::capabilities::{Capabilities, validate_kube_version};
 use flotilla_common::ids::validate_name;
 use flotilla_common::limits::Limits;
 
+use crate::capabilities::{DEFAULT_CAPABILITIES_INTERVAL, Overrides};
 use crate::target::kube::{KubeSource, check_kubeconfig};
 
 /// Default number of objects one apply may delete without the explicit override.
@@ -77,6 +79,18 @@ pub struct RunArgs {
     /// Lets one run of the agent delete more objects than the deletion budget allows.
     #[arg(long)]
     pub override_deletion_budget: bool,
+    /// Kubernetes version reported to the hub for templates (`cluster.kubeVersion`), e.g.
+    /// `v1.32.4`, instead of the API server's; the only source for a directory target.
+    #[arg(long)]
+    pub kube_version: Option<String>,
+    /// API versions reported to the hub (`cluster.apiVersions`): `v1`, `apps/v1`,
+    /// `apps/v1/Deployment`; repeatable or comma-separated. Given, they replace the API server's.
+    #[arg(long, value_delimiter = ',')]
+    pub api_versions: Vec<String>,
+    /// How often the API server's capabilities are read again; a reading equal to the last sends
+    /// nothing to the hub.
+    #[arg(long, default_value = DEFAULT_CAPABILITIES_INTERVAL)]
+    pub capabilities_interval: String,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -197,6 +211,10 @@ pub struct AgentConfig {
     pub watch_idle_timeout: Duration,
     /// Unacknowledged status reports kept; older ones are superseded and dropped.
     pub outbox_capacity: usize,
+    /// `--kube-version` and `--api-versions`.
+    pub capability_overrides: Overrides,
+    /// Time between readings of the capabilities.
+    pub capabilities_interval: Duration,
 }
 
 /// A flag whose value cannot be used; the message names the flag.
@@ -249,6 +267,15 @@ impl AgentConfig {
         }
         let name = args.name.unwrap_or_else(|| default_name.to_string());
         validate_name("cluster name", &name).map_err(|e| invalid("--name", e.to_string()))?;
+        let capability_overrides = overrides(args.kube_version, args.api_versions)?;
+        let capabilities_interval =
+            parse_duration("--capabilities-interval", &args.capabilities_interval)?;
+        if capabilities_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "--capabilities-interval",
+                format!("{} is shorter than 1s", args.capabilities_interval),
+            ));
+        }
         Ok(AgentConfig {
             hub: args.hub,
             ca_pem,
@@ -264,6 +291,8 @@ impl AgentConfig {
             backoff: Backoff::default(),
             watch_idle_timeout: Duration::from_secs(60),
             outbox_capacity: DEFAULT_OUTBOX_CAPACITY,
+            capability_overrides,
+            capabilities_interval,
         })
     }
 
@@ -273,7 +302,23 @@ impl AgentConfig {
     }
 }
 
-/// Checks that `pem` starts with a parseable X.509 certificate.
+/// `--kube-version` and `--api-versions`, checked against the limits the hub applies.
+fn overrides(
+    kube_version: Option<String>,
+    api_versions: Vec<String>,
+) -> Result<Overrides, ConfigError> {
+    if let Some(v) = &kube_version {
+        validate_kube_version(v).map_err(|e| invalid("--kube-version", e.to_string()))?;
+    }
+    let given = !api_versions.is_empty();
+    let checked = Capabilities::new(None, api_versions)
+        .map_err(|e| invalid("--api-versions", e.to_string()))?;
+    Ok(Overrides {
+        kube_version,
+        api_versions: given.then_some(checked.api_versions),
+    })
+}
+
 fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value).map_err(|e| {
         invalid(
@@ -283,6 +328,7 @@ fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, ConfigErr
     })
 }
 
+/// Checks that `pem` starts with a parseable X.509 certificate.
 fn check_ca_pem(pem: &str) -> Result<(), String> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|_| "holds no PEM certificate".to_string())?;
@@ -396,6 +442,34 @@ mod tests {
         assert_eq!(tuned.retry_ceiling, Duration::from_secs(30));
         assert!(!config.override_deletion_budget);
         assert!(config.store_path().ends_with("data/agent.redb"));
+        assert_eq!(config.capability_overrides, Overrides::default());
+        assert_eq!(config.capabilities_interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn capability_flags_are_checked_and_comma_separated_lists_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = args(
+            dir.path(),
+            &[
+                ("--kube-version", "v1.30.2+k3s1"),
+                ("--api-versions", "v1,apps/v1/Deployment"),
+                ("--capabilities-interval", "30s"),
+            ],
+        )
+        .unwrap();
+        let overrides = config.capability_overrides;
+        assert_eq!(overrides.kube_version.as_deref(), Some("v1.30.2+k3s1"));
+        assert_eq!(
+            overrides.api_versions,
+            Some(["apps/v1/Deployment".to_string(), "v1".into()].into())
+        );
+        assert_eq!(config.capabilities_interval, Duration::from_secs(30));
+        let err = args(dir.path(), &[("--api-versions", "apps/v1/Deploy ment")]).unwrap_err();
+        assert!(
+            err.to_string().contains("the kind \"Deploy ment\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -446,6 +520,11 @@ mod tests {
             ("--deletion-budget-window", "3 fortnights"),
             ("--retry-ceiling", "5"),
             ("--retry-ceiling", "500ms"),
+            ("--kube-version", "1.32"),
+            ("--api-versions", "Apps/v1"),
+            ("--api-versions", "v1,,apps/v1"),
+            ("--capabilities-interval", "100ms"),
+            ("--capabilities-interval", "often"),
         ];
         for (flag, value) in cases {
             let value = if value.ends_with(".pem") && !value.starts_with('/') {

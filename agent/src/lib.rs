@@ -5,7 +5,8 @@
 //! `store`; the `apply` task plans (`plan`, pure) and applies the held state to a `target`
 //! (a directory, or a Kubernetes cluster through `target::kube`), observes `health` and reacts
 //! to the target's watches (`drift`); every pass that changes something and every rejection
-//! queues a report that `status` delivers. Proto types are converted in `wire` only.
+//! queues a report that `status` delivers; `capabilities` keeps the hub's copy of what the
+//! cluster's API server offers. Proto types are converted in `wire` only.
 
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 pub mod apply;
+pub mod capabilities;
 pub mod channel;
 pub mod config;
 pub mod drift;
@@ -43,6 +45,7 @@ pub use config::AgentConfig;
 pub use error::AgentError;
 
 use crate::apply::{Applier, ApplySettings};
+use crate::capabilities::{CapabilityReader, CapabilityReporter, Probe};
 use crate::config::TargetSpec;
 use crate::identity::AgentIdentity;
 use crate::renew::Renewer;
@@ -67,14 +70,23 @@ pub(crate) fn unix_now() -> i64 {
 /// sync and the status reporter as tracked tasks, and waits for all of them to stop.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let store = Store::open(&config.store_path(), config.outbox_capacity)?;
+    let overrides = config.capability_overrides.clone();
     match &config.target {
         TargetSpec::Dir(path) => {
             let target = DirTarget::new(path)?;
-            run_with(config, store, target, shutdown).await
+            let reader = CapabilityReader::new(Probe::None, overrides);
+            run_with(config, store, target, reader, shutdown).await
         }
         TargetSpec::Kube(source) => {
-            let target = KubeTarget::connect(source, KubeOptions::default(), &shutdown).await?;
-            run_with(config, store, target, shutdown).await
+            let options = KubeOptions::default();
+            let timeout = options.request_timeout;
+            let target = KubeTarget::connect(source, options, &shutdown).await?;
+            let probe = Probe::Kube {
+                client: target.client().clone(),
+                timeout,
+            };
+            let reader = CapabilityReader::new(probe, overrides);
+            run_with(config, store, target, reader, shutdown).await
         }
     }
 }
@@ -83,14 +95,19 @@ async fn run_with<T: Target>(
     config: AgentConfig,
     store: Store,
     target: T,
+    mut capabilities: CapabilityReader,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let identity = match store.blocking(Store::identity).await? {
-        Some(identity) => identity,
-        None => match registration::register(&config, &store, &shutdown).await? {
-            Some(identity) => identity,
-            None => return Ok(()),
-        },
+    let (identity, answered) = match store.blocking(Store::identity).await? {
+        Some(identity) => (identity, None),
+        None => {
+            let (registered, read) = capabilities.for_registration().await;
+            match registration::register(&config, &store, &registered, &shutdown).await? {
+                // A reading that failed is reported by the capabilities task once it works.
+                Some(identity) => (identity, read.then_some(registered)),
+                None => return Ok(()),
+            }
+        }
     };
     let key = pinned_key(&identity)?;
     info!(
@@ -158,10 +175,22 @@ async fn run_with<T: Target>(
         &fatal_tx,
         "status",
         Reporter {
-            channels: channel,
+            channels: channel.clone(),
             store: store.clone(),
             wake: reporter_wake,
             backoff: config.backoff,
+        }
+        .run(stop.clone()),
+    );
+    spawn(
+        &tasks,
+        &fatal_tx,
+        "capabilities",
+        CapabilityReporter {
+            channels: channel,
+            reader: capabilities,
+            interval: config.capabilities_interval,
+            answered,
         }
         .run(stop.clone()),
     );

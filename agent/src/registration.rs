@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use flotilla_common::capabilities::Capabilities;
+
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::{info, warn};
@@ -75,10 +77,12 @@ fn is_unreachable(status: &tonic::Status) -> bool {
     )
 }
 
-/// Registers with the hub and stores the identity; `None` if shut down first.
+/// Registers with the hub, telling it the cluster's `capabilities`, and stores the identity;
+/// `None` if shut down first.
 pub async fn register(
     config: &AgentConfig,
     store: &Store,
+    capabilities: &Capabilities,
     shutdown: &CancellationToken,
 ) -> Result<Option<AgentIdentity>, RegistrationError> {
     let token = read_token(&config.token_file)?;
@@ -99,6 +103,7 @@ pub async fn register(
                     token.clone(),
                     csr_der.clone(),
                     &config.name,
+                    capabilities,
                 ))
                 .await
         };

@@ -186,6 +186,12 @@ mod tests {
         ) -> Result<Response<pb::RenewResponse>, Status> {
             Err(Status::unimplemented("renew"))
         }
+        async fn report_capabilities(
+            &self,
+            _: Request<pb::ReportCapabilitiesRequest>,
+        ) -> Result<Response<pb::ReportCapabilitiesResponse>, Status> {
+            Err(Status::unimplemented("capabilities"))
+        }
         async fn report_status(
             &self,
             request: Request<Streaming<pb::StatusReport>>,

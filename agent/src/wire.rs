@@ -3,6 +3,7 @@
 //! hands them here straight away.
 
 use ed25519_dalek::VerifyingKey;
+use flotilla_common::capabilities::Capabilities;
 use flotilla_common::cluster_state::{SignedClusterState, SignedHeader};
 use flotilla_common::digest::Digest;
 use flotilla_common::status::StatusReport;
@@ -47,12 +48,32 @@ pub enum WireError {
 }
 
 /// The registration request; the token travels only in it.
-pub fn register_request(token: String, csr_der: Vec<u8>, name: &str) -> pb::RegisterRequest {
+pub fn register_request(
+    token: String,
+    csr_der: Vec<u8>,
+    name: &str,
+    capabilities: &Capabilities,
+) -> pb::RegisterRequest {
     pb::RegisterRequest {
         bootstrap_token: token,
         csr_der,
         requested_name: name.to_string(),
         labels: Default::default(),
+        capabilities: Some(capabilities_message(capabilities)),
+    }
+}
+
+fn capabilities_message(c: &Capabilities) -> pb::Capabilities {
+    pb::Capabilities {
+        kube_version: c.kube_version.clone().unwrap_or_default(),
+        api_versions: c.api_versions.iter().cloned().collect(),
+    }
+}
+
+/// A ReportCapabilities request.
+pub fn report_capabilities(capabilities: &Capabilities) -> pb::ReportCapabilitiesRequest {
+    pb::ReportCapabilitiesRequest {
+        capabilities: Some(capabilities_message(capabilities)),
     }
 }
 
@@ -260,6 +281,23 @@ mod tests {
             })
             .rejection,
             ""
+        );
+    }
+
+    #[test]
+    fn capabilities_travel_as_sorted_lists_with_an_empty_version_for_none() {
+        let caps =
+            Capabilities::new(Some("v1.32.4".into()), vec!["v1".into(), "apps/v1".into()]).unwrap();
+        let request = register_request("t".into(), vec![1], "edge-1", &caps);
+        let sent = request.capabilities.unwrap();
+        assert_eq!(sent.kube_version, "v1.32.4");
+        assert_eq!(sent.api_versions, ["apps/v1", "v1"]);
+        let none = report_capabilities(&Capabilities::default())
+            .capabilities
+            .unwrap();
+        assert_eq!(
+            (none.kube_version.as_str(), none.api_versions.len()),
+            ("", 0)
         );
     }
 

@@ -324,6 +324,9 @@ impl TestAgent {
             deletion_budget_window: "1h".into(),
             retry_ceiling: "5m".into(),
             override_deletion_budget: false,
+            kube_version: None,
+            api_versions: Vec::new(),
+            capabilities_interval: "5m".into(),
             log_format: LogFormat::Text,
         };
         let mut config = AgentConfig::from_args(args, "unused").unwrap();

@@ -94,6 +94,7 @@ pub async fn identity(clusters: usize) -> anyhow::Result<()> {
                 csr_der,
                 requested_name: name,
                 labels: Default::default(),
+                capabilities: None,
             })
             .await?
             .into_inner();

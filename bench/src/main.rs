@@ -114,6 +114,7 @@ async fn flood_client(url: String, ca: String, until: Instant, counts: Arc<Flood
                 csr_der: vec![0; 64],
                 requested_name: "flood".into(),
                 labels: Default::default(),
+                capabilities: None,
             })
             .await;
         let counter = match answer {

@@ -98,6 +98,7 @@ fn fleet(n: usize) -> Vec<ClusterRecord> {
             registered_at: 0,
             cert_expires_at: 0,
             renewed_at: 0,
+            capabilities: Default::default(),
         })
         .collect()
 }

@@ -94,6 +94,17 @@ pub struct ClusterView {
     pub renewed_at: i64,
     /// The newest problem: a rejected state or the first failed app.
     pub last_error: String,
+    /// What the cluster's agent reported its API server offers.
+    pub capabilities: CapabilitiesView,
+}
+
+/// A cluster's capabilities as the CLI shows them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CapabilitiesView {
+    /// The API server's version, e.g. `v1.32.4`; empty when none was reported.
+    pub kube_version: String,
+    /// Served group-versions and `group/version/Kind` entries, sorted.
+    pub api_versions: Vec<String>,
 }
 
 /// A source as the CLI shows it.
@@ -190,6 +201,13 @@ fn cluster_view(c: pb::Cluster) -> ClusterView {
         cert_expires_at: c.cert_expires_at,
         renewed_at: c.renewed_at,
         last_error: c.last_error,
+        capabilities: c
+            .capabilities
+            .map(|caps| CapabilitiesView {
+                kube_version: caps.kube_version,
+                api_versions: caps.api_versions,
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -316,6 +316,8 @@ pub struct LocalAgent {
     pub token_file: PathBuf,
     /// Combined stdout/stderr of every run.
     pub log_path: PathBuf,
+    /// More `flotilla-agent run` flags, e.g. `--kube-version v1.32.4`, used from the next start.
+    pub extra_args: Vec<String>,
     hub_url: String,
     ca_path: PathBuf,
     child: Process,
@@ -347,6 +349,7 @@ impl LocalAgent {
             kubeconfig: None,
             token_file,
             log_path: root.join("agent.log"),
+            extra_args: Vec::new(),
             hub_url: hub.url(),
             ca_path: hub.ca_path(),
             child: Process::default(),
@@ -387,6 +390,7 @@ impl LocalAgent {
             .arg(self.target_arg())
             .arg("--name")
             .arg(&self.name)
+            .args(&self.extra_args)
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)

@@ -73,6 +73,13 @@ enum Command {
         /// Cluster name, as templates see it.
         #[arg(long, default_value = "local")]
         cluster_name: String,
+        /// Kubernetes version templates see as `cluster.kubeVersion`, e.g. `v1.32.4` (default: none).
+        #[arg(long)]
+        kube_version: Option<String>,
+        /// API versions templates see in `cluster.apiVersions`: `v1`, `apps/v1`,
+        /// `apps/v1/Deployment`; repeatable or comma-separated (default: none).
+        #[arg(long, value_delimiter = ',')]
+        api_versions: Vec<String>,
         /// `yaml` (multi-document) or `json` (a list).
         #[arg(long, short, default_value = "yaml", value_parser = ["yaml", "json"])]
         output: String,
@@ -257,6 +264,8 @@ async fn main() -> anyhow::Result<()> {
             app,
             labels,
             cluster_name,
+            kube_version,
+            api_versions,
             output,
         } => {
             let request = render::RenderRequest {
@@ -265,6 +274,8 @@ async fn main() -> anyhow::Result<()> {
                 app: app.as_deref(),
                 labels: parse_labels(&labels)?,
                 cluster_name: &cluster_name,
+                capabilities: render::capabilities(kube_version, api_versions)
+                    .context("invalid --kube-version or --api-versions")?,
             };
             let objects = render::render(&request).context("render failed")?;
             if output == "json" {

@@ -3,7 +3,7 @@
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 
-use crate::client::{ClusterStatusView, ClusterView, StatusView};
+use crate::client::{CapabilitiesView, ClusterStatusView, ClusterView, StatusView};
 
 /// How a command prints data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,6 +109,7 @@ pub fn describe_cluster(view: &ClusterStatusView) -> String {
     line("Certificate expires:", expiry(now, c.cert_expires_at));
     line("Last renewal:", ago(now, c.renewed_at));
     line("Last contact:", ago(now, c.last_contact));
+    line("Kubernetes:", kubernetes(&c.capabilities));
     line("Desired version:", c.desired_version.to_string());
     line("Applied version:", c.applied_version.to_string());
     line(
@@ -145,6 +146,15 @@ pub fn describe_cluster(view: &ClusterStatusView) -> String {
     out.push_str(&apps.to_string());
     out.push('\n');
     out
+}
+
+/// The reported version and how many API versions: the full list is in `-o json`.
+fn kubernetes(caps: &CapabilitiesView) -> String {
+    match (caps.kube_version.as_str(), caps.api_versions.len()) {
+        ("", 0) => "<none reported>".into(),
+        ("", n) => format!("unknown version, {n} API versions"),
+        (v, n) => format!("{v}, {n} API versions"),
+    }
 }
 
 fn or_unknown(s: &str) -> String {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use flotilla_common::capabilities::Capabilities;
 use flotilla_common::labels::Labels;
 use flotilla_common::limits::Limits;
 use flotilla_common::object::KubeObject;
@@ -23,6 +24,8 @@ pub struct RenderRequest<'a> {
     pub labels: Labels,
     /// The cluster's name (templates see it as `cluster.name`).
     pub cluster_name: &'a str,
+    /// What its API server offers (`cluster.kubeVersion`, `cluster.apiVersions`), as its agent would report.
+    pub capabilities: Capabilities,
 }
 
 /// Rendering failed; the message names the file or app.
@@ -56,7 +59,7 @@ pub fn render(req: &RenderRequest<'_>) -> Result<Vec<KubeObject>, RenderCommandE
         id: "c-local".into(),
         name: req.cluster_name.to_string(),
         labels: req.labels.clone(),
-        capabilities: Default::default(),
+        capabilities: req.capabilities.clone(),
     };
     let tools = Tools::discover();
     let env = RenderEnv::new(&limits, &tools);
@@ -100,6 +103,14 @@ fn apps_by_file(apps: &[AppSpec]) -> String {
         .map(|(origin, names)| format!("{origin}: {}", names.join(", ")))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `--kube-version` and `--api-versions`, checked as the hub checks what agents report.
+pub fn capabilities(
+    kube_version: Option<String>,
+    api_versions: Vec<String>,
+) -> Result<Capabilities, RenderCommandError> {
+    Capabilities::new(kube_version, api_versions).map_err(|e| RenderCommandError(e.to_string()))
 }
 
 /// Multi-document YAML, one document per object.

@@ -18,7 +18,7 @@ fn repo() -> tempfile::TempDir {
     std::fs::create_dir_all(r.join("web")).unwrap();
     std::fs::write(
         r.join("web/app.yaml.j2"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  replicas: \"{{ values.replicas }}\"\n  cluster: \"{{ cluster.name }}\"\n",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  replicas: \"{{ values.replicas }}\"\n  cluster: \"{{ cluster.name }}\"\n  kube: \"{{ cluster.kubeVersion or 'none' }}\"\n  policy: \"{{ 'policy/v1' if 'policy/v1' in cluster.apiVersions else 'policy/v1beta1' }}\"\n",
     )
     .unwrap();
     git(r, &["add", "-A"]);
@@ -196,5 +196,53 @@ fn every_flotilla_yaml_counts_and_errors_name_the_file() {
         stderr.contains("teams/search/flotilla.yaml: apps[payments].path")
             && stderr.contains("'..' components are not allowed"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn capability_flags_reach_templates_and_are_checked() {
+    let r = repo();
+    let plain = render(
+        r.path(),
+        &["--app", "web", "--labels", "tier=core", "-o", "json"],
+    );
+    assert!(plain.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(list[0]["data"]["kube"], "none");
+    assert_eq!(list[0]["data"]["policy"], "policy/v1beta1");
+
+    let out = render(
+        r.path(),
+        &[
+            "--app",
+            "web",
+            "--labels",
+            "tier=core",
+            "--kube-version",
+            "v1.32.4",
+            "--api-versions",
+            "v1,apps/v1",
+            "--api-versions",
+            "policy/v1",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["data"]["kube"], "v1.32.4");
+    assert_eq!(list[0]["data"]["policy"], "policy/v1");
+
+    let out = render(r.path(), &["--app", "web", "--kube-version", "1.32"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid --kube-version or --api-versions")
+            && err.contains("kubeVersion \"1.32\" is not a Kubernetes version"),
+        "{err}"
     );
 }

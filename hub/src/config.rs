@@ -177,6 +177,7 @@ struct RawRpc {
     report_burst: u64,
     max_report_apps: u64,
     max_report_text_bytes: u64,
+    capability_reports_per_minute: u64,
 }
 
 impl Default for RawRpc {
@@ -192,6 +193,7 @@ impl Default for RawRpc {
             report_burst: u64::from(d.report_burst),
             max_report_apps: d.max_report_apps as u64,
             max_report_text_bytes: d.max_report_text_bytes as u64,
+            capability_reports_per_minute: u64::from(d.capability_reports_per_minute),
         }
     }
 }
@@ -309,6 +311,10 @@ pub struct RpcLimits {
     pub max_report_apps: usize,
     /// Longest free-text field (message, health reason, rejection) kept from a report; longer ones are truncated.
     pub max_report_text_bytes: usize,
+    /// ReportCapabilities calls one cluster may make per minute, also its burst; beyond it they are
+    /// refused (ResourceExhausted). A change re-renders every source for the cluster, and agents
+    /// report at start and when discovery changes, a few times an hour at most.
+    pub capability_reports_per_minute: u32,
 }
 
 impl Default for RpcLimits {
@@ -323,6 +329,7 @@ impl Default for RpcLimits {
             report_burst: 20,
             max_report_apps: 10_000,
             max_report_text_bytes: 4_096,
+            capability_reports_per_minute: 6,
         }
     }
 }
@@ -418,6 +425,10 @@ fn rpc_limits(raw: RawRpc) -> Result<RpcLimits, ConfigError> {
             64,
             1024 * 1024,
         )? as usize,
+        capability_reports_per_minute: small(
+            "capabilityReportsPerMinute",
+            raw.capability_reports_per_minute,
+        )?,
     })
 }
 
@@ -665,7 +676,7 @@ mod tests {
     #[test]
     fn limits_are_read() {
         let c = HubConfig::parse(
-            "transport: {tlsHandshakeTimeout: 2s, maxConnections: 5, requestTimeout: 1m}\nrpc: {stateRetention: 3, maxChainHeaders: 7}\n",
+            "transport: {tlsHandshakeTimeout: 2s, maxConnections: 5, requestTimeout: 1m}\nrpc: {stateRetention: 3, maxChainHeaders: 7, capabilityReportsPerMinute: 2}\n",
         )
         .unwrap();
         assert_eq!(c.transport.tls_handshake_timeout, Duration::from_secs(2));
@@ -682,6 +693,14 @@ mod tests {
         assert_eq!(c.chart_repositories[0].timeout, Duration::from_secs(5));
         assert_eq!(c.render.timeout, Duration::from_secs(120));
         assert_eq!(c.render.parallelism, 4);
+        assert_eq!(c.rpc.capability_reports_per_minute, 2);
+        assert_eq!(
+            HubConfig::parse("{}")
+                .unwrap()
+                .rpc
+                .capability_reports_per_minute,
+            6
+        );
     }
 
     #[test]
@@ -713,6 +732,10 @@ mod tests {
                 "transport.tlsHandshakeTimeout",
             ),
             ("transport: {maxConnections: 0}", "transport.maxConnections"),
+            (
+                "rpc: {capabilityReportsPerMinute: 0}",
+                "rpc.capabilityReportsPerMinute",
+            ),
             (
                 "transport: {maxRecvMessageBytes: 10}",
                 "transport.maxRecvMessageBytes",

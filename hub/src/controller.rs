@@ -955,7 +955,7 @@ pub fn cluster_info(cluster: &ClusterRecord) -> ClusterInfo {
         id: cluster.id.clone(),
         name: cluster.name.clone(),
         labels: cluster.labels.clone(),
-        capabilities: Default::default(),
+        capabilities: cluster.capabilities.clone(),
     }
 }
 
@@ -1031,6 +1031,7 @@ mod tests {
                     registered_at: 0,
                     cert_expires_at: 0,
                     renewed_at: 0,
+                    capabilities: Default::default(),
                 }
             })
             .collect()

@@ -743,7 +743,12 @@ fn cluster_context(cluster: &ClusterInfo) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
-    serde_json::json!({"id": cluster.id, "name": cluster.name, "labels": labels})
+    let caps = &cluster.capabilities;
+    serde_json::json!({
+        "id": cluster.id, "name": cluster.name, "labels": labels,
+        // As the agent reported them: none and an empty list when it reported nothing.
+        "kubeVersion": caps.kube_version, "apiVersions": caps.api_versions,
+    })
 }
 
 /// Mappings merge key by key; anything else in `over` replaces what is in `base`.

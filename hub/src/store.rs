@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use flotilla_common::capabilities::Capabilities;
 use flotilla_common::cluster_state::{SignedClusterState, SignedHeader};
 use flotilla_common::digest::Digest;
 use flotilla_common::labels::Labels;
@@ -137,6 +138,10 @@ pub struct ClusterRecord {
     /// Unix seconds of the newest renewal; 0 before the first.
     #[serde(default)]
     pub renewed_at: i64,
+    /// What the cluster's agent last reported its API server offers (validated at the API edge).
+    /// Records from before capabilities, and clusters that reported none, have no such key.
+    #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
+    pub capabilities: Capabilities,
 }
 
 /// Why an operator's change to a cluster was refused.
@@ -805,6 +810,26 @@ impl HubStore {
             c.cert_expires_at = cert_expires_at;
             c.renewed_at = now;
         })
+    }
+
+    /// Replaces a cluster's capabilities; returns whether they changed. Unchanged ones are
+    /// found in a read transaction and never take the write lock.
+    pub fn set_capabilities(
+        &self,
+        id: &str,
+        capabilities: &Capabilities,
+    ) -> Result<bool, ClusterUpdateError> {
+        match self.cluster(id)? {
+            None => return Err(ClusterUpdateError::NotFound(id.to_string())),
+            Some(record) if record.capabilities == *capabilities => return Ok(false),
+            Some(_) => {}
+        }
+        let mut changed = false;
+        self.update_cluster(id, |c| {
+            changed = c.capabilities != *capabilities;
+            c.capabilities = capabilities.clone();
+        })?;
+        Ok(changed)
     }
 
     fn update_cluster(

@@ -1162,6 +1162,7 @@ async fn the_controller_renders_repository_charts_and_keeps_the_last_good_releas
                 registered_at: 1,
                 cert_expires_at: 0,
                 renewed_at: 0,
+                capabilities: Default::default(),
             })
         })
         .unwrap();

@@ -1,6 +1,6 @@
 //! The hub's listener and services under abuse: clients that never finish TLS, more
-//! connections than the cap, oversized messages and registration floods, against a real hub
-//! on loopback.
+//! connections than the cap, oversized messages, registration floods and capabilities over the
+//! limits, against a real hub on loopback.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -8,18 +8,21 @@ use std::time::{Duration, Instant};
 use flotilla_hub::config::HubConfig;
 use flotilla_hub::datadir::DataDir;
 use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::admin_client::AdminClient;
+use flotilla_proto::v1::agent_client::AgentClient;
 use flotilla_proto::v1::registration_client::RegistrationClient;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 struct Hub {
     _dir: tempfile::TempDir,
     addr: SocketAddr,
     ca_pem: String,
+    admin_dir: std::path::PathBuf,
     shutdown: CancellationToken,
     server: JoinHandle<Result<(), flotilla_hub::server::HubError>>,
 }
@@ -46,6 +49,7 @@ impl Hub {
             _dir: dir,
             addr,
             ca_pem,
+            admin_dir: data.admin_dir(),
             shutdown,
             server,
         }
@@ -60,6 +64,27 @@ impl Hub {
             .connect()
             .await?;
         Ok(RegistrationClient::new(channel).max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// A channel presenting `identity` (certificate and key PEM), or none.
+    async fn channel(&self, identity: Option<(&str, &str)>) -> Channel {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Channel::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn admin(&self) -> AdminClient<Channel> {
+        let read = |f: &str| std::fs::read_to_string(self.admin_dir.join(f)).unwrap();
+        let (cert, key) = (read("admin.pem"), read("admin-key.pem"));
+        AdminClient::new(self.channel(Some((&cert, &key))).await)
     }
 
     async fn stop(self) {
@@ -78,6 +103,7 @@ fn bad_registration(csr_bytes: usize) -> pb::RegisterRequest {
         csr_der: vec![0; csr_bytes],
         requested_name: "edge-1".into(),
         labels: Default::default(),
+        capabilities: None,
     }
 }
 
@@ -176,6 +202,137 @@ async fn registration_attempts_beyond_the_rate_are_shed() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
         err.message().contains("rpc.registrationsPerMinute"),
+        "{err:?}"
+    );
+    hub.stop().await;
+}
+
+fn capabilities(kube_version: &str, api_versions: &[String]) -> Option<pb::Capabilities> {
+    Some(pb::Capabilities {
+        kube_version: kube_version.into(),
+        api_versions: api_versions.to_vec(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_over_the_limits_are_refused_naming_the_limit() {
+    let hub = Hub::start("rpc: {capabilityReportsPerMinute: 3}\n").await;
+    let mut admin = hub.admin().await;
+    let token = admin
+        .create_token(pb::CreateTokenRequest {
+            ttl_seconds: 600,
+            labels: Default::default(),
+            name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    let register = |capabilities| pb::RegisterRequest {
+        bootstrap_token: token.clone(),
+        csr_der: csr.clone(),
+        requested_name: "edge-1".into(),
+        labels: Default::default(),
+        capabilities,
+    };
+    let mut registration = hub.registration().await.unwrap();
+    let too_many: Vec<String> = (0..4_097).map(|i| format!("g{i}.example.com/v1")).collect();
+    let refusals = [
+        (
+            capabilities("v1.32.4", &too_many),
+            "capabilities refused: apiVersions has 4097 entries, over the limit of 4096",
+        ),
+        (
+            capabilities("latest", &[]),
+            "kubeVersion \"latest\" is not a Kubernetes version",
+        ),
+        (
+            capabilities("", &["apps/v1/Deploy ment".into()]),
+            "apiVersions entry \"apps/v1/Deploy ment\" is not a version, group/version or group/version/Kind",
+        ),
+    ];
+    for (caps, message) in refusals {
+        let err = registration.register(register(caps)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(message), "{err:?}");
+    }
+
+    // Refused capabilities did not use the token up.
+    let served = [
+        "v1".to_string(),
+        "apps/v1".into(),
+        "apps/v1/Deployment".into(),
+    ];
+    let registered = registration
+        .register(register(capabilities("v1.32.4", &served)))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = admin
+        .list_clusters(pb::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters;
+    let shown = listed[0].capabilities.clone().unwrap();
+    assert_eq!(shown.kube_version, "v1.32.4");
+    assert_eq!(shown.api_versions, ["apps/v1", "apps/v1/Deployment", "v1"]);
+
+    // Reports: refused when over the limits (the stored ones stay), taken when valid.
+    let key_pem = key.serialize_pem();
+    let mut agent = AgentClient::new(
+        hub.channel(Some((&registered.certificate_pem, &key_pem)))
+            .await,
+    );
+    let report = |caps| pb::ReportCapabilitiesRequest { capabilities: caps };
+    let err = agent
+        .report_capabilities(report(capabilities("v1.32.4", &too_many)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("over the limit of 4096"), "{err:?}");
+    let newer = ["v1".to_string(), "apps/v1".into()];
+    let changed = |r: Result<tonic::Response<pb::ReportCapabilitiesResponse>, tonic::Status>| {
+        r.unwrap().into_inner().changed
+    };
+    assert!(changed(
+        agent
+            .report_capabilities(report(capabilities("v1.33.1", &newer)))
+            .await
+    ));
+    assert!(!changed(
+        agent
+            .report_capabilities(report(capabilities("v1.33.1", &newer)))
+            .await
+    ));
+    let cluster = admin
+        .get_cluster(pb::GetClusterRequest {
+            cluster: "edge-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cluster
+        .unwrap();
+    assert_eq!(
+        cluster.capabilities.unwrap().api_versions,
+        ["apps/v1", "v1"]
+    );
+
+    // Three calls a minute (every call counts, refused or not): the fourth is shed.
+    let err = agent
+        .report_capabilities(report(capabilities("v1.33.1", &newer)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("rpc.capabilityReportsPerMinute"),
         "{err:?}"
     );
     hub.stop().await;

@@ -80,19 +80,23 @@ impl Fleet {
 
     /// Creates a token with `labels` and starts an agent registering as `name`.
     pub async fn add_agent(&mut self, name: &str, labels: &str) -> usize {
-        self.add_agent_with(name, labels, None).await
+        self.add_agent_with_args(name, labels, None, &[]).await
     }
 
     /// Like [`Fleet::add_agent`], applying to the Kubernetes cluster of `kubeconfig`.
     pub async fn add_kube_agent(&mut self, name: &str, labels: &str, kubeconfig: &Path) -> usize {
-        self.add_agent_with(name, labels, Some(kubeconfig)).await
+        self.add_agent_with_args(name, labels, Some(kubeconfig), &[])
+            .await
     }
 
-    async fn add_agent_with(
+    /// Like [`Fleet::add_agent`] (or [`Fleet::add_kube_agent`] with `kubeconfig`), with more
+    /// `flotilla-agent run` flags.
+    pub async fn add_agent_with_args(
         &mut self,
         name: &str,
         labels: &str,
         kubeconfig: Option<&Path>,
+        args: &[&str],
     ) -> usize {
         let token = self.token(labels, Duration::from_secs(600)).await;
         let mut agent = LocalAgent::new(&self.bins, self.dir.path(), name, &token, &self.hub)
@@ -100,6 +104,7 @@ impl Fleet {
         if let Some(k) = kubeconfig {
             agent.use_kubernetes(k.to_path_buf());
         }
+        agent.extra_args = args.iter().map(|a| a.to_string()).collect();
         agent.start().expect("agent start");
         self.agents.push(agent);
         self.agents.len() - 1
@@ -168,6 +173,39 @@ impl Fleet {
             .join(format!("{file_key}.json"));
         let bytes = std::fs::read(path).ok()?;
         Some(serde_json::from_slice(&bytes).expect("object file is JSON"))
+    }
+
+    /// Runs the real `flotilla` binary against the hub with `-o json`; returns its parsed output.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = std::process::Command::new(&self.bins.cli)
+            .args(args)
+            .args(["-o", "json"])
+            .env("FLOTILLA_HUB", self.hub.url())
+            .env("FLOTILLA_ADMIN_DIR", self.hub.admin_dir())
+            .output()
+            .expect("run flotilla");
+        assert!(
+            out.status.success(),
+            "flotilla {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    /// Runs the real `flotilla` binary against the hub; returns its standard output.
+    pub fn cli_text(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(&self.bins.cli)
+            .args(args)
+            .env("FLOTILLA_HUB", self.hub.url())
+            .env("FLOTILLA_ADMIN_DIR", self.hub.admin_dir())
+            .output()
+            .expect("run flotilla");
+        assert!(
+            out.status.success(),
+            "flotilla {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
     }
 
     /// Every log line the fleet's processes wrote.

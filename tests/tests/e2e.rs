@@ -415,23 +415,6 @@ async fn no_secret_appears_in_any_log() {
     fleet.shutdown().await;
 }
 
-/// Runs the real `flotilla` binary against the fleet's hub; returns its parsed JSON output.
-fn cli_json(fleet: &Fleet, args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(&fleet.bins.cli)
-        .args(args)
-        .args(["-o", "json"])
-        .env("FLOTILLA_HUB", fleet.hub.url())
-        .env("FLOTILLA_ADMIN_DIR", fleet.hub.admin_dir())
-        .output()
-        .expect("run flotilla");
-    assert!(
-        out.status.success(),
-        "flotilla {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_relabel_describe_and_delete_clusters_with_the_cli() {
     let mut fleet = Fleet::start(fill).await;
@@ -443,10 +426,7 @@ async fn operators_relabel_describe_and_delete_clusters_with_the_cli() {
     assert_eq!(fleet.object(0, DEPLOY).unwrap()["spec"]["replicas"], 2);
 
     // Relabelled into the edge target, the cluster gets the edge values without a commit.
-    let labelled = cli_json(
-        &fleet,
-        &["cluster", "label", "core-eu", "tier=edge", "owner-"],
-    );
+    let labelled = fleet.cli_json(&["cluster", "label", "core-eu", "tier=edge", "owner-"]);
     assert_eq!(
         labelled["labels"],
         serde_json::json!({"tier": "edge", "region": "eu"})
@@ -458,7 +438,7 @@ async fn operators_relabel_describe_and_delete_clusters_with_the_cli() {
     })
     .await;
 
-    let described = cli_json(&fleet, &["cluster", "describe", "core-eu"]);
+    let described = fleet.cli_json(&["cluster", "describe", "core-eu"]);
     assert_eq!(described["name"], "core-eu");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -474,10 +454,99 @@ async fn operators_relabel_describe_and_delete_clusters_with_the_cli() {
         "{described}"
     );
 
-    let deleted = cli_json(&fleet, &["cluster", "delete", "core-eu"]);
+    let deleted = fleet.cli_json(&["cluster", "delete", "core-eu"]);
     assert_eq!(deleted["name"], "core-eu");
-    assert_eq!(cli_json(&fleet, &["cluster", "get"]), serde_json::json!([]));
+    assert_eq!(fleet.cli_json(&["cluster", "get"]), serde_json::json!([]));
     // Nothing is deleted from the cluster because the hub let it go.
     assert_eq!(fleet.object(0, DEPLOY).unwrap()["spec"]["replicas"], 1);
+    fleet.shutdown().await;
+}
+
+const PROBE_MANIFEST: &str = "apps:\n  - name: probe\n    path: apps/probe\n    namespace: web\n";
+
+/// A template that branches on what the cluster's agent reported.
+const PROBE: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: probe
+data:
+  kube: "{{ cluster.kubeVersion or 'none' }}"
+  widgets: "{{ 'yes' if 'example.com/v1/Widget' in cluster.apiVersions else 'no' }}"
+"#;
+
+const PROBE_CM: &str = "core_v1_ConfigMap_web_probe";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_from_agent_flags_reach_templates_and_the_cli_and_follow_a_restart() {
+    let mut fleet = Fleet::start(|repo| {
+        repo.write("flotilla.yaml", PROBE_MANIFEST)
+            .write("apps/probe/cm.yaml.j2", PROBE);
+        repo.commit("probe");
+    })
+    .await;
+    fleet
+        .add_agent_with_args(
+            "edge-1",
+            "tier=edge",
+            None,
+            &[
+                "--kube-version",
+                "v1.31.2",
+                "--api-versions",
+                "v1,example.com/v1",
+                "--api-versions",
+                "example.com/v1/Widget",
+            ],
+        )
+        .await;
+    let commit = fleet.repo.git(&["rev-parse", "HEAD"]);
+    fleet.wait_converged(&commit).await;
+    // Registration carried them: the very first render saw them.
+    let cm = fleet.object(0, PROBE_CM).unwrap();
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"kube": "v1.31.2", "widgets": "yes"})
+    );
+    let got = fleet.cli_json(&["cluster", "get", "edge-1"]);
+    assert_eq!(
+        got[0]["capabilities"],
+        serde_json::json!({
+            "kube_version": "v1.31.2",
+            "api_versions": ["example.com/v1", "example.com/v1/Widget", "v1"],
+        })
+    );
+    let described = fleet.cli_text(&["cluster", "describe", "edge-1"]);
+    assert!(
+        described.contains("Kubernetes:         v1.31.2, 3 API versions"),
+        "{described}"
+    );
+
+    // Restarted with other flags, the agent reports the change; the hub re-renders the same
+    // commit and issues a new state with the other branch of the template.
+    let desired = fleet.status().await.clusters[0].cluster.desired_version;
+    fleet.agents[0].stop().await;
+    fleet.agents[0].extra_args = vec!["--kube-version".into(), "v1.32.0".into()];
+    fleet.agents[0].start().unwrap();
+    eventually("the re-rendered probe", CONVERGE, || {
+        fleet
+            .object(0, PROBE_CM)
+            .is_some_and(|cm| cm["data"]["widgets"] == "no" && cm["data"]["kube"] == "v1.32.0")
+    })
+    .await;
+    let got = fleet.cli_json(&["cluster", "get", "edge-1"]);
+    assert_eq!(
+        got[0]["capabilities"],
+        serde_json::json!({"kube_version": "v1.32.0", "api_versions": []})
+    );
+    let status = fleet.status().await;
+    assert_eq!(status.clusters[0].cluster.desired_version, desired + 1);
+    // One change, one report: the first start had nothing to add to the registration, and
+    // the restart's report differed.
+    let hub_log = std::fs::read_to_string(&fleet.hub.log_path).unwrap();
+    assert_eq!(
+        hub_log.matches("cluster capabilities changed").count(),
+        1,
+        "{hub_log}"
+    );
     fleet.shutdown().await;
 }

@@ -137,3 +137,100 @@ async fn agents_converge_simulated_clusters_correct_drift_and_prune() {
         sim.shutdown().await;
     }
 }
+
+const PROBE_MANIFEST: &str =
+    "apps:\n  - name: probe\n    path: apps/probe\n    namespace: default\n";
+
+/// Branches on a kind that only a CRD of a later commit brings.
+const PROBE: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: probe
+data:
+  kube: "{{ cluster.kubeVersion or 'none' }}"
+  widgets: "{{ 'yes' if 'example.com/v1/Widget' in cluster.apiVersions else 'no' }}"
+"#;
+
+const WIDGET_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  names: {kind: Widget, plural: widgets, singular: widget, listKind: WidgetList}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+
+fn probe(sim: &KubeSim) -> Option<serde_json::Value> {
+    sim.get("v1", "ConfigMap", "default", "probe")
+        .map(|cm| cm["data"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_capabilities_reach_the_hub_and_a_new_crd_re_renders() {
+    let mut fleet = Fleet::start(|repo| {
+        repo.write("flotilla.yaml", PROBE_MANIFEST)
+            .write("apps/probe/cm.yaml.j2", PROBE);
+        repo.commit("probe");
+    })
+    .await;
+    let sim = KubeSim::start(&fleet.dir.path().join("kube")).unwrap();
+    fleet
+        .add_agent_with_args(
+            "one",
+            "tier=core",
+            Some(sim.kubeconfig_path()),
+            &["--capabilities-interval", "1s"],
+        )
+        .await;
+    let first = fleet.repo.git(&["rev-parse", "HEAD"]);
+    fleet.wait_converged(&first).await;
+    assert_eq!(
+        probe(&sim),
+        Some(json!({"kube": "v1.33.0-kubesim", "widgets": "no"}))
+    );
+    let caps = &fleet.cli_json(&["cluster", "get", "one"])[0]["capabilities"];
+    assert_eq!(caps["kube_version"], "v1.33.0-kubesim");
+    let served: Vec<&str> = caps["api_versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for entry in ["v1", "v1/ConfigMap", "apps/v1", "apps/v1/Deployment"] {
+        assert!(served.contains(&entry), "{entry} missing from {served:?}");
+    }
+    assert!(!served.iter().any(|e| e.starts_with("example.com")));
+
+    // A commit installs the CRD; the agent's next reading finds it, the hub learns it and
+    // re-renders the probe, which no commit changed.
+    fleet
+        .repo
+        .write(
+            "flotilla.yaml",
+            &format!("{PROBE_MANIFEST}  - name: crds\n    path: apps/crds\n"),
+        )
+        .write("apps/crds/widget.yaml", WIDGET_CRD);
+    let second = fleet.repo.commit("widgets CRD");
+    fleet.wait_converged(&second).await;
+    eventually("the probe re-rendered for the new kind", CONVERGE, || {
+        probe(&sim).is_some_and(|d| d["widgets"] == "yes")
+    })
+    .await;
+    let caps = &fleet.cli_json(&["cluster", "get", "one"])[0]["capabilities"];
+    let served: Vec<&str> = caps["api_versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(served.contains(&"example.com/v1"), "{served:?}");
+    assert!(served.contains(&"example.com/v1/Widget"), "{served:?}");
+    fleet.shutdown().await;
+    sim.shutdown().await;
+}

@@ -55,6 +55,7 @@ async fn register(url: &str, ca: &str, admin: &mut AdminClient<Channel>, name: &
             csr_der: csr,
             requested_name: name.into(),
             labels: Default::default(),
+            capabilities: None,
         })
         .await
         .unwrap()
@@ -380,6 +381,7 @@ async fn a_registering_agent_cannot_choose_its_labels() {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        capabilities: None,
     };
     let err = reg
         .register(request(&[("tier", "payments")]))

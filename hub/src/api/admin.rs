@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::registration::token_hash;
-use super::{ApiState, caller, internal};
+use super::{ApiState, caller, internal, wire};
 use crate::controller::unix_now;
 use crate::pki::PeerIdentity;
 use crate::store::{ClusterSnapshot, ClusterUpdateError, TokenRecord};
@@ -57,6 +57,7 @@ impl AdminService {
             cert_expires_at: c.cert_expires_at,
             renewed_at: c.renewed_at,
             last_error: report.map(last_error).unwrap_or_default(),
+            capabilities: Some(wire::capabilities_message(&c.capabilities)),
         }
     }
 

@@ -402,6 +402,40 @@ impl Agent for AgentService {
             expires_at,
         }))
     }
+
+    async fn report_capabilities(
+        &self,
+        request: Request<pb::ReportCapabilitiesRequest>,
+    ) -> Result<Response<pb::ReportCapabilitiesResponse>, Status> {
+        let cluster = self.cluster(&request)?;
+        self.0.limits.admit_capability_report(&cluster)?;
+        let capabilities = wire::capabilities(request.into_inner().capabilities).inspect_err(
+            |s| debug!(cluster = %cluster, error = %s.message(), "capabilities refused"),
+        )?;
+        let store = self.0.store.clone();
+        let (id, stored) = (cluster.clone(), capabilities.clone());
+        let changed = tokio::task::spawn_blocking(move || store.set_capabilities(&id, &stored))
+            .await
+            .map_err(internal)?
+            .map_err(|e| match e {
+                crate::store::ClusterUpdateError::NotFound(_) => {
+                    Status::permission_denied(format!("cluster {cluster} is not registered"))
+                }
+                crate::store::ClusterUpdateError::Store(e) => internal(e),
+            })?;
+        if changed {
+            info!(
+                cluster = %cluster,
+                kube_version = capabilities.kube_version.as_deref().unwrap_or(""),
+                api_versions = capabilities.api_versions.len(),
+                "cluster capabilities changed; re-rendering"
+            );
+            // Templates may branch on them: render again; a new state follows only if the
+            // cluster's objects change.
+            self.0.controller.clusters_changed();
+        }
+        Ok(Response::new(pb::ReportCapabilitiesResponse { changed }))
+    }
 }
 
 /// A response stream that ends with an error once its cluster is deleted or the hub stops.

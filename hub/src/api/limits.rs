@@ -49,6 +49,7 @@ pub struct ApiLimits {
     registrations: DefaultKeyedRateLimiter<IpAddr>,
     reports: DefaultKeyedRateLimiter<String>,
     renewals: DefaultKeyedRateLimiter<String>,
+    capability_reports: DefaultKeyedRateLimiter<String>,
     renew_min_interval: Duration,
     streams: Arc<Mutex<HashMap<(String, StreamKind), usize>>>,
     registration_log: Mutex<LogThrottle>,
@@ -97,6 +98,10 @@ impl ApiLimits {
                 rpc.registration_burst,
             )),
             reports: RateLimiter::keyed(quota(rpc.reports_per_minute, rpc.report_burst)),
+            capability_reports: RateLimiter::keyed(quota(
+                rpc.capability_reports_per_minute,
+                rpc.capability_reports_per_minute,
+            )),
             streams: Arc::new(Mutex::new(HashMap::new())),
             registration_log: Mutex::new(LogThrottle::new(Duration::from_secs(1))),
             rpc,
@@ -127,6 +132,21 @@ impl ApiLimits {
                 self.renew_min_interval.as_secs()
             ))
         })
+    }
+
+    /// Admits one ReportCapabilities call of `cluster`, or refuses it with ResourceExhausted.
+    pub fn admit_capability_report(&self, cluster: &str) -> Result<(), Status> {
+        if self.capability_reports.len() > LIMITER_KEYS_BEFORE_SWEEP {
+            self.capability_reports.retain_recent();
+        }
+        self.capability_reports
+            .check_key(&cluster.to_string())
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "this cluster reported its capabilities more than {} times in the last minute (rpc.capabilityReportsPerMinute); retry later",
+                    self.rpc.capability_reports_per_minute
+                ))
+            })
     }
 
     /// Whether a refused registration may be logged now, and how many refusals were not.

@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::{ApiState, internal};
+use super::{ApiState, internal, wire};
 use crate::controller::unix_now;
 use crate::store::{ClusterRecord, RegisterError};
 
@@ -80,6 +80,8 @@ impl Registration for RegistrationService {
                 keys.join(", ")
             )));
         }
+        // Checked before the token, so refused capabilities do not use it up.
+        let capabilities = wire::capabilities(req.capabilities)?;
         let hash = token_hash(&req.bootstrap_token);
         self.check_token(hash).await?;
         let mut random = [0u8; 8];
@@ -116,6 +118,7 @@ impl Registration for RegistrationService {
                     registered_at: unix_now(),
                     cert_expires_at,
                     renewed_at: 0,
+                    capabilities,
                 })
             })
         })
@@ -132,7 +135,13 @@ impl Registration for RegistrationService {
             }
             Err(RegisterError::Store(e)) => return Err(internal(e)),
         };
-        info!(cluster = %cluster.id, name = %cluster.name, "cluster registered");
+        info!(
+            cluster = %cluster.id,
+            name = %cluster.name,
+            kube_version = cluster.capabilities.kube_version.as_deref().unwrap_or(""),
+            api_versions = cluster.capabilities.api_versions.len(),
+            "cluster registered"
+        );
         self.0.controller.clusters_changed();
         Ok(Response::new(pb::RegisterResponse {
             cluster_id: cluster.id,

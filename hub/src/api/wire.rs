@@ -1,5 +1,6 @@
 //! Conversions between flotilla.v1 messages and domain types.
 
+use flotilla_common::capabilities::Capabilities;
 use flotilla_common::cluster_state::{SignedClusterState, SignedHeader};
 use flotilla_common::status::{AppHealth, AppPhase, AppStatus, StatusReport};
 use flotilla_proto::v1 as pb;
@@ -47,4 +48,23 @@ pub fn status_report(r: pb::StatusReport) -> Result<StatusReport, Status> {
         apps,
         rejection: (!r.rejection.is_empty()).then_some(r.rejection),
     })
+}
+
+/// Capabilities an agent sent, checked against the limits (InvalidArgument naming the field and
+/// limit); an absent message means none.
+pub fn capabilities(c: Option<pb::Capabilities>) -> Result<Capabilities, Status> {
+    let Some(c) = c else {
+        return Ok(Capabilities::default());
+    };
+    let kube_version = (!c.kube_version.is_empty()).then_some(c.kube_version);
+    Capabilities::new(kube_version, c.api_versions)
+        .map_err(|e| Status::invalid_argument(format!("capabilities refused: {e}")))
+}
+
+/// Capabilities as the Admin service shows them.
+pub fn capabilities_message(c: &Capabilities) -> pb::Capabilities {
+    pb::Capabilities {
+        kube_version: c.kube_version.clone().unwrap_or_default(),
+        api_versions: c.api_versions.iter().cloned().collect(),
+    }
 }

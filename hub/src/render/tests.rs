@@ -496,3 +496,58 @@ fn input_digests_cover_exactly_what_a_render_reads() {
     assert_eq!(after[0], before[0]);
     assert_ne!(after[1], before[1]);
 }
+
+#[test]
+fn templates_branch_on_the_capabilities_the_agent_reported() {
+    let template = r#"{% if "policy/v1/PodDisruptionBudget" in cluster.apiVersions %}apiVersion: policy/v1
+{% else %}apiVersion: policy/v1beta1
+{% endif %}kind: PodDisruptionBudget
+metadata:
+  name: web
+  annotations:
+    kube: "{{ cluster.kubeVersion or 'unknown' }}"
+    served: "{{ cluster.apiVersions | length }}"
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: web}}
+"#;
+    let tree = RepoTree::new("c")
+        .with_file("flotilla.yaml", SIMPLE_MANIFEST)
+        .with_file("apps/web/pdb.yaml.j2", template);
+    let limits = Limits::default();
+    let manifest = load_manifest(&tree, &limits).unwrap();
+    let render_for = |capabilities| {
+        let info = ClusterInfo {
+            capabilities,
+            ..cluster(&[])
+        };
+        let rendered = render_app(
+            &tree,
+            &manifest.apps[0],
+            &info,
+            &RenderEnv::new(&limits, &Tools::default()),
+        )
+        .unwrap()
+        .unwrap();
+        rendered.objects[0].value.clone()
+    };
+
+    let unknown = render_for(Default::default());
+    assert_eq!(unknown["apiVersion"], "policy/v1beta1");
+    assert_eq!(unknown["metadata"]["annotations"]["kube"], "unknown");
+    assert_eq!(unknown["metadata"]["annotations"]["served"], "0");
+
+    let reported = flotilla_common::capabilities::Capabilities::new(
+        Some("v1.32.4".into()),
+        vec![
+            "v1".into(),
+            "policy/v1".into(),
+            "policy/v1/PodDisruptionBudget".into(),
+        ],
+    )
+    .unwrap();
+    let modern = render_for(reported);
+    assert_eq!(modern["apiVersion"], "policy/v1");
+    assert_eq!(modern["metadata"]["annotations"]["kube"], "v1.32.4");
+    assert_eq!(modern["metadata"]["annotations"]["served"], "3");
+}

@@ -25,6 +25,7 @@ fn cluster(id: &str, name: &str, t: &TokenRecord) -> Result<ClusterRecord, Regis
         registered_at: 5,
         cert_expires_at: 0,
         renewed_at: 0,
+        capabilities: Default::default(),
     })
 }
 
@@ -204,6 +205,56 @@ fn labels_are_set_and_removed_by_name_or_id() {
     assert_eq!(s.find_cluster("c-1").unwrap().unwrap().labels, set);
     assert!(matches!(
         s.label_cluster("nope", &set, &[]),
+        Err(ClusterUpdateError::NotFound(_))
+    ));
+}
+
+#[test]
+fn capabilities_are_stored_only_when_they_change_and_old_records_still_read() {
+    let (_d, s) = store();
+    // A record as hubs wrote it before capabilities (and before renewals).
+    let old = r#"{"id":"c-old","name":"old","labels":{"env":"dev"},"registered_at":5}"#;
+    let txn = s.db.begin_write().unwrap();
+    txn.open_table(CLUSTERS)
+        .unwrap()
+        .insert("c-old", old.as_bytes())
+        .unwrap();
+    txn.commit().unwrap();
+    let record = s.cluster("c-old").unwrap().unwrap();
+    assert!(record.capabilities.is_empty());
+    assert_eq!(record.labels.get("env").map(String::as_str), Some("dev"));
+
+    let caps = Capabilities::new(
+        Some("v1.32.4".into()),
+        vec!["v1".into(), "apps/v1".into(), "apps/v1/Deployment".into()],
+    )
+    .unwrap();
+    assert!(s.set_capabilities("old", &caps).is_err(), "by id only");
+    assert!(s.set_capabilities("c-old", &caps).unwrap());
+    assert!(!s.set_capabilities("c-old", &caps).unwrap(), "unchanged");
+    assert_eq!(s.cluster("c-old").unwrap().unwrap().capabilities, caps);
+    let raw: serde_json::Value = {
+        let txn = s.db.begin_read().unwrap();
+        let table = txn.open_table(CLUSTERS).unwrap();
+        serde_json::from_slice(table.get("c-old").unwrap().unwrap().value()).unwrap()
+    };
+    assert_eq!(
+        raw["capabilities"],
+        serde_json::json!({"kubeVersion": "v1.32.4", "apiVersions": ["apps/v1", "apps/v1/Deployment", "v1"]})
+    );
+    // Back to none: the key is left out again, as in records that never had any.
+    assert!(
+        s.set_capabilities("c-old", &Capabilities::default())
+            .unwrap()
+    );
+    let txn = s.db.begin_read().unwrap();
+    let table = txn.open_table(CLUSTERS).unwrap();
+    let raw = std::str::from_utf8(table.get("c-old").unwrap().unwrap().value())
+        .unwrap()
+        .to_string();
+    assert!(!raw.contains("capabilities"), "{raw}");
+    assert!(matches!(
+        s.set_capabilities("c-nope", &caps),
         Err(ClusterUpdateError::NotFound(_))
     ));
 }

@@ -17,6 +17,8 @@
 //!   error aborts it. Deletes carry the listed uid as a precondition, so an object recreated
 //!   since the listing is left alone.
 //! - **Inventory** is mirrored into ConfigMaps (`inventory.rs`).
+//! - **Capabilities** (Kubernetes version, served group-versions and kinds) are read from
+//!   discovery for the hub's renders (`capabilities.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -43,6 +45,7 @@ use crate::health::{app_health, object_health};
 use crate::inventory::AppInventory;
 use crate::plan::apply_rank;
 
+pub mod capabilities;
 pub mod discovery;
 pub mod error;
 pub mod inventory;
