@@ -688,11 +688,11 @@ mod tests {
         );
         assert_eq!(c.rpc.state_retention, 3);
         assert_eq!(c.rpc.max_chain_headers, 7);
-        let c = HubConfig::parse("render: {timeout: 2m, parallelism: 4}\nchartRepositories: [{url: 'https://charts.example/stable/', timeout: 5s}]\n").unwrap();
-        assert_eq!(c.chart_repositories[0].url, "https://charts.example/stable");
-        assert_eq!(c.chart_repositories[0].timeout, Duration::from_secs(5));
-        assert_eq!(c.render.timeout, Duration::from_secs(120));
-        assert_eq!(c.render.parallelism, 4);
+        let r = HubConfig::parse("render: {timeout: 2m, parallelism: 4}\nchartRepositories: [{url: 'https://charts.example/stable/', timeout: 5s}]\n").unwrap();
+        assert_eq!(r.chart_repositories[0].url, "https://charts.example/stable");
+        assert_eq!(r.chart_repositories[0].timeout, Duration::from_secs(5));
+        assert_eq!(r.render.timeout, Duration::from_secs(120));
+        assert_eq!(r.render.parallelism, 4);
         assert_eq!(c.rpc.capability_reports_per_minute, 2);
         assert_eq!(
             HubConfig::parse("{}")
