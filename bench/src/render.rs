@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use flotilla_common::labels::Labels;
 use flotilla_common::limits::Limits;
-use flotilla_hub::controller::{RenderMemo, cluster_info, render_for_clusters};
+use flotilla_hub::controller::{RenderMemo, RenderSlots, cluster_info, render_for_clusters};
 use flotilla_hub::manifest::load_manifest;
 use flotilla_hub::render::{RenderEnv, RepoTree, Tools, render_app};
 use flotilla_hub::store::ClusterRecord;
@@ -150,17 +150,9 @@ pub fn render(clusters: usize, sample: usize, parallelism: usize) -> anyhow::Res
 
     // With memoization: the controller's render, one app at a time, then the whole fleet.
     let stop = CancellationToken::new();
+    let slots = RenderSlots::new(parallelism);
     let run = |tree: &RepoTree, apps: &[flotilla_hub::manifest::AppSpec], memo: &mut RenderMemo| {
-        render_for_clusters(
-            tree,
-            apps,
-            &records,
-            "bench",
-            &env,
-            memo,
-            parallelism,
-            &stop,
-        )
+        render_for_clusters(tree, apps, &records, "bench", &env, memo, &slots, &stop)
     };
     println!("with memoization (the controller's render_for_clusters, fresh memo):");
     for app in &manifest.apps {

@@ -148,7 +148,7 @@ pub struct Controller {
     fetch_timeout: Duration,
     limits: flotilla_common::limits::Limits,
     tools: Arc<Tools>,
-    render_parallelism: usize,
+    render_slots: Arc<RenderSlots>,
     stop: CancellationToken,
     chart_repos: Arc<Vec<ChartRepoConfig>>,
     chart_cache: PathBuf,
@@ -206,7 +206,7 @@ impl Controller {
                     timeout: config.render.timeout,
                     ..Tools::discover()
                 }),
-                render_parallelism: config.render.parallelism,
+                render_slots: Arc::new(RenderSlots::new(config.render.parallelism)),
                 stop: CancellationToken::new(),
                 chart_repos: Arc::new(config.chart_repositories.clone()),
                 chart_cache: mirrors_dir.parent().unwrap_or(&mirrors_dir).join("charts"),
@@ -286,7 +286,7 @@ impl Controller {
             source: src.config.name.clone(),
             limits: self.limits.clone(),
             tools: self.tools.clone(),
-            parallelism: self.render_parallelism,
+            slots: self.render_slots.clone(),
             memo: src.memo.take().unwrap_or_default(),
             commit,
             stop: self.stop.clone(),
@@ -567,7 +567,7 @@ struct RenderJob {
     source: String,
     limits: flotilla_common::limits::Limits,
     tools: Arc<Tools>,
-    parallelism: usize,
+    slots: Arc<RenderSlots>,
     memo: RenderMemo,
     commit: String,
     /// Stops starting renders once the hub shuts down.
@@ -587,7 +587,7 @@ impl RenderJob {
             source,
             limits,
             tools,
-            parallelism,
+            slots,
             mut memo,
             commit,
             stop,
@@ -612,7 +612,7 @@ impl RenderJob {
                     &source,
                     &env,
                     &mut memo,
-                    parallelism,
+                    &slots,
                     &stop,
                 );
                 info!(source = %source, commit = %commit, assigned = counts.assigned, distinct = counts.distinct, ran = counts.ran, "rendered");
@@ -767,7 +767,8 @@ fn short(commit: &str) -> &str {
 }
 
 /// Renders every app for every cluster: each app's targets are planned once, clusters that agree on a
-/// render's inputs share it, and only renders missing from `memo` run, `parallelism` at a time. No IO
+/// render's inputs share it, and only renders missing from `memo` run, as many at a time as `slots`
+/// allows across every source's render. No IO
 /// except the external renderers' runs (see `render::external`).
 #[allow(clippy::too_many_arguments)]
 pub fn render_for_clusters(
@@ -777,7 +778,7 @@ pub fn render_for_clusters(
     source: &str,
     env: &RenderEnv<'_>,
     memo: &mut RenderMemo,
-    parallelism: usize,
+    slots: &RenderSlots,
     stop: &CancellationToken,
 ) -> (RenderedSource, Vec<String>, RenderCounts) {
     let infos: Vec<ClusterInfo> = clusters.iter().map(cluster_info).collect();
@@ -833,7 +834,7 @@ pub fn render_for_clusters(
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::with_capacity(missing.len()));
     std::thread::scope(|scope| {
-        for _ in 0..parallelism.clamp(1, missing.len().max(1)) {
+        for _ in 0..slots.max.clamp(1, missing.len().max(1)) {
             scope.spawn(|| {
                 loop {
                     let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -851,6 +852,7 @@ pub fn render_for_clusters(
                     let plan = plans[*a][*t]
                         .as_ref()
                         .expect("only planned targets are wanted");
+                    let _slot = slots.acquire();
                     let outcome = plan
                         .render(tree, &infos[*c], env)
                         .map(|rendered| {
@@ -947,6 +949,44 @@ pub fn render_for_clusters(
         errors,
         counts,
     )
+}
+
+/// How many renders may run at once across all sources (`render.parallelism`): a counting semaphore the
+/// blocking render threads wait on.
+pub struct RenderSlots {
+    max: usize,
+    used: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl RenderSlots {
+    /// `max` renders at once (at least one).
+    pub fn new(max: usize) -> Self {
+        RenderSlots {
+            max: max.max(1),
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot; it is given back when the guard drops.
+    fn acquire(&self) -> SlotGuard<'_> {
+        let mut used = self.used.lock().expect("render slots poisoned");
+        while *used >= self.max {
+            used = self.freed.wait(used).expect("render slots poisoned");
+        }
+        *used += 1;
+        SlotGuard(self)
+    }
+}
+
+struct SlotGuard<'a>(&'a RenderSlots);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.used.lock().expect("render slots poisoned") -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 /// The cluster as a render sees it.
@@ -1084,7 +1124,7 @@ apps:
             "src",
             &env,
             &mut memo,
-            2,
+            &RenderSlots::new(2),
             &CancellationToken::new(),
         );
         assert!(errors.is_empty(), "{errors:?}");
@@ -1109,7 +1149,7 @@ apps:
             "src",
             &env,
             &mut memo,
-            2,
+            &RenderSlots::new(2),
             &CancellationToken::new(),
         );
         assert_eq!(again.ran, 0);
@@ -1124,7 +1164,7 @@ apps:
             "src",
             &env,
             &mut memo,
-            2,
+            &RenderSlots::new(2),
             &CancellationToken::new(),
         );
         assert!(errors.is_empty(), "{errors:?}");
@@ -1163,7 +1203,7 @@ apps:
             "src",
             &env,
             &mut memo,
-            2,
+            &RenderSlots::new(2),
             &CancellationToken::new(),
         );
         assert_eq!(rendered.clusters(), 0);
@@ -1175,5 +1215,28 @@ apps:
         );
         assert_eq!(counts.ran, 1);
         assert!(memo.is_empty());
+    }
+
+    #[test]
+    fn render_slots_bound_renders_across_threads() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let slots = RenderSlots::new(2);
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..6 {
+                scope.spawn(|| {
+                    for _ in 0..20 {
+                        let _slot = slots.acquire();
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&most), "{most} renders ran at once");
     }
 }
