@@ -11,6 +11,7 @@
 
 mod identity;
 mod render;
+mod rollout;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,12 @@ enum Command {
         /// The hub's source poll interval.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         interval: Duration,
+    },
+    /// The pure rollout engine over N simulated clusters in three stages: time per step.
+    RolloutEngine {
+        /// Clusters.
+        #[arg(long, default_value_t = 10_000)]
+        clusters: usize,
     },
     /// The hub's renderer over N clusters in 3 targets for raw, template, kustomize and Helm apps,
     /// with and without memoization (real kubectl kustomize and Helm engine).
@@ -366,6 +373,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Identity { clusters } => identity::identity(clusters)
             .await
             .context("identity benchmark"),
+        Command::RolloutEngine { clusters } => {
+            rollout::rollout_engine(clusters).context("rollout-engine benchmark")
+        }
         Command::Render {
             clusters,
             sample,

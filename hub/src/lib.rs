@@ -15,4 +15,5 @@ pub mod store;
 pub mod manifest;
 pub mod pki;
 pub mod render;
+pub mod rollout;
 pub mod source;
