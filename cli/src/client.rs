@@ -291,6 +291,73 @@ pub async fn delete_cluster(
     })
 }
 
+/// One event of the hub's event log.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventView {
+    /// Sequence number.
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: i64,
+    /// What happened.
+    pub kind: String,
+    /// info | warning | error.
+    pub severity: String,
+    /// Source, app and cluster it concerns (empty when none).
+    pub source: String,
+    /// App.
+    pub app: String,
+    /// Cluster.
+    pub cluster: String,
+    /// A sentence.
+    pub message: String,
+}
+
+/// Which events to list or follow.
+#[derive(Debug, Clone, Default)]
+pub struct EventsQuery {
+    /// Only events after this sequence number.
+    pub after_seq: u64,
+    /// Keep streaming new events.
+    pub follow: bool,
+    /// Only this app's.
+    pub app: String,
+    /// Only this cluster's.
+    pub cluster: String,
+    /// Most stored events (0: 100).
+    pub limit: u32,
+}
+
+/// Streams events to `each` until the stream ends (at once without `follow`).
+pub async fn events(
+    client: &mut AdminClient<Channel>,
+    query: EventsQuery,
+    mut each: impl FnMut(EventView),
+) -> Result<(), ClientError> {
+    let mut stream = client
+        .events(pb::EventsRequest {
+            after_seq: query.after_seq,
+            follow: query.follow,
+            app: query.app,
+            cluster: query.cluster,
+            limit: query.limit,
+        })
+        .await?
+        .into_inner();
+    while let Some(e) = stream.message().await? {
+        each(EventView {
+            seq: e.seq,
+            at: e.at,
+            kind: e.kind,
+            severity: e.severity,
+            source: e.source,
+            app: e.app,
+            cluster: e.cluster,
+            message: e.message,
+        });
+    }
+    Ok(())
+}
+
 /// Lists clusters.
 pub async fn clusters(client: &mut AdminClient<Channel>) -> Result<Vec<ClusterView>, ClientError> {
     let resp = client

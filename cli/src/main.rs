@@ -56,6 +56,30 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: OutputFormat,
     },
+    /// The hub's events: commits in force, failed renders, registrations, labels, deletions, apps that
+    /// fail, drift or turn unhealthy. `--follow` keeps printing new ones.
+    Events {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Keep printing events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this app's events.
+        #[arg(long, default_value = "")]
+        app: String,
+        /// Only this cluster's events (name).
+        #[arg(long, default_value = "")]
+        cluster: String,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since_seq: u64,
+        /// Most stored events shown before following.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Output format (`json`: one JSON object per line).
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
     /// Print the objects a cluster with these labels would receive, with no hub.
     Render {
         /// Repository path; only its object database is read.
@@ -249,6 +273,31 @@ async fn main() -> anyhow::Result<()> {
                 OutputFormat::Json => print_json(&clusters),
                 OutputFormat::Table => println!("{}", clusters_table(&clusters)),
             }
+        }
+        Command::Events {
+            hub,
+            follow,
+            app,
+            cluster,
+            since_seq,
+            limit,
+            output,
+        } => {
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let query = client::EventsQuery {
+                after_seq: since_seq,
+                follow,
+                app,
+                cluster,
+                limit,
+            };
+            client::events(&mut admin, query, |e| match output {
+                OutputFormat::Json => {
+                    println!("{}", serde_json::to_string(&e).expect("events serialize"))
+                }
+                OutputFormat::Table => println!("{}", flotilla_cli::output::event_line(&e)),
+            })
+            .await?;
         }
         Command::Status { hub, output } => {
             let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;

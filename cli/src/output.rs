@@ -249,3 +249,32 @@ pub fn status_table(status: &StatusView) -> String {
     }
     format!("{sources}\n\n{apps}")
 }
+
+/// One event as a line: `seq time severity kind scope: message`.
+pub fn event_line(e: &crate::client::EventView) -> String {
+    let when = u64::try_from(e.at)
+        .map(|s| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+            )
+            .to_string()
+        })
+        .unwrap_or_else(|_| e.at.to_string());
+    let scope: Vec<String> = [
+        ("source", &e.source),
+        ("app", &e.app),
+        ("cluster", &e.cluster),
+    ]
+    .iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| format!("{k}={v}"))
+    .collect();
+    format!(
+        "{:>5} {when} {:<7} {:<18} {}: {}",
+        e.seq,
+        e.severity,
+        e.kind,
+        scope.join(" "),
+        e.message
+    )
+}

@@ -69,6 +69,12 @@ struct RawConfig {
     render: RawRender,
     #[serde(default)]
     chart_repositories: Vec<RawChartRepo>,
+    #[serde(default = "default_event_retention")]
+    event_retention: u64,
+}
+
+fn default_event_retention() -> u64 {
+    crate::events::DEFAULT_EVENT_RETENTION
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,6 +367,8 @@ pub struct HubConfig {
     pub render: RenderSettings,
     /// Chart repositories apps may use.
     pub chart_repositories: Vec<ChartRepoConfig>,
+    /// Events the hub keeps (`eventRetention`); older ones are dropped.
+    pub event_retention: u64,
     /// Service limits.
     pub rpc: RpcLimits,
 }
@@ -626,7 +634,14 @@ impl HubConfig {
                 max_chart_bytes: r.max_chart_bytes.unwrap_or(defaults.max_chart_bytes),
             });
         }
+        if raw.event_retention == 0 {
+            return Err(ConfigError::Invalid {
+                field: "eventRetention".into(),
+                message: "at least one event must be kept".into(),
+            });
+        }
         Ok(HubConfig {
+            event_retention: raw.event_retention,
             chart_repositories,
             cluster_cert_ttl,
             renew_min_interval: duration("renewMinInterval", &raw.renew_min_interval)?,

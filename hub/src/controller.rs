@@ -149,6 +149,7 @@ pub struct Controller {
     limits: flotilla_common::limits::Limits,
     tools: Arc<Tools>,
     render_slots: Arc<RenderSlots>,
+    events: Option<crate::events::EventLog>,
     stop: CancellationToken,
     chart_repos: Arc<Vec<ChartRepoConfig>>,
     chart_cache: PathBuf,
@@ -207,6 +208,7 @@ impl Controller {
                     ..Tools::discover()
                 }),
                 render_slots: Arc::new(RenderSlots::new(config.render.parallelism)),
+                events: None,
                 stop: CancellationToken::new(),
                 chart_repos: Arc::new(config.chart_repositories.clone()),
                 chart_cache: mirrors_dir.parent().unwrap_or(&mirrors_dir).join("charts"),
@@ -217,6 +219,12 @@ impl Controller {
             },
             handle,
         ))
+    }
+
+    /// Records commits going into force and failed renders in `events`.
+    pub fn with_events(mut self, events: crate::events::EventLog) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Renders with these tools instead of the ones found on `PATH` (tests; an embedding program).
@@ -364,6 +372,8 @@ impl Controller {
             src.memo = Some(done.memo);
         }
         let commit = done.commit;
+        let error_before = self.sources[i].record.error.clone();
+        let in_force_before = self.sources[i].record.rendered_commit.clone();
         match done.kind {
             JobKind::Poll { fetch } => {
                 self.sources[i].settled = true;
@@ -427,6 +437,43 @@ impl Controller {
             }
         }
         self.save_source(i).await;
+        if let Some(log) = &self.events {
+            let record = &self.sources[i].record;
+            let now = unix_now();
+            let mut events = Vec::new();
+            if record.rendered_commit != in_force_before {
+                events.push(crate::events::NewEvent::source(
+                    now,
+                    "commit-in-force",
+                    crate::events::Severity::Info,
+                    &name,
+                    format!(
+                        "commit {} is in force for {} clusters",
+                        short(&record.rendered_commit),
+                        self.sources[i]
+                            .rendered
+                            .as_ref()
+                            .map(|r| r.per_cluster.len())
+                            .unwrap_or(0)
+                    ),
+                ));
+            }
+            if !record.error.is_empty() && record.error != error_before {
+                let kind = if record.error.starts_with("fetch failed") {
+                    "fetch-failed"
+                } else {
+                    "render-failed"
+                };
+                events.push(crate::events::NewEvent::source(
+                    now,
+                    kind,
+                    crate::events::Severity::Error,
+                    &name,
+                    format!("{}; the previous release stays in force", record.error),
+                ));
+            }
+            log.record(events).await;
+        }
         if let Err(e) = self.issue_states().await {
             warn!(error = %e, "issuing ClusterStates failed; will retry");
         }

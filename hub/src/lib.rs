@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod controller;
 pub mod datadir;
+pub mod events;
 pub mod listener;
 pub mod logging;
 pub mod server;

@@ -93,6 +93,7 @@ pub async fn run(
 
     let signing = Arc::new(keys.signing);
     let signing_public_key = signing.verifying_key().to_bytes();
+    let events = crate::events::EventLog::new(store.clone(), config.event_retention);
     let (controller, handle) = Controller::new(
         store.clone(),
         signing,
@@ -100,6 +101,7 @@ pub async fn run(
         &config,
         data_dir.mirrors_dir(),
     )?;
+    let controller = controller.with_events(events.clone());
     let tracker = TaskTracker::new();
     tracker.spawn(controller.run(shutdown.clone()));
 
@@ -116,6 +118,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tasks: tracker.clone(),
         limits: Arc::new(ApiLimits::new(&config)),
+        events,
     };
     let tls = server_tls_config(
         &server_cert.cert_pem,

@@ -38,6 +38,8 @@ const BLOB_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("blob_refs")
 /// When the hub (by its own clock, unix seconds) stored each cluster's newest report.
 const REPORT_RECEIVED: TableDefinition<&str, i64> = TableDefinition::new("report_received");
 const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
+/// Event log: seq → event JSON (crate::events).
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -369,6 +371,7 @@ impl HubStore {
             txn.open_table(CLUSTER_BLOB_REFS)?;
             txn.open_table(BLOB_REFS)?;
             txn.open_table(REPORT_RECEIVED)?;
+            txn.open_table(EVENTS)?;
             upgrade_version_index(&txn)?;
         }
         txn.commit()?;
@@ -751,6 +754,51 @@ impl HubStore {
         };
         txn.commit()?;
         Ok(fresh)
+    }
+
+    /// Appends events with the next sequence numbers and drops the oldest beyond `retention`, in one
+    /// transaction; returns them numbered.
+    pub fn append_events(
+        &self,
+        events: &[crate::events::NewEvent],
+        retention: u64,
+    ) -> Result<Vec<crate::events::Event>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let stored = {
+            let mut table = txn.open_table(EVENTS)?;
+            let mut seq = table.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+            let mut stored = Vec::with_capacity(events.len());
+            for e in events {
+                seq += 1;
+                let event = crate::events::Event {
+                    seq,
+                    event: e.clone(),
+                };
+                table.insert(seq, json(&event).as_slice())?;
+                stored.push(event);
+            }
+            let keep_from = seq.saturating_sub(retention) + 1;
+            table.retain_in(..keep_from, |_, _| false)?;
+            stored
+        };
+        txn.commit()?;
+        Ok(stored)
+    }
+
+    /// Up to `limit` events after `after`, oldest first.
+    pub fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::events::Event>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for entry in table.range(after.saturating_add(1)..)?.take(limit) {
+            let (_, v) = entry?;
+            out.push(unjson("events", v.value())?);
+        }
+        Ok(out)
     }
 
     /// The newest status report of a cluster.

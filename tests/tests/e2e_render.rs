@@ -144,6 +144,70 @@ async fn kustomize_and_helm_apps_reach_clusters_by_target() {
         data(&sims[1], "cache-size", "fixed").as_deref() == Some("yes")
     })
     .await;
+
+    // The event log has every change, in order; `--follow` streams new ones.
+    let lines = fleet.cli_text(&["events", "-o", "json"]);
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for want in ["cluster-registered", "commit-in-force", "render-failed"] {
+        assert!(kinds.contains(&want), "{want} missing from {kinds:?}");
+    }
+    let failed = events
+        .iter()
+        .find(|e| e["kind"] == "render-failed")
+        .unwrap();
+    assert_eq!(failed["severity"], "error");
+    assert_eq!(failed["source"], "main");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("cache/templates/cm.yaml:4"),
+        "{failed}"
+    );
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let only_core = fleet.cli_text(&["events", "--cluster", "core-1", "-o", "json"]);
+    assert!(
+        only_core
+            .lines()
+            .all(|l| l.contains("\"cluster\":\"core-1\"")),
+        "{only_core}"
+    );
+
+    let mut follower = tokio::process::Command::new(&fleet.bins.cli)
+        .args(["events", "--follow", "-o", "json", "--since-seq"])
+        .arg(seqs.last().unwrap().to_string())
+        .env("FLOTILLA_HUB", fleet.hub.url())
+        .env("FLOTILLA_ADMIN_DIR", fleet.hub.admin_dir())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(follower.stdout.take().unwrap());
+    fleet.cli_text(&["cluster", "label", "edge-1", "zone=a"]);
+    let mut line = String::new();
+    let read = tokio::time::timeout(CONVERGE, async {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            line.clear();
+            assert!(
+                out.read_line(&mut line).await.unwrap() > 0,
+                "follower ended"
+            );
+            if line.contains("cluster-labelled") {
+                return line.clone();
+            }
+        }
+    })
+    .await
+    .expect("the label event streamed to the follower");
+    assert!(read.contains("\"cluster\":\"edge-1\""), "{read}");
+    follower.kill().await.unwrap();
+
     assert!(
         !fleet.all_logs().contains(" ERROR "),
         "an ERROR line in the logs"

@@ -15,8 +15,22 @@ use tracing::info;
 use super::registration::token_hash;
 use super::{ApiState, caller, internal, wire};
 use crate::controller::unix_now;
+use crate::events::Event;
 use crate::pki::PeerIdentity;
 use crate::store::{ClusterSnapshot, ClusterUpdateError, TokenRecord};
+
+fn event_message(e: Event) -> pb::Event {
+    pb::Event {
+        seq: e.seq,
+        at: e.event.at,
+        kind: e.event.kind,
+        severity: e.event.severity.as_str().to_string(),
+        source: e.event.source,
+        app: e.event.app,
+        cluster: e.event.cluster,
+        message: e.event.message,
+    }
+}
 
 /// Longest a bootstrap token may live.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -271,6 +285,19 @@ impl Admin for AdminService {
             .map_err(internal)?
             .map_err(update_error)?;
         info!(admin = %admin, cluster = %record.id, name = %record.name, "cluster labels changed");
+        self.0
+            .events
+            .record(vec![crate::events::NewEvent::cluster(
+                unix_now(),
+                "cluster-labelled",
+                crate::events::Severity::Info,
+                &record.name,
+                format!(
+                    "{admin} set the labels to {}",
+                    flotilla_common::labels::format_labels(&record.labels)
+                ),
+            )])
+            .await;
         // Re-target at once: a new ClusterState follows if the cluster's apps change.
         self.0.controller.clusters_changed();
         let snap = self
@@ -280,6 +307,83 @@ impl Admin for AdminService {
             .map_err(internal)?
             .ok_or_else(|| update_error(ClusterUpdateError::NotFound(record.id.clone())))?;
         Ok(Response::new(self.cluster_message(&snap)))
+    }
+
+    type EventsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send + 'static>,
+    >;
+
+    async fn events(
+        &self,
+        request: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        self.admin(&request)?;
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        let wanted = move |e: &Event| {
+            (req.app.is_empty() || e.event.app == req.app)
+                && (req.cluster.is_empty() || e.event.cluster == req.cluster)
+        };
+        // Subscribe before reading what is stored so nothing recorded in between is missed.
+        let mut live = self.0.events.subscribe();
+        let store = self.0.store.clone();
+        let after = req.after_seq;
+        let stored = tokio::task::spawn_blocking(move || store.events_after(after, usize::MAX))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        let mut backlog: Vec<Event> = stored.into_iter().filter(|e| wanted(e)).collect();
+        let skip = backlog.len().saturating_sub(limit);
+        backlog.drain(..skip);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let shutdown = self.0.shutdown.clone();
+        let store = self.0.store.clone();
+        let follow = req.follow;
+        self.0.tasks.spawn(async move {
+            let mut last = after;
+            for e in backlog {
+                last = e.seq;
+                if tx.send(Ok(event_message(e))).await.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                let next: Vec<Event> = tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => return,
+                    msg = live.recv() => match msg {
+                        Ok(e) => vec![e],
+                        // Fell behind: what was missed is in the store.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            let store = store.clone();
+                            match tokio::task::spawn_blocking(move || store.events_after(last, usize::MAX)).await {
+                                Ok(Ok(events)) => events,
+                                _ => return,
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                for e in next {
+                    if e.seq <= last {
+                        continue;
+                    }
+                    last = e.seq;
+                    if wanted(&e) && tx.send(Ok(event_message(e))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn delete_cluster(
@@ -302,6 +406,16 @@ impl Admin for AdminService {
             .remove(&record.id);
         self.0.controller.clusters_changed();
         info!(admin = %admin, cluster = %record.id, name = %record.name, "cluster deleted; its certificate is refused from now on");
+        self.0
+            .events
+            .record(vec![crate::events::NewEvent::cluster(
+                unix_now(),
+                "cluster-deleted",
+                crate::events::Severity::Warning,
+                &record.name,
+                format!("{admin} deleted the cluster; its certificate is refused from now on"),
+            )])
+            .await;
         Ok(Response::new(pb::DeleteClusterResponse {
             id: record.id,
             name: record.name,

@@ -347,8 +347,19 @@ impl Agent for AgentService {
                     .expect("last_contact lock")
                     .insert(cluster.clone(), received_at);
                 // Ack only after the report is durable (invariant 5).
+                let events = state.events.clone();
                 let saved = tokio::task::spawn_blocking(move || {
-                    store.record_report(&cluster_id, &report, received_at)
+                    let previous = store.report(&cluster_id)?;
+                    let fresh = store.record_report(&cluster_id, &report, received_at)?;
+                    if fresh && let Some(record) = store.cluster(&cluster_id)? {
+                        events.record_blocking(crate::events::report_events(
+                            &record.name,
+                            previous.as_ref(),
+                            &report,
+                            received_at,
+                        ));
+                    }
+                    Ok::<_, crate::store::StoreError>(fresh)
                 })
                 .await;
                 let ack = match saved {

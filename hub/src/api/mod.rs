@@ -48,6 +48,8 @@ pub struct ApiState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The tasks that feed streams; the hub waits for them before it returns.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The event log.
+    pub events: crate::events::EventLog,
     /// Per-caller limits and their counters.
     pub limits: Arc<ApiLimits>,
 }

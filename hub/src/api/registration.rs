@@ -142,6 +142,20 @@ impl Registration for RegistrationService {
             api_versions = cluster.capabilities.api_versions.len(),
             "cluster registered"
         );
+        self.0
+            .events
+            .record(vec![crate::events::NewEvent::cluster(
+                unix_now(),
+                "cluster-registered",
+                crate::events::Severity::Info,
+                &cluster.name,
+                format!(
+                    "cluster {} registered with labels {}",
+                    cluster.id,
+                    flotilla_common::labels::format_labels(&cluster.labels)
+                ),
+            )])
+            .await;
         self.0.controller.clusters_changed();
         Ok(Response::new(pb::RegisterResponse {
             cluster_id: cluster.id,

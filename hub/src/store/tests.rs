@@ -449,3 +449,36 @@ fn token_usable_reads_without_consuming() {
         .unwrap();
     assert!(!s.token_usable(&[1; 32], 10).unwrap(), "used");
 }
+
+#[test]
+fn events_are_numbered_kept_within_retention_and_survive_reopening() {
+    use crate::events::{NewEvent, Severity};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.redb");
+    let s = HubStore::open(&path).unwrap();
+    let event = |i: i64| {
+        NewEvent::cluster(
+            i,
+            "cluster-registered",
+            Severity::Info,
+            "c",
+            format!("#{i}"),
+        )
+    };
+    let stored = s.append_events(&[event(1), event(2)], 3).unwrap();
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    s.append_events(&[event(3), event(4), event(5)], 3).unwrap();
+    let kept: Vec<u64> = s
+        .events_after(0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(kept, [3, 4, 5], "only the newest 3 are kept");
+    assert_eq!(s.events_after(4, 100).unwrap()[0].event.message, "#5");
+    drop(s);
+    // Numbering continues after a restart; nothing reuses a sequence number.
+    let s = HubStore::open(&path).unwrap();
+    let next = s.append_events(&[event(6)], 3).unwrap();
+    assert_eq!(next[0].seq, 6);
+}
