@@ -143,6 +143,26 @@ pub fn parse_one<T: serde::de::DeserializeOwned + Send>(
     })
 }
 
+/// Like [`parse_one`] for one large document an operator chose to read, such as a chart repository's
+/// `index.yaml` (tens of thousands of entries): the node and event budgets grow with the input (a node
+/// per 4 bytes, an event per byte, never below the defaults), while the depth, alias and anchor-replay
+/// budgets that stop an alias bomb stay as they are.
+pub fn parse_one_large<T: serde::de::DeserializeOwned + Send>(
+    text: &str,
+    limits: &Limits,
+) -> Result<T, YamlError> {
+    check_size(text, limits)?;
+    with_deep_stack(|| {
+        let mut options = options(limits);
+        if let Some(budget) = options.budget.as_mut() {
+            budget.max_nodes = budget.max_nodes.max(text.len() / 4);
+            budget.max_events = budget.max_events.max(text.len());
+        }
+        serde_saphyr::from_str_with_options(text, options)
+            .map_err(|e| YamlError(describe(&e, limits)))
+    })
+}
+
 /// Deserialization recurses once per nesting level, and the depth budget is
 /// only checked on the way down; a dedicated thread with a large stack keeps a
 /// document at the depth limit from overflowing a small (test or tokio) stack.

@@ -341,7 +341,7 @@ fn parse_index(
         ..limits.clone()
     };
     let index: IndexFile =
-        flotilla_common::yaml::parse_one(text, &limits).map_err(|e| e.to_string())?;
+        flotilla_common::yaml::parse_one_large(text, &limits).map_err(|e| e.to_string())?;
     Ok(index
         .entries
         .unwrap_or_default()
@@ -614,6 +614,31 @@ serverInfo: {contextPath: /charts}
             parse_index("apiVersion: v1\n", "x", &limits, 1024).unwrap(),
             None
         );
+    }
+
+    /// Public repositories list tens of thousands of chart versions in one index.
+    #[test]
+    fn a_large_public_index_parses() {
+        let mut text = String::from("apiVersion: v1\nentries:\n");
+        for chart in 0..12 {
+            text.push_str(&format!("  chart-{chart}:\n"));
+            for v in 0..1_000 {
+                text.push_str(&format!(
+                    "    - apiVersion: v2\n      name: chart-{chart}\n      version: 1.{v}.0\n      appVersion: \"{v}\"\n      created: \"2026-12-01T00:00:00Z\"\n      description: A chart with a description of ordinary length for an index.\n      digest: {}\n      urls: [https://charts.example/chart-{chart}-1.{v}.0.tgz]\n      maintainers: [{{name: team, email: team@example.com}}]\n",
+                    "a".repeat(64)
+                ));
+            }
+        }
+        assert!(text.len() > 4 << 20, "{} bytes", text.len());
+        let entries = parse_index(
+            &text,
+            "chart-7",
+            &Limits::default(),
+            DEFAULT_MAX_INDEX_BYTES,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(entries.len(), 1_000);
     }
 
     #[test]
