@@ -412,7 +412,10 @@ pub fn plan_target<'a>(
                 for (rel, entry) in tree.entries_under(&plan.dir) {
                     if let TreeEntry::File(bytes) = entry {
                         add(rel, bytes);
-                        mentions_capabilities |= contains(bytes, b"Capabilities");
+                        // `.Capabilities` in templates, and a `kubeVersion:` constraint in a Chart.yaml
+                        // that Helm checks against `--kube-version`.
+                        mentions_capabilities |=
+                            contains(bytes, b"Capabilities") || contains(bytes, b"kubeVersion");
                     }
                 }
                 if mentions_capabilities {
@@ -541,6 +544,11 @@ impl<'a> TargetPlan<'a> {
                     }
                     _ => format!("chart {}", display_dir(&self.dir)),
                 };
+                if self.chart.is_none()
+                    && let Some(kube) = &cluster.capabilities.kube_version
+                {
+                    helm::check_kube_version(tree, &self.dir, kube, &subject, limits)?;
+                }
                 let run = helm::HelmRun {
                     release: &app.name,
                     namespace,

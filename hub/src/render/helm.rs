@@ -159,6 +159,52 @@ pub(crate) fn render(
     Ok((docs, notes))
 }
 
+/// Helm refuses a chart whose `Chart.yaml` `kubeVersion:` constraint the cluster's version does not meet
+/// (with Helm's message); the check is made here too, so every `helm` gives the same answer.
+pub(crate) fn check_kube_version(
+    tree: &RepoTree,
+    dir: &str,
+    kube: &str,
+    subject: &str,
+    limits: &Limits,
+) -> Result<(), RenderError> {
+    use crate::source::charts::version::{VersionRange, parse_version};
+    let path = if dir.is_empty() {
+        "Chart.yaml".to_string()
+    } else {
+        format!("{dir}/Chart.yaml")
+    };
+    let Some(TreeEntry::File(bytes)) = tree.get(&path) else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let chart: Value =
+        flotilla_common::yaml::parse_one(&text, limits).map_err(|e| RenderError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    let Some(constraint) = chart.get("kubeVersion").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let tool_err = |message: String| RenderError::Tool {
+        tool: "helm",
+        path: subject.to_string(),
+        message,
+    };
+    let range = VersionRange::parse(constraint).map_err(|e| {
+        tool_err(format!(
+            "{path}: kubeVersion {constraint:?} is not a version constraint: {e}"
+        ))
+    })?;
+    let compatible = parse_version(kube).is_some_and(|v| range.matches(&v));
+    if !compatible {
+        return Err(tool_err(format!(
+            "chart requires kubeVersion: {constraint} which is incompatible with Kubernetes {kube}"
+        )));
+    }
+    Ok(())
+}
+
 /// `helm template` output split at its `# Source: PATH` comments: (path, text) in output order.
 fn sections(text: &str) -> Vec<(&str, &str)> {
     let mut out = Vec::new();
