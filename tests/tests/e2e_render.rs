@@ -138,6 +138,12 @@ async fn kustomize_and_helm_apps_reach_clusters_by_target() {
         "charts/cache/templates/cm.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-size\ndata:\n  size: {{ .Values.size | quote }}\n  fixed: \"yes\"\n",
     );
+    // The fix also adds a Deployment, which core-1's cluster never makes available.
+    fleet.repo.write(
+        "charts/cache/templates/deploy.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: cache}\nspec:\n  selector: {matchLabels: {app: cache}}\n  template:\n    metadata: {labels: {app: cache}}\n    spec: {containers: [{name: cache, image: \"cache:1\"}]}\n",
+    );
+    sims[1].set_workload_mode(flotilla_kubesim::workload::WorkloadMode::Failed);
     let fixed = fleet.repo.commit("fixed chart");
     fleet.wait_converged(&fixed).await;
     eventually("the fix applied", CONVERGE, || {
@@ -176,6 +182,35 @@ async fn kustomize_and_helm_apps_reach_clusters_by_target() {
             .lines()
             .all(|l| l.contains("\"cluster\":\"core-1\"")),
         "{only_core}"
+    );
+
+    // The failing workload on core-1 is an event of that cluster and app.
+    let mut unhealthy = None;
+    eventually("an app-unhealthy event for core-1", CONVERGE, || {
+        let text = fleet.cli_text(&[
+            "events",
+            "--cluster",
+            "core-1",
+            "--app",
+            "cache",
+            "-o",
+            "json",
+        ]);
+        unhealthy = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["kind"] == "app-unhealthy");
+        unhealthy.is_some()
+    })
+    .await;
+    let unhealthy = unhealthy.unwrap();
+    assert_eq!(unhealthy["severity"], "warning");
+    assert!(
+        unhealthy["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed: "),
+        "{unhealthy}"
     );
 
     let mut follower = tokio::process::Command::new(&fleet.bins.cli)
