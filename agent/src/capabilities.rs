@@ -64,9 +64,12 @@ pub enum Probe {
         /// Deadline of each discovery request.
         timeout: Duration,
     },
-    /// Readings a test sets.
+    /// Readings a test sets, and how many were taken.
     #[cfg(test)]
-    Scripted(std::sync::Arc<std::sync::Mutex<Result<Capabilities, String>>>),
+    Scripted(
+        std::sync::Arc<std::sync::Mutex<Result<Capabilities, String>>>,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ),
 }
 
 /// Reads capabilities, keeping the last discovery for the next.
@@ -103,7 +106,10 @@ impl CapabilityReader {
                         .map_err(|e| e.to_string())?
                 }
                 #[cfg(test)]
-                Probe::Scripted(next) => next.lock().expect("scripted probe").clone()?,
+                Probe::Scripted(next, taken) => {
+                    taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    next.lock().expect("scripted probe").clone()?
+                }
             };
         }
         Ok(self.overrides.apply(self.discovered.clone()))

@@ -145,9 +145,25 @@ async fn reports_at_start_and_on_change_only() {
         .unwrap()
         .connect_lazy();
     let reading = Arc::new(Mutex::new(Ok(caps(Some("v1.32.4"), &["v1"]))));
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // An absence of reports is checked after the reporter took a few more readings: each reading's
+    // report (if any) is sent before the next reading starts.
+    let readings_later = |n: usize| {
+        let taken = taken.clone();
+        let start = taken.load(std::sync::atomic::Ordering::SeqCst);
+        async move {
+            until("more readings", || {
+                taken.load(std::sync::atomic::Ordering::SeqCst) >= start + n
+            })
+            .await
+        }
+    };
     let reporter = CapabilityReporter {
         channels: watch::channel(channel).1,
-        reader: CapabilityReader::new(Probe::Scripted(reading.clone()), Overrides::default()),
+        reader: CapabilityReader::new(
+            Probe::Scripted(reading.clone(), taken.clone()),
+            Overrides::default(),
+        ),
         interval: Duration::from_millis(10),
         answered: None,
     };
@@ -158,12 +174,12 @@ async fn reports_at_start_and_on_change_only() {
     assert_eq!(reports()[0].kube_version, "v1.32.4");
     assert_eq!(reports()[0].api_versions, ["v1"]);
     // Many readings later, nothing new was sent.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    readings_later(5).await;
     assert_eq!(reports().len(), 1, "unchanged readings send nothing");
 
     // A failed reading sends nothing; the next good one that differs is sent.
     *reading.lock().unwrap() = Err("the API server is unavailable".into());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    readings_later(3).await;
     assert_eq!(reports().len(), 1);
     *reading.lock().unwrap() = Ok(caps(Some("v1.32.4"), &["v1", "example.com/v1"]));
     until("the changed capabilities", || reports().len() == 2).await;
@@ -173,7 +189,7 @@ async fn reports_at_start_and_on_change_only() {
     *hub.answer.lock().unwrap() = Some(Code::InvalidArgument);
     *reading.lock().unwrap() = Ok(caps(Some("v1.33.0"), &["v1"]));
     until("the refused report", || reports().len() == 3).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    readings_later(5).await;
     assert_eq!(reports().len(), 3, "a refused reading is not repeated");
 
     // Over the hub's limits: not sent at all.
@@ -185,7 +201,7 @@ async fn reports_at_start_and_on_change_only() {
         kube_version: None,
         api_versions: oversized.into_iter().collect(),
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    readings_later(5).await;
     assert_eq!(reports().len(), 3, "oversized capabilities are not sent");
 
     // A hub without the call ends the task.
