@@ -136,11 +136,7 @@ pub fn parse_one<T: serde::de::DeserializeOwned + Send>(
     text: &str,
     limits: &Limits,
 ) -> Result<T, YamlError> {
-    check_size(text, limits)?;
-    with_deep_stack(|| {
-        serde_saphyr::from_str_with_options(text, options(limits))
-            .map_err(|e| YamlError(describe(&e, limits)))
-    })
+    parse_one_with(text, limits, false)
 }
 
 /// Like [`parse_one`] for one large document an operator chose to read, such as a chart repository's
@@ -151,10 +147,18 @@ pub fn parse_one_large<T: serde::de::DeserializeOwned + Send>(
     text: &str,
     limits: &Limits,
 ) -> Result<T, YamlError> {
+    parse_one_with(text, limits, true)
+}
+
+fn parse_one_with<T: serde::de::DeserializeOwned + Send>(
+    text: &str,
+    limits: &Limits,
+    scale_with_input: bool,
+) -> Result<T, YamlError> {
     check_size(text, limits)?;
     with_deep_stack(|| {
         let mut options = options(limits);
-        if let Some(budget) = options.budget.as_mut() {
+        if scale_with_input && let Some(budget) = options.budget.as_mut() {
             budget.max_nodes = budget.max_nodes.max(text.len() / 4);
             budget.max_events = budget.max_events.max(text.len());
         }

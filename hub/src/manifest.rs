@@ -1107,26 +1107,12 @@ mod tests {
 
     impl TreeCase {
         fn tree(&self) -> RepoTree {
-            let mut tree = RepoTree::new("0123456789abcdef0123456789abcdef01234567");
-            let entries = self
-                .files
-                .iter()
-                .map(|(p, t)| (p, TreeEntry::File(t.as_bytes().to_vec())))
-                .chain(
-                    self.symlinks
-                        .iter()
-                        .map(|(p, t)| (p, TreeEntry::Symlink(t.clone()))),
-                )
-                .chain(self.submodules.iter().map(|p| (p, TreeEntry::Submodule)))
-                .chain(
-                    self.too_large
-                        .iter()
-                        .map(|(p, n)| (p, TreeEntry::TooLarge(*n))),
-                );
-            for (path, entry) in entries {
-                tree.insert(path.as_str(), entry).unwrap();
-            }
-            tree
+            crate::render::tree::fixture_tree(
+                &self.files,
+                &self.symlinks,
+                &self.submodules,
+                &self.too_large,
+            )
         }
     }
 

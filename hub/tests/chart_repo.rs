@@ -7,11 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod support;
 
 use bytes::Bytes;
 use flotilla_common::limits::Limits;
@@ -20,19 +22,13 @@ use flotilla_hub::source::charts::{
     ChartCache, ChartError, ChartRepoAccess, ChartRequest, ResolvedChart,
 };
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
+use support::Body;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 const TOKEN: &str = "flt-chart-token-canary-5e1d";
 const WRONG_TOKEN: &str = "flt-wrong-chart-token-canary-77aa";
@@ -69,54 +65,23 @@ struct ChartServer {
     addr: SocketAddr,
     ca_pem: String,
     state: Arc<ServerState>,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    server: support::TlsServer,
 }
 
 impl ChartServer {
     async fn start(token: Option<&str>) -> ChartServer {
-        let ca = CertificateAuthority::generate("flotilla test chart CA").unwrap();
-        let issued = ca
-            .issue_server_cert(
-                &[],
-                &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-                Duration::from_secs(3600),
-            )
-            .unwrap();
-        let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(ServerState {
             required: token.map(|t| format!("Bearer {t}")),
             content: Mutex::default(),
             seen: Mutex::default(),
         });
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(
-            listener,
-            acceptor,
-            state.clone(),
-            shutdown.clone(),
-        ));
+        let server =
+            support::TlsServer::start("flotilla test chart CA", state.clone(), handle).await;
         ChartServer {
-            addr,
-            ca_pem: ca.cert_pem(),
+            addr: server.addr,
+            ca_pem: server.ca_pem.clone(),
             state,
-            shutdown,
-            task: Some(task),
+            server,
         }
     }
 
@@ -145,60 +110,10 @@ impl ChartServer {
         self.state.seen.lock().unwrap().clone()
     }
 
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
+    async fn stop(self) {
+        self.server.stop().await;
     }
 }
-
-impl Drop for ChartServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    state: Arc<ServerState>,
-    shutdown: CancellationToken,
-) {
-    let connections = TaskTracker::new();
-    loop {
-        let tcp = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
-        };
-        let acceptor = acceptor.clone();
-        let state = state.clone();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let serve = async {
-                // A client that does not trust the certificate aborts the handshake; nothing to serve.
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = service_fn(move |req| handle(state.clone(), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = serve => {}
-            }
-        });
-    }
-    connections.close();
-    connections.wait().await;
-}
-
-type Body = BoxBody<Bytes, Infallible>;
 
 fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
@@ -1197,18 +1112,9 @@ async fn the_controller_renders_repository_charts_and_keeps_the_last_good_releas
     };
     let wait_chart = |version: &'static str| {
         let store = store.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Some(chart) = chart_of(&store)
-                    && chart.version == version
-                {
-                    return chart;
-                }
-                assert!(Instant::now() < deadline, "no state with chart {version}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        support::wait_for(Duration::from_secs(60), move || {
+            chart_of(&store).filter(|chart| chart.version == version)
+        })
     };
     let chart = wait_chart("6.5.1").await;
     assert!(chart.digest.starts_with("sha256:"), "{chart:?}");
@@ -1224,21 +1130,10 @@ async fn the_controller_renders_repository_charts_and_keeps_the_last_good_releas
 
     let wait_error = |want: &'static str| {
         let store = store.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let record = store.source("main").unwrap().unwrap_or_default();
-                if record.error.contains(want) {
-                    return record;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "source error {:?} never contained {want:?}",
-                    record.error
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        support::wait_for(Duration::from_secs(60), move || {
+            let record = store.source("main").unwrap().unwrap_or_default();
+            record.error.contains(want).then_some(record)
+        })
     };
 
     // An unknown version: the commit does not go into force; the cluster keeps 6.5.2.

@@ -4,13 +4,15 @@
 //! fetch time box against a server that never finishes, the pack cap, and a redirect to another host.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
+mod support;
+
 use bytes::Bytes;
 use flotilla_hub::config::HubConfig;
 use flotilla_hub::controller::Controller;
@@ -19,20 +21,12 @@ use flotilla_hub::source::{FetchAuth, GitMirror, SourceError, TOKEN_USER, read_t
 use flotilla_hub::store::HubStore;
 use flotilla_testkit::{git, write};
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use support::Body;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 const TOKEN: &str = "flt-git-token-canary-7f3a9c";
 const WRONG_TOKEN: &str = "flt-wrong-token-canary-1b2d";
@@ -128,36 +122,11 @@ struct GitServer {
     addr: SocketAddr,
     ca_pem: String,
     state: Arc<ServerState>,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    server: support::TlsServer,
 }
 
 impl GitServer {
     async fn start(project_root: &Path, token: &str) -> GitServer {
-        let ca = CertificateAuthority::generate("flotilla test git CA").unwrap();
-        let issued = ca
-            .issue_server_cert(
-                &[],
-                &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-                Duration::from_secs(3600),
-            )
-            .unwrap();
-        let certs = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let credentials =
             base64::engine::general_purpose::STANDARD.encode(format!("{TOKEN_USER}:{token}"));
         let state = Arc::new(ServerState {
@@ -166,19 +135,12 @@ impl GitServer {
             mode: Mutex::new(Mode::Serve),
             seen: Mutex::new(Seen::default()),
         });
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(
-            listener,
-            acceptor,
-            state.clone(),
-            shutdown.clone(),
-        ));
+        let server = support::TlsServer::start("flotilla test git CA", state.clone(), handle).await;
         GitServer {
-            addr,
-            ca_pem: ca.cert_pem(),
+            addr: server.addr,
+            ca_pem: server.ca_pem.clone(),
             state,
-            shutdown,
-            task: Some(task),
+            server,
         }
     }
 
@@ -195,60 +157,10 @@ impl GitServer {
     }
 
     /// Stops accepting, ends every open connection and waits until all of it is gone.
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
+    async fn stop(self) {
+        self.server.stop().await;
     }
 }
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    state: Arc<ServerState>,
-    shutdown: CancellationToken,
-) {
-    let connections = TaskTracker::new();
-    loop {
-        let tcp = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
-        };
-        let acceptor = acceptor.clone();
-        let state = state.clone();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let serve = async {
-                // A client that does not trust the certificate aborts the handshake; nothing to serve.
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = service_fn(move |req| handle(state.clone(), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = serve => {}
-            }
-        });
-    }
-    connections.close();
-    connections.wait().await;
-}
-
-type Body = BoxBody<Bytes, Infallible>;
 
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
@@ -599,7 +511,7 @@ async fn hub_config_with_token_file_and_ca_file_fetches_over_https() {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(controller.run(shutdown.clone()));
 
-    let record = wait_for(Duration::from_secs(30), || {
+    let record = support::wait_for(Duration::from_secs(30), || {
         store
             .source("fleet")
             .unwrap()
@@ -725,19 +637,4 @@ async fn a_redirect_to_another_host_gets_no_token() {
     );
     elsewhere.stop().await;
     source.stop().await;
-}
-
-/// Polls `probe` until it yields a value, failing the test after `limit`.
-async fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

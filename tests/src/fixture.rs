@@ -175,29 +175,26 @@ impl Fleet {
         Some(serde_json::from_slice(&bytes).expect("object file is JSON"))
     }
 
+    /// The real `flotilla` binary, pointed at the hub and its admin bundle.
+    pub fn cli_command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.bins.cli);
+        command
+            .env("FLOTILLA_HUB", self.hub.url())
+            .env("FLOTILLA_ADMIN_DIR", self.hub.admin_dir());
+        command
+    }
+
     /// Runs the real `flotilla` binary against the hub with `-o json`; returns its parsed output.
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
-        let out = std::process::Command::new(&self.bins.cli)
-            .args(args)
-            .args(["-o", "json"])
-            .env("FLOTILLA_HUB", self.hub.url())
-            .env("FLOTILLA_ADMIN_DIR", self.hub.admin_dir())
-            .output()
-            .expect("run flotilla");
-        assert!(
-            out.status.success(),
-            "flotilla {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON output")
+        let out = self.cli_text(&[args, &["-o", "json"]].concat());
+        serde_json::from_str(&out).expect("JSON output")
     }
 
     /// Runs the real `flotilla` binary against the hub; returns its standard output.
     pub fn cli_text(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(&self.bins.cli)
+        let out = self
+            .cli_command()
             .args(args)
-            .env("FLOTILLA_HUB", self.hub.url())
-            .env("FLOTILLA_ADMIN_DIR", self.hub.admin_dir())
             .output()
             .expect("run flotilla");
         assert!(

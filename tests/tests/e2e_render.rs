@@ -213,11 +213,9 @@ async fn kustomize_and_helm_apps_reach_clusters_by_target() {
         "{unhealthy}"
     );
 
-    let mut follower = tokio::process::Command::new(&fleet.bins.cli)
+    let mut follower = tokio::process::Command::from(fleet.cli_command())
         .args(["events", "--follow", "-o", "json", "--since-seq"])
         .arg(seqs.last().unwrap().to_string())
-        .env("FLOTILLA_HUB", fleet.hub.url())
-        .env("FLOTILLA_ADMIN_DIR", fleet.hub.admin_dir())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

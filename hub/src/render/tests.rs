@@ -68,23 +68,12 @@ struct Expect {
 
 impl Case {
     fn tree(&self) -> RepoTree {
-        let mut tree = RepoTree::new("0123456789abcdef0123456789abcdef01234567");
-        for (path, text) in &self.files {
-            tree.insert(path.as_str(), TreeEntry::File(text.as_bytes().to_vec()))
-                .unwrap();
-        }
-        for (path, target) in &self.symlinks {
-            tree.insert(path.as_str(), TreeEntry::Symlink(target.clone()))
-                .unwrap();
-        }
-        for path in &self.submodules {
-            tree.insert(path.as_str(), TreeEntry::Submodule).unwrap();
-        }
-        for (path, size) in &self.too_large {
-            tree.insert(path.as_str(), TreeEntry::TooLarge(*size))
-                .unwrap();
-        }
-        tree
+        super::tree::fixture_tree(
+            &self.files,
+            &self.symlinks,
+            &self.submodules,
+            &self.too_large,
+        )
     }
 
     fn cluster(&self) -> ClusterInfo {

@@ -146,6 +146,32 @@ impl RepoTree {
     }
 }
 
+/// A tree for data-driven tests (render and manifest cases), at a fixed commit id.
+#[cfg(test)]
+pub(crate) fn fixture_tree(
+    files: &BTreeMap<String, String>,
+    symlinks: &BTreeMap<String, String>,
+    submodules: &[String],
+    too_large: &BTreeMap<String, u64>,
+) -> RepoTree {
+    let mut tree = RepoTree::new("0123456789abcdef0123456789abcdef01234567");
+    let entries = files
+        .iter()
+        .map(|(p, t)| (p, TreeEntry::File(t.as_bytes().to_vec())))
+        .chain(
+            symlinks
+                .iter()
+                .map(|(p, t)| (p, TreeEntry::Symlink(t.clone()))),
+        )
+        .chain(submodules.iter().map(|p| (p, TreeEntry::Submodule)))
+        .chain(too_large.iter().map(|(p, n)| (p, TreeEntry::TooLarge(*n))));
+    for (path, entry) in entries {
+        tree.insert(path.as_str(), entry)
+            .expect("valid fixture path");
+    }
+    tree
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
