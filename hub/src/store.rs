@@ -170,6 +170,17 @@ pub struct SourceRecord {
     pub last_fetch: i64,
 }
 
+/// What storing a status report found.
+#[derive(Debug, Clone)]
+pub struct RecordedReport {
+    /// The report was newer than the stored one and replaced it.
+    pub fresh: bool,
+    /// The reporting cluster's name.
+    pub cluster_name: String,
+    /// The report stored before.
+    pub previous: Option<StatusReport>,
+}
+
 /// One new ClusterState version to store with the blobs it references.
 #[derive(Debug, Clone)]
 pub struct NewState {
@@ -727,33 +738,56 @@ impl HubStore {
     /// Records a status report unless one with the same or a higher seq is
     /// already stored; returns whether it was new. Either way the caller may ack it.
     /// `received_at` is the hub's clock, kept as the cluster's last durable contact.
+    /// A deleted cluster's reports are dropped.
     pub fn record_report(
         &self,
         cluster_id: &str,
         report: &StatusReport,
         received_at: i64,
     ) -> Result<bool, StoreError> {
+        Ok(self
+            .record_report_with_previous(cluster_id, report, received_at)?
+            .is_some_and(|r| r.fresh))
+    }
+
+    /// [`HubStore::record_report`], also giving what the events of the report need (the cluster's name
+    /// and the report it replaced) from the same transaction; `None` for a deleted cluster.
+    pub fn record_report_with_previous(
+        &self,
+        cluster_id: &str,
+        report: &StatusReport,
+        received_at: i64,
+    ) -> Result<Option<RecordedReport>, StoreError> {
         let txn = self.db.begin_write()?;
-        let fresh = {
+        let recorded = {
             // A deleted cluster's last reports are dropped, not resurrected.
-            if txn.open_table(CLUSTERS)?.get(cluster_id)?.is_none() {
-                return Ok(false);
-            }
+            let Some(cluster) = txn
+                .open_table(CLUSTERS)?
+                .get(cluster_id)?
+                .map(|v| v.value().to_vec())
+            else {
+                return Ok(None);
+            };
+            let cluster: ClusterRecord = unjson("clusters", &cluster)?;
             txn.open_table(REPORT_RECEIVED)?
                 .insert(cluster_id, received_at)?;
             let mut table = txn.open_table(REPORTS)?;
-            let current: Option<StatusReport> = table
+            let previous: Option<StatusReport> = table
                 .get(cluster_id)?
                 .map(|v| unjson("reports", v.value()))
                 .transpose()?;
-            let fresh = current.is_none_or(|c| c.seq < report.seq);
+            let fresh = previous.as_ref().is_none_or(|c| c.seq < report.seq);
             if fresh {
                 table.insert(cluster_id, json(report).as_slice())?;
             }
-            fresh
+            RecordedReport {
+                fresh,
+                cluster_name: cluster.name,
+                previous,
+            }
         };
         txn.commit()?;
-        Ok(fresh)
+        Ok(Some(recorded))
     }
 
     /// Appends events with the next sequence numbers and drops the oldest beyond `retention`, in one

@@ -349,17 +349,17 @@ impl Agent for AgentService {
                 // Ack only after the report is durable (invariant 5).
                 let events = state.events.clone();
                 let saved = tokio::task::spawn_blocking(move || {
-                    let previous = store.report(&cluster_id)?;
-                    let fresh = store.record_report(&cluster_id, &report, received_at)?;
-                    if fresh && let Some(record) = store.cluster(&cluster_id)? {
+                    let recorded =
+                        store.record_report_with_previous(&cluster_id, &report, received_at)?;
+                    if let Some(r) = recorded.filter(|r| r.fresh) {
                         events.record_blocking(crate::events::report_events(
-                            &record.name,
-                            previous.as_ref(),
+                            &r.cluster_name,
+                            r.previous.as_ref(),
                             &report,
                             received_at,
                         ));
                     }
-                    Ok::<_, crate::store::StoreError>(fresh)
+                    Ok::<_, crate::store::StoreError>(())
                 })
                 .await;
                 let ack = match saved {
