@@ -71,6 +71,34 @@ struct RawConfig {
     chart_repositories: Vec<RawChartRepo>,
     #[serde(default = "default_event_retention")]
     event_retention: u64,
+    #[serde(default)]
+    rollouts: RawRollouts,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawRollouts {
+    #[serde(default = "default_offline_after")]
+    offline_after: String,
+}
+
+impl Default for RawRollouts {
+    fn default() -> Self {
+        RawRollouts {
+            offline_after: default_offline_after(),
+        }
+    }
+}
+
+fn default_offline_after() -> String {
+    "5m".into()
+}
+
+/// How rollouts treat the fleet (`rollouts:` in hub.yaml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolloutSettings {
+    /// A cluster not in contact for this long is offline: `offline: defer` stages do not wait for it.
+    pub offline_after: Duration,
 }
 
 fn default_event_retention() -> u64 {
@@ -369,6 +397,8 @@ pub struct HubConfig {
     pub chart_repositories: Vec<ChartRepoConfig>,
     /// Events the hub keeps (`eventRetention`); older ones are dropped.
     pub event_retention: u64,
+    /// Rollout settings.
+    pub rollouts: RolloutSettings,
     /// Service limits.
     pub rpc: RpcLimits,
 }
@@ -642,6 +672,9 @@ impl HubConfig {
         }
         Ok(HubConfig {
             event_retention: raw.event_retention,
+            rollouts: RolloutSettings {
+                offline_after: duration("rollouts.offlineAfter", &raw.rollouts.offline_after)?,
+            },
             chart_repositories,
             cluster_cert_ttl,
             renew_min_interval: duration("renewMinInterval", &raw.renew_min_interval)?,
@@ -703,6 +736,12 @@ mod tests {
         );
         assert_eq!(c.rpc.state_retention, 3);
         assert_eq!(c.rpc.max_chain_headers, 7);
+        let o = HubConfig::parse("rollouts: {offlineAfter: 90s}\n").unwrap();
+        assert_eq!(o.rollouts.offline_after, Duration::from_secs(90));
+        assert_eq!(
+            HubConfig::parse("").unwrap().rollouts.offline_after,
+            Duration::from_secs(300)
+        );
         let r = HubConfig::parse("render: {timeout: 2m, parallelism: 4}\nchartRepositories: [{url: 'https://charts.example/stable/', timeout: 5s}]\n").unwrap();
         assert_eq!(r.chart_repositories[0].url, "https://charts.example/stable");
         assert_eq!(r.chart_repositories[0].timeout, Duration::from_secs(5));
@@ -728,6 +767,7 @@ mod tests {
                 "chartRepositories[0].url",
             ),
             ("render: {timeout: soon}", "render.timeout"),
+            ("rollouts: {offlineAfter: -5m}", "rollouts.offlineAfter"),
             (
                 "sources: [{name: a, url: x, interval: 0s}]",
                 "sources[0].interval",

@@ -358,7 +358,12 @@ pub fn plan_target<'a>(
     };
     // The app's and target's settings: this digest lives only in the hub's memory, so `Debug` is an exact
     // enough encoding of them.
-    add("app", format!("{app:?}").as_bytes());
+    // `rollout:` says how a release moves across the fleet, not what it renders.
+    let settings = AppSpec {
+        rollout: None,
+        ..app.clone()
+    };
+    add("app", format!("{settings:?}").as_bytes());
     add("target", format!("{target:?}").as_bytes());
     let mut plan = TargetPlan {
         app,
@@ -460,6 +465,21 @@ fn values_files(app: &AppSpec, target: Option<&TargetSpec>) -> Vec<String> {
         .chain(target.into_iter().flat_map(|t| t.values_files.iter()))
         .filter_map(|f| normalize_app_path(f).ok())
         .collect()
+}
+
+/// The fleet-wide Release id of an app: a digest of everything its targets render from (files, settings,
+/// charts), so a commit that leaves the app's inputs alone keeps its release, and the id does not depend on
+/// which clusters the fleet has. Each cluster's own render of it has its own id ([`AppState::release_id`]).
+///
+/// [`AppState::release_id`]: flotilla_common::cluster_state::AppState::release_id
+pub fn release_id(app: &AppSpec, plans: &[&TargetPlan<'_>]) -> String {
+    let mut hash = Sha256::new();
+    hash.update((app.name.len() as u64).to_le_bytes());
+    hash.update(app.name.as_bytes());
+    for plan in plans {
+        hash.update(plan.inputs.0);
+    }
+    Digest(hash.finalize().into()).to_string()
 }
 
 impl<'a> TargetPlan<'a> {

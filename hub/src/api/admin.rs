@@ -313,6 +313,38 @@ impl Admin for AdminService {
         Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send + 'static>,
     >;
 
+    async fn list_rollouts(
+        &self,
+        request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        self.admin(&request)?;
+        Err(Status::unimplemented("rollouts are being wired up (issue 14)"))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        self.admin(&request)?;
+        Err(Status::unimplemented("rollouts are being wired up (issue 14)"))
+    }
+
+    async fn rollout_action(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        self.admin(&request)?;
+        Err(Status::unimplemented("rollouts are being wired up (issue 14)"))
+    }
+
+    async fn plan(
+        &self,
+        request: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        self.admin(&request)?;
+        Err(Status::unimplemented("plan is being wired up (issue 14)"))
+    }
+
     async fn events(
         &self,
         request: Request<pb::EventsRequest>,
