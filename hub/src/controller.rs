@@ -33,6 +33,10 @@ use crate::source::charts::{ChartCache, ChartRepoAccess, ChartRequest};
 use crate::source::{FetchAuth, GitMirror, read_tree};
 use crate::store::{ClusterRecord, HubStore, NewState, SourceRecord, StoreError};
 
+mod rollouts;
+
+pub use rollouts::{RolloutAction, RolloutActionError, RolloutCommand};
+
 /// A new ClusterState version is ready for a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announcement {
@@ -53,6 +57,10 @@ type AppRender = Arc<(AppState, Blobs)>;
 /// One source's render of one commit, for every cluster that rendered.
 pub struct RenderedSource {
     commit: String,
+    /// Per app whose every target planned: its fleet-wide Release id ([`crate::render::release_id`]).
+    releases: BTreeMap<String, String>,
+    /// Per app with a `rollout:` block: the block.
+    rollout_specs: BTreeMap<String, crate::manifest::RolloutSpec>,
     /// Per cluster: the apps it gets from this source, with their object bytes.
     per_cluster: BTreeMap<String, Vec<AppRender>>,
     /// Some app takes its chart from a chart repository: every poll resolves its version again, since a
@@ -66,9 +74,17 @@ pub struct RenderedSource {
 #[derive(Default)]
 pub struct RenderMemo {
     entries: HashMap<Digest, AppRender>,
+    /// Keys the renders since the last [`RenderMemo::keep_used`] used.
+    used: std::collections::HashSet<Digest>,
 }
 
 impl RenderMemo {
+    /// Drops every render the renders since the last call did not use.
+    fn keep_used(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        self.entries.retain(|k, _| used.contains(k));
+    }
+
     /// Renders held.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -84,6 +100,16 @@ impl RenderedSource {
     /// Clusters every app rendered for.
     pub fn clusters(&self) -> usize {
         self.per_cluster.len()
+    }
+
+    /// The commit it rendered.
+    pub fn commit(&self) -> &str {
+        &self.commit
+    }
+
+    /// The fleet-wide Release id of an app at this commit.
+    pub fn release_of(&self, app: &str) -> Option<&str> {
+        self.releases.get(app).map(String::as_str)
     }
 
     /// The ClusterState entries `cluster` gets from this source.
@@ -110,6 +136,10 @@ struct SourceRuntime {
     record: SourceRecord,
     next_poll: Instant,
     rendered: Option<Arc<RenderedSource>>,
+    /// Renders of older commits that rollouts still give some clusters, by commit.
+    held: BTreeMap<String, Arc<RenderedSource>>,
+    /// Older commits a render job tried since the last poll (a failed one is not retried in a loop).
+    held_tried: std::collections::BTreeSet<String>,
     memo: Option<RenderMemo>,
     /// A job (fetch or render) for this source is running.
     busy: bool,
@@ -119,14 +149,51 @@ struct SourceRuntime {
     settled: bool,
 }
 
+impl SourceRuntime {
+    /// Whether a render job already tried every one of these commits since the last poll.
+    fn held_tried_all(&self, commits: &std::collections::BTreeSet<String>) -> bool {
+        commits
+            .iter()
+            .all(|c| self.held.contains_key(c) || self.held_tried.contains(c))
+    }
+}
+
 /// Handle to wake the controller (e.g. after a cluster registered).
 #[derive(Clone)]
 pub struct ControllerHandle {
     wake: mpsc::Sender<()>,
     announcements: broadcast::Sender<Announcement>,
+    status: Arc<tokio::sync::Notify>,
+    commands: mpsc::Sender<RolloutCommand>,
 }
 
 impl ControllerHandle {
+    /// Tells the controller a status report arrived (rollouts read it).
+    pub fn status_changed(&self) {
+        self.status.notify_one();
+    }
+
+    /// Asks the controller task, which alone changes rollouts, to do an operator's action.
+    pub async fn rollout_action(
+        &self,
+        app: &str,
+        action: RolloutAction,
+        who: &str,
+    ) -> Result<crate::rollout::RolloutRecord, RolloutActionError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || RolloutActionError::Unavailable("the hub is stopping".into());
+        self.commands
+            .send(RolloutCommand {
+                app: app.to_string(),
+                action,
+                who: who.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
     /// Asks the controller to re-evaluate clusters now.
     pub fn clusters_changed(&self) {
         // A full channel already holds a pending wake-up, which is all we need.
@@ -157,6 +224,18 @@ pub struct Controller {
     sources: Vec<SourceRuntime>,
     wake: mpsc::Receiver<()>,
     announcements: broadcast::Sender<Announcement>,
+    /// Each app's newest rollout record (its first Release's, when no rollout has run).
+    rollouts: BTreeMap<String, crate::rollout::RolloutRecord>,
+    next_rollout_id: u64,
+    offline_after: Duration,
+    /// Last contact per cluster id, shared with the API.
+    contacts: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    /// Unix seconds the controller started.
+    started_at: i64,
+    status: Arc<tokio::sync::Notify>,
+    commands: mpsc::Receiver<RolloutCommand>,
+    /// Unix seconds the running rollouts next need a look without an event.
+    rollout_wake: Option<i64>,
 }
 
 /// Current unix time in seconds.
@@ -177,7 +256,15 @@ impl Controller {
         mirrors_dir: PathBuf,
     ) -> Result<(Self, ControllerHandle), StoreError> {
         let (wake_tx, wake) = mpsc::channel(1);
+        let (commands_tx, commands) = mpsc::channel(16);
+        let status = Arc::new(tokio::sync::Notify::new());
         let (announcements, _) = broadcast::channel(1024);
+        let rollouts = store
+            .latest_rollouts()?
+            .into_iter()
+            .map(|r| (r.rollout.app.clone(), r))
+            .collect();
+        let next_rollout_id = store.last_rollout_id()?;
         let mut sources = Vec::new();
         for s in &config.sources {
             sources.push(SourceRuntime {
@@ -185,6 +272,8 @@ impl Controller {
                 config: s.clone(),
                 next_poll: Instant::now(),
                 rendered: None,
+                held: BTreeMap::new(),
+                held_tried: Default::default(),
                 memo: Some(RenderMemo::default()),
                 busy: false,
                 rerender: true,
@@ -194,6 +283,8 @@ impl Controller {
         let handle = ControllerHandle {
             wake: wake_tx,
             announcements: announcements.clone(),
+            status: status.clone(),
+            commands: commands_tx,
         };
         Ok((
             Controller {
@@ -216,9 +307,23 @@ impl Controller {
                 sources,
                 wake,
                 announcements,
+                rollouts,
+                next_rollout_id,
+                offline_after: config.rollouts.offline_after,
+                contacts: Default::default(),
+                started_at: unix_now(),
+                status,
+                commands,
+                rollout_wake: None,
             },
             handle,
         ))
+    }
+
+    /// Reads clusters' last contact from this map (the API's), for rollouts' offline rule.
+    pub fn with_contacts(mut self, contacts: Arc<std::sync::Mutex<HashMap<String, i64>>>) -> Self {
+        self.contacts = contacts;
+        self
     }
 
     /// Records commits going into force and failed renders in `events`.
@@ -254,9 +359,7 @@ impl Controller {
                     self.start_rerender(i, &mut jobs);
                 }
             }
-            if let Err(e) = self.issue_states().await {
-                warn!(error = %e, "issuing ClusterStates failed; will retry");
-            }
+            self.advance().await;
             let next = self
                 .sources
                 .iter()
@@ -265,7 +368,12 @@ impl Controller {
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
             // Re-check expiry at least hourly even without sources.
-            let next = next.min(Instant::now() + Duration::from_secs(3600));
+            let mut next = next.min(Instant::now() + Duration::from_secs(3600));
+            if let Some(at) = self.rollout_wake {
+                let wait = (at - unix_now()).max(0) as u64;
+                next = next.min(Instant::now() + Duration::from_secs(wait));
+            }
+            let status = self.status.clone();
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     // Jobs end by their own time boxes (fetch, render); wait so none outlives the hub.
@@ -282,6 +390,26 @@ impl Controller {
                     Ok(done) => self.finish_job(done).await,
                     Err(e) => warn!(error = %e, "a source job failed"),
                 },
+                _ = status.notified() => {}
+                Some(command) = self.commands.recv() => self.handle_command(command).await,
+            }
+        }
+    }
+
+    /// Steps rollouts and issues states until neither has anything more to do: a decision changes which
+    /// Release clusters get, and an issued state sets a fence a report may already pass.
+    async fn advance(&mut self) {
+        for _ in 0..8 {
+            let decided = self.step_rollouts().await;
+            let fenced = match self.issue_states().await {
+                Ok(fenced) => fenced,
+                Err(e) => {
+                    warn!(error = %e, "issuing ClusterStates failed; will retry");
+                    false
+                }
+            };
+            if !decided && !fenced {
+                break;
             }
         }
     }
@@ -297,6 +425,7 @@ impl Controller {
             slots: self.render_slots.clone(),
             memo: src.memo.take().unwrap_or_default(),
             commit,
+            extra: Vec::new(),
             stop: self.stop.clone(),
             chart_repos: self.chart_repos.clone(),
             chart_cache: self.chart_cache.clone(),
@@ -320,21 +449,23 @@ impl Controller {
             let fetch = tokio::task::spawn_blocking(move || fetch_source(&cfg, &dir, timeout))
                 .await
                 .unwrap_or_else(|join| Err(format!("fetch task failed: {join}")));
-            let (render, commit, memo) = match &fetch {
+            let render = match &fetch {
                 Ok(commit) if in_force.as_deref() != Some(commit.as_str()) => {
                     let job = RenderJob {
                         commit: commit.clone(),
                         ..job
                     };
-                    let (result, memo) = job.run().await;
-                    (Some(result), commit.clone(), memo)
+                    let (result, held, memo) = job.run().await;
+                    (Some(result), commit.clone(), held, memo)
                 }
-                _ => (None, String::new(), job.memo),
+                _ => (None, String::new(), Vec::new(), job.memo),
             };
+            let (render, commit, held, memo) = render;
             JobDone {
                 source: i,
                 kind: JobKind::Poll { fetch },
                 render,
+                held,
                 commit,
                 memo,
             }
@@ -349,13 +480,24 @@ impl Controller {
             return;
         }
         self.sources[i].busy = true;
-        let job = self.render_job(i, commit.clone());
+        // With the renders of older commits that rollouts still give some clusters.
+        let extra: Vec<String> = self
+            .held_commits(i)
+            .into_iter()
+            .filter(|c| *c != commit)
+            .collect();
+        self.sources[i].held_tried.extend(extra.iter().cloned());
+        let job = RenderJob {
+            extra,
+            ..self.render_job(i, commit.clone())
+        };
         jobs.spawn(async move {
-            let (result, memo) = job.run().await;
+            let (result, held, memo) = job.run().await;
             JobDone {
                 source: i,
                 kind: JobKind::Rerender,
                 render: Some(result),
+                held,
                 commit,
                 memo,
             }
@@ -370,7 +512,11 @@ impl Controller {
             let src = &mut self.sources[i];
             src.busy = false;
             src.memo = Some(done.memo);
+            if matches!(done.kind, JobKind::Poll { .. }) {
+                src.held_tried.clear();
+            }
         }
+        self.keep_held(i, done.held);
         let commit = done.commit;
         let error_before = self.sources[i].record.error.clone();
         let in_force_before = self.sources[i].record.rendered_commit.clone();
@@ -391,7 +537,10 @@ impl Controller {
                     Some(Ok((rendered, errors))) if errors.is_empty() => {
                         info!(source = %name, commit = %commit, clusters = rendered.per_cluster.len(), "rendered new commit");
                         let src = &mut self.sources[i];
-                        src.rendered = Some(Arc::new(rendered));
+                        // The commit in force until now may still be what rollouts give some clusters.
+                        if let Some(old) = src.rendered.replace(Arc::new(rendered)) {
+                            src.held.insert(old.commit.clone(), old);
+                        }
                         src.record.rendered_commit = commit;
                         src.record.error.clear();
                     }
@@ -474,9 +623,9 @@ impl Controller {
             }
             log.record(events).await;
         }
-        if let Err(e) = self.issue_states().await {
-            warn!(error = %e, "issuing ClusterStates failed; will retry");
-        }
+        self.reconcile_rollouts(i).await;
+        self.prune_held(i);
+        self.advance().await;
     }
 
     async fn save_source(&self, i: usize) {
@@ -491,12 +640,20 @@ impl Controller {
     }
 
     /// Issues a new version for every cluster whose desired body changed or
-    /// whose newest state is past half its lifetime.
-    async fn issue_states(&mut self) -> Result<(), StoreError> {
+    /// whose newest state is past half its lifetime. Returns whether it set a rollout fence (the version
+    /// that carries a rollout's new Release to a cluster).
+    async fn issue_states(&mut self) -> Result<bool, StoreError> {
         // Until every source's first poll since start has finished, what clusters should get is not
         // known yet.
         if self.sources.iter().any(|s| !s.settled) {
-            return Ok(());
+            return Ok(false);
+        }
+        // Nor while the render of a Release some rollout gives some clusters is missing (after a
+        // restart, until it is rendered again).
+        if (0..self.sources.len())
+            .any(|i| !self.held_ready(i) && !self.sources[i].held_tried_all(&self.held_commits(i)))
+        {
+            return Ok(false);
         }
         // A source that had a release in force but is not rendered in memory
         // (e.g. its re-render failed after a restart) would vanish from the
@@ -506,13 +663,14 @@ impl Controller {
             .iter()
             .any(|s| !s.record.rendered_commit.is_empty() && s.rendered.is_none())
         {
-            return Ok(());
+            return Ok(false);
         }
         let clusters = self.store.clusters()?;
         let now = unix_now();
         let ttl = self.state_ttl.as_secs() as i64;
         let mut batch = Vec::new();
-        for cluster in &clusters {
+        let mut fences: Vec<(String, String, u64)> = Vec::new();
+        'clusters: for cluster in &clusters {
             // A cluster whose render failed at a commit in force gets no new
             // version: a state without that source's apps would be partial.
             if self
@@ -525,15 +683,25 @@ impl Controller {
             }
             let mut apps: Vec<AppState> = Vec::new();
             let mut blobs: HashMap<Digest, Arc<Vec<u8>>> = HashMap::new();
-            for src in &self.sources {
+            let mut awaiting: Vec<String> = Vec::new();
+            for (i, src) in self.sources.iter().enumerate() {
                 let Some(rendered) = &src.rendered else {
                     continue;
                 };
                 for entry in rendered.per_cluster.get(&cluster.id).into_iter().flatten() {
-                    let (app, app_blobs) = &**entry;
-                    if apps.iter().any(|a| a.name == app.name) {
+                    if apps.iter().any(|a| a.name == entry.0.name) {
                         continue; // first source wins; duplicates are reported at render time
                     }
+                    // A rollout decides which Release of the app the cluster gets.
+                    let chosen = match self.choose(i, &cluster.id, entry) {
+                        rollouts::Choice::Use(chosen) => chosen,
+                        rollouts::Choice::Skip => continue,
+                        rollouts::Choice::Hold => continue 'clusters,
+                    };
+                    if self.awaits_fence(&entry.0.name, &cluster.id) {
+                        awaiting.push(entry.0.name.clone());
+                    }
+                    let (app, app_blobs) = &**chosen;
                     apps.push(app.clone());
                     blobs.extend(app_blobs.iter().cloned());
                 }
@@ -550,6 +718,12 @@ impl Controller {
                         .map(|s| s.header.expires_at - now > ttl / 2)
                         .unwrap_or(false);
                     if unchanged && fresh {
+                        // The cluster already has the new Release (its render did not change).
+                        fences.extend(
+                            awaiting
+                                .into_iter()
+                                .map(|app| (app, cluster.id.clone(), *version)),
+                        );
                         continue;
                     }
                     (version + 1, Some(signed.digest()))
@@ -577,6 +751,11 @@ impl Controller {
                 .flat_map(|a| a.objects.iter())
                 .filter_map(|o| blobs.get(&o.digest).map(|b| (o.digest, b.clone())))
                 .collect();
+            fences.extend(
+                awaiting
+                    .into_iter()
+                    .map(|app| (app, cluster.id.clone(), version)),
+            );
             batch.push(NewState {
                 cluster_id: cluster.id.clone(),
                 version,
@@ -584,17 +763,24 @@ impl Controller {
                 blobs: needed,
             });
         }
-        if batch.is_empty() {
-            return Ok(());
+        if batch.is_empty() && fences.is_empty() {
+            return Ok(false);
         }
+        let fenced = self.set_fences(&fences);
         let store = self.store.clone();
-        let batch =
-            tokio::task::spawn_blocking(move || store.commit_states(&batch).map(|_pruned| batch))
-                .await
-                .map_err(|e| StoreError::Corrupt {
-                    table: "states",
-                    detail: e.to_string(),
-                })??;
+        let records = fenced.clone();
+        let batch = tokio::task::spawn_blocking(move || {
+            store
+                .commit_states_and_rollouts(&batch, &records)
+                .map(|_pruned| batch)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt {
+            table: "states",
+            detail: e.to_string(),
+        })??;
+        let fenced_any = !fenced.is_empty();
+        self.fences_stored(fenced);
         for state in batch {
             info!(cluster = %state.cluster_id, version = state.version, "issued ClusterState");
             let _ = self.announcements.send(Announcement {
@@ -603,7 +789,7 @@ impl Controller {
                 digest: state.signed.digest(),
             });
         }
-        Ok(())
+        Ok(fenced_any)
     }
 }
 
@@ -617,6 +803,8 @@ struct RenderJob {
     slots: Arc<RenderSlots>,
     memo: RenderMemo,
     commit: String,
+    /// Older commits to render too, for rollouts that still give them to some clusters.
+    extra: Vec<String>,
     /// Stops starting renders once the hub shuts down.
     stop: CancellationToken,
     chart_repos: Arc<Vec<ChartRepoConfig>>,
@@ -625,9 +813,12 @@ struct RenderJob {
 
 type RenderResult = Result<(RenderedSource, Vec<String>), String>;
 
+/// Renders of older commits a job made, by commit.
+type HeldRenders = Vec<(String, Result<RenderedSource, String>)>;
+
 impl RenderJob {
     /// Reads the tree at the commit and renders every app for every cluster; gives the memo back.
-    async fn run(self) -> (RenderResult, RenderMemo) {
+    async fn run(self) -> (RenderResult, HeldRenders, RenderMemo) {
         let RenderJob {
             store,
             dir,
@@ -637,14 +828,16 @@ impl RenderJob {
             slots,
             mut memo,
             commit,
+            extra,
             stop,
             chart_repos,
             chart_cache,
         } = self;
         let outcome = tokio::task::spawn_blocking(move || {
-            let result = (|| {
-                let clusters = store.clusters().map_err(|e| e.to_string())?;
-                let tree = read_tree(&dir, &commit, &limits).map_err(|e| e.to_string())?;
+            let clusters = store.clusters().map_err(|e| e.to_string());
+            let mut render = |commit: &str| -> RenderResult {
+                let clusters = clusters.as_ref().map_err(Clone::clone)?;
+                let tree = read_tree(&dir, commit, &limits).map_err(|e| e.to_string())?;
                 let manifest = load_manifest(&tree, &limits).map_err(|e| e.to_string())?;
                 let charts = resolve_charts(&manifest.apps, &chart_repos, &chart_cache, &limits)?;
                 let env = RenderEnv {
@@ -652,10 +845,10 @@ impl RenderJob {
                     tools: &tools,
                     charts: &charts,
                 };
-                let (rendered, errors, counts) = render_for_clusters(
+                let (rendered, errors, counts) = render_commit(
                     &tree,
                     &manifest.apps,
-                    &clusters,
+                    clusters,
                     &source,
                     &env,
                     &mut memo,
@@ -664,14 +857,21 @@ impl RenderJob {
                 );
                 info!(source = %source, commit = %commit, assigned = counts.assigned, distinct = counts.distinct, ran = counts.ran, "rendered");
                 Ok((rendered, errors))
-            })();
-            (result, memo)
+            };
+            let result = render(&commit);
+            let held: HeldRenders = extra
+                .iter()
+                .map(|c| (c.clone(), render(c).map(|(rendered, _)| rendered)))
+                .collect();
+            memo.keep_used();
+            (result, held, memo)
         })
         .await;
         match outcome {
             Ok(done) => done,
             Err(e) => (
                 Err(format!("render task failed: {e}")),
+                Vec::new(),
                 RenderMemo::default(),
             ),
         }
@@ -687,6 +887,7 @@ struct JobDone {
     source: usize,
     kind: JobKind,
     render: Option<RenderResult>,
+    held: HeldRenders,
     commit: String,
     memo: RenderMemo,
 }
@@ -828,6 +1029,24 @@ pub fn render_for_clusters(
     slots: &RenderSlots,
     stop: &CancellationToken,
 ) -> (RenderedSource, Vec<String>, RenderCounts) {
+    let out = render_commit(tree, apps, clusters, source, env, memo, slots, stop);
+    memo.keep_used();
+    out
+}
+
+/// [`render_for_clusters`] without dropping what the render did not use from the memo, for a job that
+/// renders several commits.
+#[allow(clippy::too_many_arguments)]
+fn render_commit(
+    tree: &RepoTree,
+    apps: &[AppSpec],
+    clusters: &[ClusterRecord],
+    source: &str,
+    env: &RenderEnv<'_>,
+    memo: &mut RenderMemo,
+    slots: &RenderSlots,
+    stop: &CancellationToken,
+) -> (RenderedSource, Vec<String>, RenderCounts) {
     let infos: Vec<ClusterInfo> = clusters.iter().map(cluster_info).collect();
     // Per app: its plans, one per target (or one for an app without targets).
     let mut plans: Vec<Vec<Result<TargetPlan<'_>, String>>> = Vec::new();
@@ -843,6 +1062,18 @@ pub fn render_for_clusters(
                 .map(|t| plan_target(tree, app, t, env).map_err(|e| e.to_string()))
                 .collect(),
         );
+    }
+    let mut releases = BTreeMap::new();
+    let mut rollout_specs = BTreeMap::new();
+    for (a, app) in apps.iter().enumerate() {
+        let planned: Option<Vec<&TargetPlan<'_>>> =
+            plans[a].iter().map(|p| p.as_ref().ok()).collect();
+        if let Some(planned) = planned {
+            releases.insert(app.name.clone(), crate::render::release_id(app, &planned));
+        }
+        if let Some(spec) = &app.rollout {
+            rollout_specs.insert(app.name.clone(), spec.clone());
+        }
     }
     // Which render each (cluster, app) gets, and one cluster to render each distinct key for.
     let mut wanted: BTreeMap<Digest, (usize, usize, usize)> = BTreeMap::new();
@@ -981,15 +1212,18 @@ pub fn render_for_clusters(
             per_cluster.insert(infos[c].id.clone(), out);
         }
     }
-    // Keep what this render used (memo hits and new renders), drop the rest.
-    let kept: HashMap<Digest, AppRender> = current
-        .into_iter()
-        .filter_map(|(k, r)| r.ok().map(|r| (k, r)))
-        .collect();
-    memo.entries = kept;
+    // Keep what this render used (memo hits and new renders); `keep_used` drops the rest.
+    for (key, render) in current {
+        if let Ok(render) = render {
+            memo.used.insert(key);
+            memo.entries.insert(key, render);
+        }
+    }
     (
         RenderedSource {
             commit: tree.commit.clone(),
+            releases,
+            rollout_specs,
             per_cluster,
             uses_chart_repos: apps.iter().any(|a| a.repo_chart().is_some()),
         },

@@ -18,7 +18,7 @@ use flotilla_common::ids::validate_name;
 use flotilla_common::labels::LabelSelector;
 use flotilla_common::limits::Limits;
 use flotilla_common::yaml;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::render::tree::check_relative_path;
@@ -345,8 +345,9 @@ impl TryFrom<RawPatchSpec> for PatchSpec {
     }
 }
 
-/// Staged rollout of a release across the targeted clusters.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Staged rollout of a release across the targeted clusters. It serializes in the manifest's own format,
+/// so a rollout stored by the hub keeps the settings it started with.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolloutSpec {
     /// Stages in order; a cluster belongs to the first stage whose selector matches it.
@@ -358,7 +359,12 @@ pub struct RolloutSpec {
     #[serde(default)]
     pub on_failure: OnFailure,
     /// A cluster not healthy this long after receiving the release counts as failed.
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub progress_deadline: Option<Duration>,
     /// How offline clusters are treated.
     #[serde(default)]
@@ -366,7 +372,7 @@ pub struct RolloutSpec {
 }
 
 /// One rollout stage.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StageSpec {
     /// Stage name, a DNS label unique in the rollout.
@@ -377,7 +383,12 @@ pub struct StageSpec {
     #[serde(default)]
     pub max_unavailable: MaxUnavailable,
     /// How long the stage must stay healthy before the next one starts.
-    #[serde(default, deserialize_with = "de_opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_duration",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub bake: Option<Duration>,
     /// Whether the stage waits for a person.
     #[serde(default)]
@@ -396,6 +407,15 @@ pub enum MaxUnavailable {
 impl Default for MaxUnavailable {
     fn default() -> Self {
         MaxUnavailable::Count(1)
+    }
+}
+
+impl Serialize for MaxUnavailable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaxUnavailable::Count(n) => s.serialize_u32(*n),
+            MaxUnavailable::Percent(p) => s.serialize_str(&format!("{p}%")),
+        }
     }
 }
 
@@ -433,7 +453,7 @@ impl<'de> Deserialize<'de> for MaxUnavailable {
 }
 
 /// What a halted rollout does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// Stop where it is and wait for a person.
@@ -444,7 +464,7 @@ pub enum OnFailure {
 }
 
 /// How offline clusters are treated by a rollout.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OfflinePolicy {
     /// They get the release when they return and never block a stage.
@@ -453,7 +473,7 @@ pub enum OfflinePolicy {
 }
 
 /// Whether a stage starts by itself.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Approval {
     /// When the previous stage has baked.
@@ -471,6 +491,13 @@ fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
 }
 
 /// Parses a duration such as `90s`, `10m` or `1h30m` (humantime syntax, as in the hub's configuration).
+fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&format!("{}s", d.as_secs())),
+        None => s.serialize_none(),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| {
         format!("invalid duration {s:?}: {e}; use a number and a unit, like 30s, 10m or 1h30m")

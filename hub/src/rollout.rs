@@ -129,6 +129,113 @@ pub enum Phase {
     },
     /// Every stage completed.
     Completed,
+    /// A newer Release of the app started its own rollout, which took over from here.
+    Superseded {
+        /// The newer Release.
+        by: String,
+    },
+}
+
+impl Phase {
+    /// `progressing`, `paused`, `rolled-back`, `completed` or `superseded`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Phase::Progressing => "progressing",
+            Phase::Paused { .. } => "paused",
+            Phase::RolledBack { .. } => "rolled-back",
+            Phase::Completed => "completed",
+            Phase::Superseded { .. } => "superseded",
+        }
+    }
+
+    /// Why it is paused, rolled back or superseded; empty otherwise.
+    pub fn reason(&self) -> String {
+        match self {
+            Phase::Paused { reason } | Phase::RolledBack { reason } => reason.clone(),
+            Phase::Superseded { by } => format!("superseded by release {}", short(by)),
+            Phase::Progressing | Phase::Completed => String::new(),
+        }
+    }
+}
+
+/// The first 12 characters of an id, for messages.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// One rollout as the hub stores it: the engine's state, the settings it started with, where its
+/// Releases render from, and when it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    /// Increasing across the hub's rollouts.
+    pub id: u64,
+    /// Source the app comes from.
+    pub source: String,
+    /// `rollout:` of the Release being rolled out, as it was when the rollout started.
+    pub spec: Option<RolloutSpec>,
+    /// The engine's state.
+    pub rollout: Rollout,
+    /// The commit each Release it refers to renders at (the new one, the previous one, kept ones).
+    pub commits: BTreeMap<String, String>,
+    /// Unix seconds it ended (completed, rolled back or superseded).
+    pub ended_at: Option<i64>,
+}
+
+impl RolloutRecord {
+    /// The record of an app's first Release: there is nothing running to protect and nothing to roll
+    /// back to, so it goes to every targeted cluster at once; it is the baseline later rollouts replace.
+    pub fn initial(
+        id: u64,
+        app: &str,
+        source: &str,
+        release: &str,
+        commit: &str,
+        now: i64,
+    ) -> Self {
+        RolloutRecord {
+            id,
+            source: source.into(),
+            spec: None,
+            rollout: Rollout {
+                app: app.into(),
+                release: release.into(),
+                previous: String::new(),
+                kept: BTreeMap::new(),
+                stages: Vec::new(),
+                clusters: BTreeMap::new(),
+                phase: Phase::Completed,
+                started_at: now,
+            },
+            commits: BTreeMap::from([(release.to_string(), commit.to_string())]),
+            ended_at: Some(now),
+        }
+    }
+
+    /// Whether this is an app's first Release, which no stage held back.
+    pub fn is_initial(&self) -> bool {
+        self.spec.is_none()
+    }
+
+    /// The commits of every Release some cluster is given by this record now.
+    pub fn commits_in_use(&self) -> std::collections::BTreeSet<&str> {
+        let mut releases = std::collections::BTreeSet::new();
+        match &self.rollout.phase {
+            Phase::Completed => {
+                releases.insert(self.rollout.release.as_str());
+            }
+            Phase::Superseded { .. } => {}
+            _ => {
+                releases.insert(self.rollout.release.as_str());
+                releases.insert(self.rollout.previous.as_str());
+                releases.extend(self.rollout.kept.values().map(String::as_str));
+            }
+        }
+        releases
+            .into_iter()
+            .filter_map(|r| self.commits.get(r).map(String::as_str))
+            .collect()
+    }
 }
 
 /// A Rollout: one new Release of one app, moving across the fleet.
@@ -353,9 +460,44 @@ impl Rollout {
         self.stages.iter().position(|s| s.completed_at.is_none())
     }
 
-    /// Whether the rollout has ended (completed or rolled back).
+    /// Whether the rollout has ended (completed, rolled back or superseded).
     pub fn ended(&self) -> bool {
-        matches!(self.phase, Phase::Completed | Phase::RolledBack { .. })
+        matches!(
+            self.phase,
+            Phase::Completed | Phase::RolledBack { .. } | Phase::Superseded { .. }
+        )
+    }
+
+    /// An operator's rollback: the decision that gives every cluster the rollout touched its Release
+    /// from before. Refused once the rollout has ended.
+    pub fn rollback(&self, reason: &str) -> Result<Decision, String> {
+        if self.ended() {
+            return Err(format!(
+                "the rollout of release {} has already ended ({})",
+                short(&self.release),
+                self.phase.as_str()
+            ));
+        }
+        Ok(Decision::RolledBack {
+            reason: reason.into(),
+            clusters: self.touched(),
+        })
+    }
+
+    /// Clusters that were given the new Release.
+    pub fn touched(&self) -> Vec<String> {
+        self.clusters
+            .iter()
+            .filter(|(_, p)| {
+                matches!(
+                    p,
+                    ClusterProgress::Updating { .. }
+                        | ClusterProgress::Healthy { .. }
+                        | ClusterProgress::Failed { .. }
+                )
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Which Release `cluster` should have now: the new one once assigned (or after completion, for a
@@ -367,7 +509,7 @@ impl Rollout {
             .map(String::as_str)
             .unwrap_or(&self.previous);
         match (&self.phase, self.clusters.get(cluster)) {
-            (Phase::RolledBack { .. }, _) => before,
+            (Phase::RolledBack { .. } | Phase::Superseded { .. }, _) => before,
             (Phase::Completed, _) => &self.release,
             (
                 _,
@@ -381,9 +523,11 @@ impl Rollout {
         }
     }
 
-    /// The rule for a new Release of the app while this rollout runs: the new rollout starts from the
-    /// first stage, and every cluster keeps what this one gave it (the superseded Release or the one
-    /// before) until the new rollout's stage reaches it. One rollout per app: this one ends here.
+    /// The rollout of the app's next Release after this one. While this one runs, that is the rule for a
+    /// new commit: the new rollout starts from the first stage, and every cluster keeps what this one gave
+    /// it (the superseded Release or the one before) until the new rollout's stage reaches it; one rollout
+    /// per app, so this one ends here (the caller marks it superseded). After a completed rollout the
+    /// previous Release is this one's; after a rollback it is the one this rollout replaced.
     pub fn supersede(
         &self,
         release: &str,
@@ -391,10 +535,14 @@ impl Rollout {
         fleet: &[ClusterView],
         now: i64,
     ) -> Rollout {
-        let mut next = Rollout::new(&self.app, release, &self.previous, spec, fleet, now);
+        let base = match self.phase {
+            Phase::Completed => &self.release,
+            _ => &self.previous,
+        };
+        let mut next = Rollout::new(&self.app, release, base, spec, fleet, now);
         for c in fleet {
             let has = self.release_for(&c.id);
-            if has != self.previous {
+            if has != base {
                 next.kept.insert(c.id.clone(), has.to_string());
             }
         }
@@ -410,17 +558,46 @@ impl Rollout {
         }
     }
 
-    /// An operator's approval of the current stage.
-    pub fn approve(&mut self, who: &str, now: i64) -> Result<usize, String> {
-        let stage = self
-            .current_stage()
-            .ok_or("the rollout has no stage left")?;
-        let s = &mut self.stages[stage];
-        if s.approved.is_some() {
-            return Err(format!("stage {:?} is already approved", s.name));
+    /// An operator's approval of the next stage that waits for one (`approval: manual`, not yet
+    /// approved, not completed); it may come before that stage's turn.
+    pub fn approve(&mut self, spec: &RolloutSpec, who: &str, now: i64) -> Result<usize, String> {
+        if self.ended() {
+            return Err(format!(
+                "the rollout has ended ({}): there is nothing to approve",
+                self.phase.as_str()
+            ));
         }
-        s.approved = Some((who.to_string(), now));
+        let stage = self
+            .stages
+            .iter()
+            .enumerate()
+            .position(|(i, s)| {
+                s.completed_at.is_none()
+                    && s.approved.is_none()
+                    && spec
+                        .stages
+                        .get(i)
+                        .is_some_and(|st| st.approval == Approval::Manual)
+            })
+            .ok_or("no stage of the rollout waits for an approval")?;
+        self.stages[stage].approved = Some((who.to_string(), now));
         Ok(stage)
+    }
+
+    /// The stage that waits for an approval now: its turn has come and nobody approved it.
+    pub fn awaiting_approval(&self, spec: &RolloutSpec) -> Option<usize> {
+        if self.phase != Phase::Progressing {
+            return None;
+        }
+        let stage = self.current_stage()?;
+        let s = &self.stages[stage];
+        (s.started_at.is_none()
+            && s.approved.is_none()
+            && spec
+                .stages
+                .get(stage)
+                .is_some_and(|st| st.approval == Approval::Manual))
+        .then_some(stage)
     }
 
     /// An operator's pause.
@@ -673,19 +850,7 @@ fn one_pass(
             OnFailure::Pause => Decision::Halted { reason },
             OnFailure::Rollback => Decision::RolledBack {
                 reason,
-                clusters: r
-                    .clusters
-                    .iter()
-                    .filter(|(_, p)| {
-                        matches!(
-                            p,
-                            ClusterProgress::Updating { .. }
-                                | ClusterProgress::Healthy { .. }
-                                | ClusterProgress::Failed { .. }
-                        )
-                    })
-                    .map(|(id, _)| id.clone())
-                    .collect(),
+                clusters: r.touched(),
             },
         };
         return (vec![d], wake);

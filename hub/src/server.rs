@@ -101,7 +101,10 @@ pub async fn run(
         &config,
         data_dir.mirrors_dir(),
     )?;
-    let controller = controller.with_events(events.clone());
+    let last_contact = Arc::new(Mutex::new(HashMap::new()));
+    let controller = controller
+        .with_events(events.clone())
+        .with_contacts(last_contact.clone());
     let tracker = TaskTracker::new();
     tracker.spawn(controller.run(shutdown.clone()));
 
@@ -110,8 +113,10 @@ pub async fn run(
         ca: Arc::new(keys.ca),
         signing_public_key,
         controller: handle,
-        last_contact: Arc::new(Mutex::new(HashMap::new())),
-        heartbeat: Duration::from_secs(15),
+        last_contact,
+        // Heartbeats are the contact of a connected agent: keep them well inside the offline threshold.
+        heartbeat: (config.rollouts.offline_after / 3)
+            .clamp(Duration::from_millis(500), Duration::from_secs(15)),
         sources: Arc::new(config.sources.clone()),
         cluster_cert_ttl: config.cluster_cert_ttl,
         revocations: Arc::new(tokio::sync::watch::Sender::new(0)),

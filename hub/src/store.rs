@@ -40,6 +40,12 @@ const REPORT_RECEIVED: TableDefinition<&str, i64> = TableDefinition::new("report
 const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
 /// Event log: seq → event JSON (crate::events).
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Rollout records by id (JSON [`crate::rollout::RolloutRecord`]).
+const ROLLOUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("rollouts");
+/// Each app's newest rollout id.
+const APP_ROLLOUTS: TableDefinition<&str, u64> = TableDefinition::new("app_rollouts");
+/// Ended rollouts kept for `rollout list` and `status`, beyond each app's newest.
+const ROLLOUT_HISTORY: usize = 200;
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -383,6 +389,8 @@ impl HubStore {
             txn.open_table(BLOB_REFS)?;
             txn.open_table(REPORT_RECEIVED)?;
             txn.open_table(EVENTS)?;
+            txn.open_table(ROLLOUTS)?;
+            txn.open_table(APP_ROLLOUTS)?;
             upgrade_version_index(&txn)?;
         }
         txn.commit()?;
@@ -522,6 +530,29 @@ impl HubStore {
         Ok(out)
     }
 
+    /// Every cluster with its newest report and when the hub stored it (0 for never), read in one
+    /// transaction; lighter than [`HubStore::cluster_snapshots`] (no ClusterStates).
+    pub fn cluster_reports(
+        &self,
+    ) -> Result<Vec<(ClusterRecord, Option<StatusReport>, i64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let clusters = txn.open_table(CLUSTERS)?;
+        let reports = txn.open_table(REPORTS)?;
+        let received = txn.open_table(REPORT_RECEIVED)?;
+        let mut out = Vec::new();
+        for entry in clusters.iter()? {
+            let (k, v) = entry?;
+            let cluster: ClusterRecord = unjson("clusters", v.value())?;
+            let report = reports
+                .get(k.value())?
+                .map(|r| unjson("reports", r.value()))
+                .transpose()?;
+            let at = received.get(k.value())?.map(|r| r.value()).unwrap_or(0);
+            out.push((cluster, report, at));
+        }
+        Ok(out)
+    }
+
     /// One cluster.
     pub fn cluster(&self, id: &str) -> Result<Option<ClusterRecord>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -618,7 +649,18 @@ impl HubStore {
     /// Stores new ClusterState versions and their blobs in one transaction, then prunes each
     /// cluster's versions beyond the retention count and the blobs only they referenced.
     pub fn commit_states(&self, states: &[NewState]) -> Result<Pruned, StoreError> {
+        self.commit_states_and_rollouts(states, &[])
+    }
+
+    /// [`HubStore::commit_states`] and the rollouts whose fences these states set, in one transaction:
+    /// a rollout never counts a cluster on a version that was not stored, nor misses one that was.
+    pub fn commit_states_and_rollouts(
+        &self,
+        states: &[NewState],
+        rollouts: &[crate::rollout::RolloutRecord],
+    ) -> Result<Pruned, StoreError> {
         let txn = self.db.begin_write()?;
+        put_rollouts_in(&txn, rollouts)?;
         let mut pruned = Pruned::default();
         {
             let mut t = VersionTables::open(&txn)?;
@@ -677,6 +719,58 @@ impl HubStore {
         }
         txn.commit()?;
         Ok(pruned)
+    }
+
+    /// Stores rollout records (new ones and changed ones) in one transaction: each app's newest id moves
+    /// forward, and ended rollouts beyond the history bound are dropped, oldest first.
+    pub fn put_rollouts(
+        &self,
+        rollouts: &[crate::rollout::RolloutRecord],
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        put_rollouts_in(&txn, rollouts)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every app's newest rollout record.
+    pub fn latest_rollouts(&self) -> Result<Vec<crate::rollout::RolloutRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(APP_ROLLOUTS)?;
+        let table = txn.open_table(ROLLOUTS)?;
+        let mut out = Vec::new();
+        for entry in index.iter()? {
+            let (_, id) = entry?;
+            if let Some(v) = table.get(id.value())? {
+                out.push(unjson("rollouts", v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stored rollout records, newest first, of one app or of all.
+    pub fn rollouts(
+        &self,
+        app: Option<&str>,
+    ) -> Result<Vec<crate::rollout::RolloutRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ROLLOUTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.rev() {
+            let (_, v) = entry?;
+            let record: crate::rollout::RolloutRecord = unjson("rollouts", v.value())?;
+            if app.is_none_or(|a| a == record.rollout.app) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The highest rollout id stored (0 when there is none).
+    pub fn last_rollout_id(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ROLLOUTS)?;
+        Ok(table.last()?.map(|(k, _)| k.value()).unwrap_or(0))
     }
 
     /// Whether a blob is stored at all, whoever may read it (for tests of pruning).
@@ -1107,3 +1201,41 @@ fn upgrade_version_index(txn: &redb::WriteTransaction) -> Result<(), StoreError>
 
 #[cfg(test)]
 mod tests;
+
+fn put_rollouts_in(
+    txn: &redb::WriteTransaction,
+    rollouts: &[crate::rollout::RolloutRecord],
+) -> Result<(), StoreError> {
+    if rollouts.is_empty() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(ROLLOUTS)?;
+    let mut index = txn.open_table(APP_ROLLOUTS)?;
+    for record in rollouts {
+        table.insert(record.id, json(record).as_slice())?;
+        let newest = index
+            .get(record.rollout.app.as_str())?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        if record.id >= newest {
+            index.insert(record.rollout.app.as_str(), record.id)?;
+        }
+    }
+    let newest: std::collections::BTreeSet<u64> = index
+        .iter()?
+        .map(|e| e.map(|(_, v)| v.value()))
+        .collect::<Result<_, _>>()?;
+    let extra = (table.len()? as usize).saturating_sub(ROLLOUT_HISTORY + newest.len());
+    if extra > 0 {
+        let old: Vec<u64> = table
+            .iter()?
+            .map(|e| e.map(|(k, _)| k.value()))
+            .filter(|id| id.as_ref().map_or(true, |id| !newest.contains(id)))
+            .take(extra)
+            .collect::<Result<_, _>>()?;
+        for id in old {
+            table.remove(id)?;
+        }
+    }
+    Ok(())
+}

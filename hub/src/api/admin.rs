@@ -14,10 +14,21 @@ use tracing::info;
 
 use super::registration::token_hash;
 use super::{ApiState, caller, internal, wire};
-use crate::controller::unix_now;
+use crate::controller::{RolloutAction, RolloutActionError, unix_now};
 use crate::events::Event;
 use crate::pki::PeerIdentity;
 use crate::store::{ClusterSnapshot, ClusterUpdateError, TokenRecord};
+
+/// Name and labels of every cluster, for rollout messages.
+fn rollout_names(
+    store: &crate::store::HubStore,
+) -> Result<super::rollouts::Names, crate::store::StoreError> {
+    Ok(store
+        .clusters()?
+        .into_iter()
+        .map(|c| (c.id, (c.name, c.labels)))
+        .collect())
+}
 
 fn event_message(e: Event) -> pb::Event {
     pb::Event {
@@ -318,7 +329,24 @@ impl Admin for AdminService {
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
         self.admin(&request)?;
-        Err(Status::unimplemented("rollouts are being wired up (issue 14)"))
+        let app = request.into_inner().app;
+        let store = self.0.store.clone();
+        let (records, names) = tokio::task::spawn_blocking(move || {
+            let records = store.rollouts((!app.is_empty()).then_some(app.as_str()))?;
+            Ok::<_, crate::store::StoreError>((records, rollout_names(&store)?))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let now = unix_now();
+        Ok(Response::new(pb::ListRolloutsResponse {
+            rollouts: records
+                .iter()
+                .filter(|r| !r.is_initial())
+                .take(100)
+                .map(|r| super::rollouts::rollout_message(r, &names, now))
+                .collect(),
+        }))
     }
 
     async fn get_rollout(
@@ -326,15 +354,64 @@ impl Admin for AdminService {
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         self.admin(&request)?;
-        Err(Status::unimplemented("rollouts are being wired up (issue 14)"))
+        let app = request.into_inner().app;
+        let store = self.0.store.clone();
+        let wanted = app.clone();
+        let (record, names) = tokio::task::spawn_blocking(move || {
+            let record = store
+                .rollouts(Some(&wanted))?
+                .into_iter()
+                .find(|r| !r.is_initial());
+            Ok::<_, crate::store::StoreError>((record, rollout_names(&store)?))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let record = record.ok_or_else(|| {
+            Status::not_found(format!(
+                "app {app:?} has no rollout (an app rolls out in stages once it has a rollout: block and a release after its first)"
+            ))
+        })?;
+        Ok(Response::new(super::rollouts::rollout_message(
+            &record,
+            &names,
+            unix_now(),
+        )))
     }
 
     async fn rollout_action(
         &self,
         request: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        self.admin(&request)?;
-        Err(Status::unimplemented("rollouts are being wired up (issue 14)"))
+        let who = self.admin(&request)?;
+        let req = request.into_inner();
+        let action = RolloutAction::parse(&req.action).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown rollout action {:?}: expected approve, pause, resume or rollback",
+                req.action
+            ))
+        })?;
+        let record = self
+            .0
+            .controller
+            .rollout_action(&req.app, action, &who)
+            .await
+            .map_err(|e| match e {
+                RolloutActionError::NotFound(_) => Status::not_found(e.to_string()),
+                RolloutActionError::Refused(_) => Status::failed_precondition(e.to_string()),
+                RolloutActionError::Unavailable(_) => Status::unavailable(e.to_string()),
+            })?;
+        info!(app = %req.app, action = %req.action, by = %who, "rollout action");
+        let store = self.0.store.clone();
+        let names = tokio::task::spawn_blocking(move || rollout_names(&store))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        Ok(Response::new(super::rollouts::rollout_message(
+            &record,
+            &names,
+            unix_now(),
+        )))
     }
 
     async fn plan(

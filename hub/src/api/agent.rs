@@ -351,6 +351,7 @@ impl Agent for AgentService {
                 let saved = tokio::task::spawn_blocking(move || {
                     let recorded =
                         store.record_report_with_previous(&cluster_id, &report, received_at)?;
+                    let fresh = recorded.as_ref().is_some_and(|r| r.fresh);
                     if let Some(r) = recorded.filter(|r| r.fresh) {
                         events.record_blocking(crate::events::report_events(
                             &r.cluster_name,
@@ -359,11 +360,17 @@ impl Agent for AgentService {
                             received_at,
                         ));
                     }
-                    Ok::<_, crate::store::StoreError>(())
+                    Ok::<_, crate::store::StoreError>(fresh)
                 })
                 .await;
                 let ack = match saved {
-                    Ok(Ok(_)) => Ok(pb::Ack { seq }),
+                    Ok(Ok(fresh)) => {
+                        if fresh {
+                            // Rollouts move on reports.
+                            state.controller.status_changed();
+                        }
+                        Ok(pb::Ack { seq })
+                    }
                     Ok(Err(e)) => Err(internal(e)),
                     Err(e) => Err(internal(e)),
                 };

@@ -5,6 +5,7 @@ mod admin;
 mod agent;
 mod limits;
 mod registration;
+mod rollouts;
 mod wire;
 
 use std::collections::HashMap;

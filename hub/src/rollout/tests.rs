@@ -276,7 +276,13 @@ fn manual_approval_waits_and_records_who() {
     sim.now += 86_400;
     sim.touch();
     assert!(drive(&mut r, &p, &mut sim).is_empty(), "waits for approval");
-    assert_eq!(r.approve("admin@example", sim.now), Ok(1));
+    assert_eq!(r.awaiting_approval(&p.spec), Some(1));
+    assert_eq!(r.approve(&p.spec, "admin@example", sim.now), Ok(1));
+    assert_eq!(r.awaiting_approval(&p.spec), None);
+    assert!(
+        r.approve(&p.spec, "admin@example", sim.now).is_err(),
+        "no second manual stage"
+    );
     assert_eq!(
         r.stages[1].approved,
         Some(("admin@example".into(), sim.now))
