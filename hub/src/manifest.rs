@@ -1065,6 +1065,56 @@ mod tests {
     }
 
     #[test]
+    fn bad_rollout_settings_are_refused_naming_the_field() {
+        let app = |rollout: &str| {
+            format!("apps:\n  - name: web\n    path: web\n    rollout:\n      {rollout}\n")
+        };
+        let stage = |extra: &str| {
+            app(&format!(
+                "stages: [{{name: canary, selector: {{matchLabels: {{ring: canary}}}}{extra}}}]"
+            ))
+        };
+        let cases = [
+            (
+                stage(", maxUnavailable: 0"),
+                "maxUnavailable must be a count of at least 1",
+            ),
+            (stage(", maxUnavailable: \"150%\""), "(1%-100%)"),
+            (stage(", maxUnavailable: \"0%\""), "(1%-100%)"),
+            (stage(", bake: -5m"), "invalid duration \"-5m\""),
+            (stage(", bake: soon"), "invalid duration \"soon\""),
+            (
+                app("stages: [{name: canary, selector: {}}]\n      progressDeadline: 10"),
+                "invalid duration \"10\"",
+            ),
+            (app("stages: []"), "a rollout needs at least one stage"),
+            (
+                stage(", approval: sometimes"),
+                "expected one of auto, manual",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse_manifest(&text, &Limits::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(err.contains("flotilla.yaml"), "the file is named: {err}");
+        }
+    }
+
+    #[test]
+    fn rollout_settings_round_trip_through_their_stored_form() {
+        let text = "apps:\n  - name: web\n    path: web\n    rollout:\n      stages:\n        - {name: canary, selector: {matchLabels: {ring: canary}}, maxUnavailable: 2, bake: 90s, approval: manual}\n        - {name: wave, selector: {}, maxUnavailable: 25%}\n      failureBudget: 3\n      onFailure: rollback\n      progressDeadline: 15m\n";
+        let spec = parse_manifest(text, &Limits::default()).unwrap().apps[0]
+            .rollout
+            .clone()
+            .unwrap();
+        let stored = serde_json::to_string(&spec).unwrap();
+        let back: RolloutSpec = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back, spec, "{stored}");
+    }
+
+    #[test]
     fn load_from_tree() {
         let limits = Limits::default();
         let err = load_manifest(&RepoTree::new("abc"), &limits)

@@ -435,3 +435,120 @@ fn an_operator_pause_holds_and_resume_continues() {
     r.resume();
     assert_eq!(assigned(&drive(&mut r, &p, &mut sim)), ["c0"]);
 }
+
+#[test]
+fn a_cluster_not_healthy_by_the_progress_deadline_fails() {
+    let mut sim = fleet10();
+    let p = policy(spec(
+        "      stages:\n        - {name: canary, selector: {matchLabels: {ring: canary}}}\n      failureBudget: 0\n      onFailure: pause\n      progressDeadline: 5m\n",
+    ));
+    let mut r = Rollout::new("web", NEW, OLD, &p.spec, &sim.fleet(), sim.now);
+    assert_eq!(assigned(&drive(&mut r, &p, &mut sim)), ["c0"]);
+    // Progressing on the new release is not healthy; the engine asks to be woken at the deadline.
+    sim.report("c0", AppHealth::Progressing);
+    let (d, wake) = step(&r, &p, &sim.fleet(), sim.now + 60);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(wake, Wake::At(sim.now + 300));
+    sim.now += 300;
+    sim.touch();
+    let d = drive(&mut r, &p, &mut sim);
+    assert!(
+        matches!(&d[0], Decision::ClusterFailed { cluster, reason } if cluster == "c0" && reason.contains("progressDeadline")),
+        "{d:?}"
+    );
+    assert!(matches!(d[1], Decision::Halted { .. }), "{d:?}");
+    // Paused where it is: c0 keeps the new release, nobody else gets it.
+    assert_eq!(r.release_for("c0"), NEW);
+    assert_eq!(r.release_for("c1"), OLD);
+}
+
+#[test]
+fn a_stale_report_from_before_the_release_never_counts() {
+    let mut sim = fleet10();
+    let p = policy(spec(THREE_STAGES));
+    let mut r = Rollout::new("web", NEW, OLD, &p.spec, &sim.fleet(), sim.now);
+    drive(&mut r, &p, &mut sim);
+    // A healthy report naming the new release but about the version before the one that carried it
+    // (an agent that had not seen the new state yet): not healthy.
+    let c0 = sim.clusters.get_mut("c0").unwrap();
+    c0.report = Some(AppReport {
+        version: 1,
+        release_id: NEW.into(),
+        failed: false,
+        health: AppHealth::Healthy,
+    });
+    assert!(drive(&mut r, &p, &mut sim).is_empty());
+    // Nor one about the new version that names another release.
+    c0_report(&mut sim, 2, OLD);
+    assert!(drive(&mut r, &p, &mut sim).is_empty());
+    c0_report(&mut sim, 2, NEW);
+    assert_eq!(
+        drive(&mut r, &p, &mut sim)[0],
+        Decision::ClusterHealthy {
+            cluster: "c0".into()
+        }
+    );
+}
+
+fn c0_report(sim: &mut Sim, version: u64, release: &str) {
+    sim.clusters.get_mut("c0").unwrap().report = Some(AppReport {
+        version,
+        release_id: release.into(),
+        failed: false,
+        health: AppHealth::Healthy,
+    });
+}
+
+#[test]
+fn an_operator_rollback_and_the_next_release_after_an_ended_rollout() {
+    let mut sim = fleet10();
+    let p = policy(spec(THREE_STAGES));
+    let mut r = Rollout::new("web", NEW, OLD, &p.spec, &sim.fleet(), sim.now);
+    drive(&mut r, &p, &mut sim);
+    let d = r.rollback("rolled back by admin").unwrap();
+    assert_eq!(
+        d,
+        Decision::RolledBack {
+            reason: "rolled back by admin".into(),
+            clusters: vec!["c0".into()],
+        }
+    );
+    r.apply(&d, sim.now);
+    assert!(r.ended());
+    assert_eq!(r.release_for("c0"), OLD);
+    assert!(r.rollback("again").is_err());
+    assert!(r.approve(&p.spec, "admin", sim.now).is_err());
+    // After a rollback the next release replaces the one from before it.
+    let next = r.supersede("third", &p.spec, &sim.fleet(), sim.now);
+    assert_eq!(next.previous, OLD);
+    assert!(next.kept.is_empty());
+    // After a completed rollout it replaces the completed one.
+    r.phase = Phase::Completed;
+    let next = r.supersede("third", &p.spec, &sim.fleet(), sim.now);
+    assert_eq!(next.previous, NEW);
+    assert!(next.kept.is_empty(), "{:?}", next.kept);
+}
+
+#[test]
+fn a_record_holds_the_commits_of_the_releases_clusters_get() {
+    let mut record = RolloutRecord::initial(1, "web", "main", OLD, "c-old", 5);
+    assert!(record.is_initial());
+    assert_eq!(
+        record.commits_in_use().into_iter().collect::<Vec<_>>(),
+        ["c-old"]
+    );
+    let sim = fleet10();
+    let p = policy(spec(THREE_STAGES));
+    record.spec = Some(p.spec.clone());
+    record.rollout = Rollout::new("web", NEW, OLD, &p.spec, &sim.fleet(), sim.now);
+    record.commits.insert(NEW.into(), "c-new".into());
+    assert_eq!(
+        record.commits_in_use().into_iter().collect::<Vec<_>>(),
+        ["c-new", "c-old"]
+    );
+    record.rollout.phase = Phase::Completed;
+    assert_eq!(
+        record.commits_in_use().into_iter().collect::<Vec<_>>(),
+        ["c-new"]
+    );
+}

@@ -482,3 +482,45 @@ fn events_are_numbered_kept_within_retention_and_survive_reopening() {
     let next = s.append_events(&[event(6)], 3).unwrap();
     assert_eq!(next[0].seq, 6);
 }
+
+#[test]
+fn rollouts_keep_each_apps_newest_and_a_bounded_history_across_reopen() {
+    use crate::rollout::RolloutRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.redb");
+    let s = HubStore::open(&path).unwrap();
+    assert_eq!(s.last_rollout_id().unwrap(), 0);
+    let record = |id: u64, app: &str| {
+        RolloutRecord::initial(
+            id,
+            app,
+            "main",
+            &format!("r{id}"),
+            &format!("c{id}"),
+            id as i64,
+        )
+    };
+    // `web` gets many releases; `api` one, long ago.
+    s.put_rollouts(&[record(1, "api")]).unwrap();
+    for id in 2..(ROLLOUT_HISTORY as u64 + 50) {
+        s.put_rollouts(&[record(id, "web")]).unwrap();
+    }
+    // An older record stored late (an update of a superseded rollout) does not become the newest.
+    let last = ROLLOUT_HISTORY as u64 + 49;
+    s.put_rollouts(&[record(last - 5, "web")]).unwrap();
+    drop(s);
+    let s = HubStore::open(&path).unwrap();
+    assert_eq!(s.last_rollout_id().unwrap(), last);
+    let latest: Vec<(String, u64)> = s
+        .latest_rollouts()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.rollout.app, r.id))
+        .collect();
+    assert_eq!(latest, [("api".to_string(), 1), ("web".to_string(), last)]);
+    let all = s.rollouts(None).unwrap();
+    assert_eq!(all.len(), ROLLOUT_HISTORY + 2, "history is bounded");
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert_eq!(all.last().unwrap().id, 1, "each app's newest is kept");
+    assert!(s.rollouts(Some("api")).unwrap().len() == 1);
+}
