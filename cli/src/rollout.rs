@@ -179,7 +179,7 @@ impl RolloutView {
             .iter()
             .enumerate()
             .find(|(_, s)| s.state != "completed")
-            .or_else(|| self.stages.iter().enumerate().last())
+            .or_else(|| self.stages.iter().enumerate().next_back())
     }
 
     /// Clusters of every stage, by state: (healthy, total, failed, deferred).
@@ -306,7 +306,10 @@ pub async fn list(
 }
 
 /// The newest rollout of `app`, every stage and cluster included.
-pub async fn get(client: &mut AdminClient<Channel>, app: &str) -> Result<RolloutView, RolloutError> {
+pub async fn get(
+    client: &mut AdminClient<Channel>,
+    app: &str,
+) -> Result<RolloutView, RolloutError> {
     let resp = client
         .get_rollout(pb::GetRolloutRequest {
             app: app.to_string(),
@@ -438,7 +441,10 @@ mod tests {
         assert_eq!(unique.len(), codes.len());
         assert!(!codes.contains(&1) && !codes.contains(&2), "{codes:?}");
         for code in &codes[1..] {
-            assert!(EXIT_CODES.contains(&format!("{code} ")), "{code} not documented");
+            assert!(
+                EXIT_CODES.contains(&format!("{code} ")),
+                "{code} not documented"
+            );
         }
     }
 
@@ -460,8 +466,7 @@ mod tests {
         assert!(matches!(old_hub, RolloutError::Unsupported(_)));
         let down = RolloutError::from_status("web", None, tonic::Status::unavailable("gone"));
         assert!(down.is_transient());
-        let denied =
-            RolloutError::from_status("web", None, tonic::Status::permission_denied("no"));
+        let denied = RolloutError::from_status("web", None, tonic::Status::permission_denied("no"));
         assert!(!denied.is_transient());
     }
 
@@ -480,7 +485,10 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert_eq!(r.current_stage().map(|(i, s)| (i, s.name.as_str())), Some((1, "eu")));
+        assert_eq!(
+            r.current_stage().map(|(i, s)| (i, s.name.as_str())),
+            Some((1, "eu"))
+        );
         for s in &mut r.stages {
             s.state = "completed".into();
         }

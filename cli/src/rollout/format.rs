@@ -166,10 +166,7 @@ fn clusters_table(clusters: &[&RolloutClusterView], now: i64) -> String {
         ]);
     }
     // comfy-table pads each cell by one space: one more indents the table under its heading.
-    t.to_string()
-        .lines()
-        .map(|l| format!(" {l}\n"))
-        .collect()
+    t.to_string().lines().map(|l| format!(" {l}\n")).collect()
 }
 
 /// `flotilla rollout status`: the rollout, its stages, the clusters worth a look (every cluster
@@ -244,7 +241,13 @@ pub fn action_summary(action: Action, r: &RolloutView) -> String {
         format!("{} ({})", r.phase, r.reason)
     };
     let stage = match r.current_stage() {
-        Some((i, s)) => format!(", stage {}/{} {} {}", i + 1, r.stages.len(), s.name, s.state),
+        Some((i, s)) => format!(
+            ", stage {}/{} {} {}",
+            i + 1,
+            r.stages.len(),
+            s.name,
+            s.state
+        ),
         None => String::new(),
     };
     format!(
@@ -393,8 +396,18 @@ pub(crate) mod tests {
         assert_eq!(
             cols(&got[2]),
             [
-                "api", "paused", "eu", "2/3", "2/11", "1", "2", "2h5m", "rel012345678", "paused",
-                "by", "admin"
+                "api",
+                "paused",
+                "eu",
+                "2/3",
+                "2/11",
+                "1",
+                "2",
+                "2h5m",
+                "rel012345678",
+                "paused",
+                "by",
+                "admin"
             ]
         );
     }
@@ -456,7 +469,10 @@ Clusters (updating, failed, deferred; --clusters lists all):
         r.stages[1].bake_ends_at = NOW + 252;
         let got = status_text(&view(r), false, NOW);
         assert!(got.contains("Stage 2/3 eu: baking\n"), "{got}");
-        assert!(got.contains("  Bake:            10m, 4m12s left\n"), "{got}");
+        assert!(
+            got.contains("  Bake:            10m, 4m12s left\n"),
+            "{got}"
+        );
     }
 
     #[test]
@@ -509,7 +525,9 @@ Warnings:
   - stage \"apac\" has no clusters
 ";
         assert!(
-            got.contains("Phase:           paused: 2 clusters failed, over the failure budget of 1\n"),
+            got.contains(
+                "Phase:           paused: 2 clusters failed, over the failure budget of 1\n"
+            ),
             "{got}"
         );
         assert!(
@@ -528,13 +546,45 @@ Warnings:
         r.on_failure = "rollback".into();
         r.ended_at = NOW - 60;
         let got = status_text(&view(r.clone()), false, NOW);
-        assert!(got.contains("Phase:           rolled-back: 2 clusters failed"), "{got}");
+        assert!(
+            got.contains("Phase:           rolled-back: 2 clusters failed"),
+            "{got}"
+        );
         assert!(got.contains("Ended:           1m ago\n"), "{got}");
         assert!(got.contains("on failure: rollback\n"), "{got}");
         r.previous.clear();
         r.previous_commit.clear();
         let got = status_text(&view(r), false, NOW);
         assert!(got.contains("Previous:        <none>\n"), "{got}");
+    }
+
+    /// The `rollout status` example in README.md is this formatter's output, kept so by this test.
+    #[test]
+    fn readme_status_example_is_real_output() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("$ flotilla rollout status web\n")
+            .expect("README has the rollout status example")
+            + "$ flotilla rollout status web\n".len();
+        let example = &readme[start..start + readme[start..].find("```").unwrap()];
+        let mut r = progressing();
+        r.release = "3f2a9c1d0e4b5a6978".into();
+        r.release_commit = "8c1e2f3a4b5c6d7e".into();
+        r.previous = "a1b2c3d4e5f60718".into();
+        r.previous_commit = "7d6e5f4a3b2c1d0e".into();
+        r.stages[1] = stage("eu", "baking", [0, 0, 3, 1, 0]);
+        r.stages[1].max_unavailable = 2;
+        r.stages[1].bake_seconds = 600;
+        r.stages[1].bake_ends_at = NOW + 252;
+        r.stages[2] = stage("us", "pending", [3, 0, 0, 0, 0]);
+        r.stages[2].approval = "manual".into();
+        let mut failed = cluster("eu-4", "eu", "failed");
+        failed.release = r.release.clone();
+        failed.version = 13;
+        failed.reason = "applying the release failed".into();
+        r.clusters = vec![cluster("canary-1", "canary", "healthy"), failed];
+        let got = status_text(&view(r), false, NOW);
+        assert_eq!(lines(&got), lines(example), "{got}");
     }
 
     #[test]

@@ -134,7 +134,10 @@ impl Backoff {
 
     /// The wait before the next try, the hub having failed for `failing_for`; `None`: give up.
     pub fn next_delay(&mut self, failing_for: Duration) -> Option<Duration> {
-        let left = self.budget.checked_sub(failing_for).filter(|d| !d.is_zero())?;
+        let left = self
+            .budget
+            .checked_sub(failing_for)
+            .filter(|d| !d.is_zero())?;
         let delay = self.next.min(left);
         self.next = (self.next * 2).min(Self::MAX);
         Some(delay)
@@ -172,7 +175,13 @@ impl StageBars {
             short(&r.release_commit)
         ));
         let names: Vec<&str> = r.stages.iter().map(|s| s.name.as_str()).collect();
-        if names != self.stages.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() {
+        if names
+            != self
+                .stages
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+        {
             for (_, bar) in self.stages.drain(..) {
                 bar.finish_and_clear();
                 self.multi.remove(&bar);
@@ -314,12 +323,12 @@ async fn superseded(
 /// superseded. Errors: no such rollout, the hub refusing, or the hub unreachable for longer
 /// than `opts.retry_for`.
 pub async fn run(opts: &WatchOptions) -> anyhow::Result<Outcome> {
-    let mut display = if !opts.plain && std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
-    {
-        Display::Bars(StageBars::new())
-    } else {
-        Display::Plain(PlainWatch::default())
-    };
+    let mut display =
+        if !opts.plain && std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+            Display::Bars(StageBars::new())
+        } else {
+            Display::Plain(PlainWatch::default())
+        };
     let mut admin = None;
     let mut failing: Option<(Instant, Backoff)> = None;
     let mut watched: Option<RolloutView> = None;
@@ -359,9 +368,10 @@ pub async fn run(opts: &WatchOptions) -> anyhow::Result<Outcome> {
                     )));
                 };
                 display.notice(&format!(
-                    "hub unreachable ({e}); retrying in {:.1}s, for up to {} more",
+                    "hub unreachable ({e}); retrying in {:.1}s (unreachable for {:.0}s, giving up at {})",
                     delay.as_secs_f64(),
-                    compact(opts.retry_for.saturating_sub(failing_for).as_secs() as i64)
+                    failing_for.as_secs_f64(),
+                    compact(opts.retry_for.as_secs() as i64)
                 ));
                 tokio::time::sleep(delay).await;
                 continue;
@@ -384,9 +394,14 @@ mod tests {
         let first = plain.changes(&r);
         assert_eq!(
             first,
-            ["web #7 progressing; stage 2/3 eu progressing: 1/3 healthy, 1 updating, 1 waiting; 2/8 healthy"]
+            [
+                "web #7 progressing; stage 2/3 eu progressing: 1/3 healthy, 1 updating, 1 waiting; 2/8 healthy"
+            ]
         );
-        assert!(plain.changes(&r).is_empty(), "an unchanged rollout printed again");
+        assert!(
+            plain.changes(&r).is_empty(),
+            "an unchanged rollout printed again"
+        );
         assert!(plain.changes(&r.clone()).is_empty());
 
         r.stages[1] = stage("eu", "baking", [0, 0, 3, 0, 0]).into();
@@ -394,7 +409,9 @@ mod tests {
         r.stages[1].bake_ends_at = NOW + 252;
         assert_eq!(
             plain.changes(&r),
-            ["web #7 progressing; stage 2/3 eu baking: 3/3 healthy, bake ends 2026-12-01T10:04:12Z; 4/8 healthy"]
+            [
+                "web #7 progressing; stage 2/3 eu baking: 3/3 healthy, bake ends 2026-12-01T10:04:12Z; 4/8 healthy"
+            ]
         );
         assert!(plain.changes(&r).is_empty(), "a bake printed again");
 
@@ -411,7 +428,9 @@ mod tests {
         r.reason = "paused by admin".into();
         assert_eq!(
             plain.changes(&r),
-            ["web #7 paused: paused by admin; stage 2/3 eu baking: 3/3 healthy, bake ends 2026-12-01T10:04:12Z; 4/8 healthy"]
+            [
+                "web #7 paused: paused by admin; stage 2/3 eu baking: 3/3 healthy, bake ends 2026-12-01T10:04:12Z; 4/8 healthy"
+            ]
         );
     }
 
@@ -473,6 +492,9 @@ mod tests {
                 None,
             ]
         );
-        assert_eq!(Backoff::new(Duration::ZERO).next_delay(Duration::ZERO), None);
+        assert_eq!(
+            Backoff::new(Duration::ZERO).next_delay(Duration::ZERO),
+            None
+        );
     }
 }
