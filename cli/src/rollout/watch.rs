@@ -5,9 +5,12 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use flotilla_proto::v1::admin_client::AdminClient;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio::time::Instant;
+use tonic::transport::Channel;
 
 use super::format::{compact, phase_with_reason, short, stage_counts};
 use super::{Outcome, RolloutError, RolloutStageView, RolloutView, unix_now};
@@ -270,43 +273,72 @@ pub struct WatchOptions {
     pub plain: bool,
 }
 
-async fn poll(
-    admin: &mut Option<flotilla_proto::v1::admin_client::AdminClient<tonic::transport::Channel>>,
-    opts: &WatchOptions,
-) -> Result<RolloutView, RolloutError> {
-    let attempt = async {
-        let client = match admin {
+/// Where the watch reads the rollout from: the hub, or a script in the tests.
+trait RolloutSource {
+    /// The newest rollout of the app.
+    async fn newest(&mut self) -> Result<RolloutView, RolloutError>;
+    /// The app's rollouts as the hub lists them, ended ones included.
+    async fn listed(&mut self) -> Result<Vec<RolloutView>, RolloutError>;
+}
+
+/// The hub over mTLS, connected on first use and again after a failed try.
+struct HubSource<'a> {
+    opts: &'a WatchOptions,
+    admin: Option<AdminClient<Channel>>,
+}
+
+impl HubSource<'_> {
+    fn timed_out() -> RolloutError {
+        RolloutError::Client(ClientError::Rpc(tonic::Status::deadline_exceeded(format!(
+            "no answer within {}",
+            compact(POLL_TIMEOUT.as_secs() as i64)
+        ))))
+    }
+
+    async fn client(&mut self) -> Result<&mut AdminClient<Channel>, RolloutError> {
+        let client = match self.admin.take() {
             Some(client) => client,
-            None => admin.insert(client::connect_admin(&opts.hub, &opts.admin_dir).await?),
+            None => client::connect_admin(&self.opts.hub, &self.opts.admin_dir).await?,
         };
-        super::get(client, &opts.app).await
-    };
-    match tokio::time::timeout(POLL_TIMEOUT, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(RolloutError::Client(ClientError::Rpc(
-            tonic::Status::deadline_exceeded(format!(
-                "no answer within {}",
-                compact(POLL_TIMEOUT.as_secs() as i64)
-            )),
-        ))),
+        Ok(self.admin.insert(client))
+    }
+}
+
+impl RolloutSource for HubSource<'_> {
+    async fn newest(&mut self) -> Result<RolloutView, RolloutError> {
+        let app = self.opts.app.clone();
+        let attempt = async { super::get(self.client().await?, &app).await };
+        let result = tokio::time::timeout(POLL_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err(Self::timed_out()));
+        if result.as_ref().is_err_and(RolloutError::is_transient) {
+            // A new channel for the next try: the hub may be back at a new connection.
+            self.admin = None;
+        }
+        result
+    }
+
+    async fn listed(&mut self) -> Result<Vec<RolloutView>, RolloutError> {
+        let app = self.opts.app.clone();
+        let attempt = async { super::list(self.client().await?, &app).await };
+        tokio::time::timeout(POLL_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err(Self::timed_out()))
     }
 }
 
 /// The rollout `watched` became once a newer one took its place: the hub's own record of it
 /// when it still lists it, else `watched` marked superseded.
 async fn superseded(
-    admin: &mut Option<flotilla_proto::v1::admin_client::AdminClient<tonic::transport::Channel>>,
+    source: &mut impl RolloutSource,
     watched: &RolloutView,
     newer: &RolloutView,
 ) -> RolloutView {
-    if let Some(client) = admin {
-        let listed = tokio::time::timeout(POLL_TIMEOUT, super::list(client, &watched.app)).await;
-        if let Ok(Ok(rollouts)) = listed
-            && let Some(r) = rollouts.into_iter().find(|r| r.id == watched.id)
-            && r.phase == "superseded"
-        {
-            return r;
-        }
+    if let Ok(rollouts) = source.listed().await
+        && let Some(r) = rollouts.into_iter().find(|r| r.id == watched.id)
+        && r.phase == "superseded"
+    {
+        return r;
     }
     RolloutView {
         phase: "superseded".into(),
@@ -329,11 +361,20 @@ pub async fn run(opts: &WatchOptions) -> anyhow::Result<Outcome> {
         } else {
             Display::Plain(PlainWatch::default())
         };
-    let mut admin = None;
+    let mut source = HubSource { opts, admin: None };
+    follow(&mut source, &mut display, opts.interval, opts.retry_for).await
+}
+
+async fn follow(
+    source: &mut impl RolloutSource,
+    display: &mut Display,
+    interval: Duration,
+    retry_for: Duration,
+) -> anyhow::Result<Outcome> {
     let mut failing: Option<(Instant, Backoff)> = None;
     let mut watched: Option<RolloutView> = None;
     loop {
-        match poll(&mut admin, opts).await {
+        match source.newest().await {
             Ok(r) => {
                 if let Some((since, _)) = failing.take() {
                     display.notice(&format!(
@@ -344,7 +385,7 @@ pub async fn run(opts: &WatchOptions) -> anyhow::Result<Outcome> {
                 if let Some(w) = &watched
                     && w.id != r.id
                 {
-                    let ended = superseded(&mut admin, w, &r).await;
+                    let ended = superseded(source, w, &r).await;
                     display.finish(&ended, unix_now());
                     return Ok(Outcome::Superseded);
                 }
@@ -357,9 +398,8 @@ pub async fn run(opts: &WatchOptions) -> anyhow::Result<Outcome> {
                 watched = Some(r);
             }
             Err(e) if e.is_transient() => {
-                admin = None;
                 let (since, backoff) =
-                    failing.get_or_insert_with(|| (Instant::now(), Backoff::new(opts.retry_for)));
+                    failing.get_or_insert_with(|| (Instant::now(), Backoff::new(retry_for)));
                 let failing_for = since.elapsed();
                 let Some(delay) = backoff.next_delay(failing_for) else {
                     return Err(anyhow::Error::new(e).context(format!(
@@ -371,14 +411,14 @@ pub async fn run(opts: &WatchOptions) -> anyhow::Result<Outcome> {
                     "hub unreachable ({e}); retrying in {:.1}s (unreachable for {:.0}s, giving up at {})",
                     delay.as_secs_f64(),
                     failing_for.as_secs_f64(),
-                    compact(opts.retry_for.as_secs() as i64)
+                    compact(retry_for.as_secs() as i64)
                 ));
                 tokio::time::sleep(delay).await;
                 continue;
             }
             Err(e) => return Err(e.into()),
         }
-        tokio::time::sleep(opts.interval).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -386,6 +426,7 @@ pub async fn run(opts: &WatchOptions) -> anyhow::Result<Outcome> {
 mod tests {
     use super::*;
     use crate::rollout::format::tests::{NOW, progressing, stage};
+    use flotilla_proto::v1 as pb;
 
     #[test]
     fn plain_lines_only_when_something_changed() {
@@ -469,6 +510,126 @@ mod tests {
         );
         s.state = "completed".into();
         assert_eq!(stage_message(&s, app, NOW), "completed");
+    }
+
+    /// Answers `newest` from a script, one entry per poll; the last one repeats.
+    struct Scripted {
+        polls: Vec<Result<RolloutView, RolloutError>>,
+        listed: Vec<RolloutView>,
+        calls: usize,
+    }
+
+    impl RolloutSource for Scripted {
+        async fn newest(&mut self) -> Result<RolloutView, RolloutError> {
+            self.calls += 1;
+            if self.polls.len() > 1 {
+                self.polls.remove(0)
+            } else {
+                match &self.polls[0] {
+                    Ok(r) => Ok(r.clone()),
+                    Err(_) => Err(unavailable()),
+                }
+            }
+        }
+
+        async fn listed(&mut self) -> Result<Vec<RolloutView>, RolloutError> {
+            Ok(self.listed.clone())
+        }
+    }
+
+    fn unavailable() -> RolloutError {
+        RolloutError::Client(ClientError::Rpc(tonic::Status::unavailable(
+            "connection refused",
+        )))
+    }
+
+    fn with(f: impl FnOnce(&mut pb::Rollout)) -> RolloutView {
+        let mut r = progressing();
+        f(&mut r);
+        r.into()
+    }
+
+    async fn follow_script(
+        polls: Vec<Result<RolloutView, RolloutError>>,
+        listed: Vec<RolloutView>,
+    ) -> (anyhow::Result<Outcome>, usize) {
+        let mut source = Scripted {
+            polls,
+            listed,
+            calls: 0,
+        };
+        let mut display = Display::Plain(PlainWatch::default());
+        let got = follow(
+            &mut source,
+            &mut display,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        )
+        .await;
+        (got, source.calls)
+    }
+
+    fn baking() -> RolloutView {
+        with(|r| {
+            r.stages[1] = stage("eu", "baking", [0, 0, 3, 0, 0]);
+            r.stages[1].bake_ends_at = NOW + 300;
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hub_restart_during_the_bake_is_ridden_out_until_completion() {
+        let completed = with(|r| {
+            r.phase = "completed".into();
+            r.ended_at = NOW + 400;
+            for s in &mut r.stages {
+                s.state = "completed".into();
+            }
+        });
+        let mut polls = vec![Ok(baking())];
+        polls.extend((0..6).map(|_| Err(unavailable())));
+        polls.extend([Ok(baking()), Ok(completed)]);
+        let (got, calls) = follow_script(polls, vec![]).await;
+        assert_eq!(got.unwrap(), Outcome::Completed);
+        assert_eq!(calls, 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hub_gone_for_longer_than_retry_for_is_an_error() {
+        let (got, calls) = follow_script(vec![Ok(baking()), Err(unavailable())], vec![]).await;
+        let err = format!("{:#}", got.unwrap_err());
+        assert!(err.contains("giving up"), "{err}");
+        // 0.5 + 1 + 2 + 4, then 5 s apart until 60 s: about 15 tries, not one and not endless.
+        assert!((10..30).contains(&calls), "{calls} tries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_rolled_back_and_missing_rollouts_end_the_watch() {
+        let paused = with(|r| {
+            r.phase = "paused".into();
+            r.reason = "2 clusters failed, over the failure budget of 1".into();
+        });
+        let (got, _) = follow_script(vec![Ok(baking()), Ok(paused)], vec![]).await;
+        assert_eq!(got.unwrap(), Outcome::Paused);
+
+        let rolled_back = with(|r| {
+            r.phase = "rolled-back".into();
+            r.ended_at = NOW;
+        });
+        let (got, _) = follow_script(vec![Ok(rolled_back)], vec![]).await;
+        assert_eq!(got.unwrap(), Outcome::RolledBack);
+
+        let missing = RolloutError::from_status("web", None, tonic::Status::not_found(""));
+        let (got, calls) = follow_script(vec![Err(missing), Ok(baking())], vec![]).await;
+        assert_eq!(got.unwrap_err().to_string(), "no rollout for app web");
+        assert_eq!(calls, 1, "a missing rollout is not retried");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_rollout_of_the_app_supersedes_the_watched_one() {
+        let newer = with(|r| r.id = 8);
+        let (got, calls) = follow_script(vec![Ok(baking()), Ok(newer)], vec![]).await;
+        assert_eq!(got.unwrap(), Outcome::Superseded);
+        assert_eq!(calls, 2);
     }
 
     #[test]
