@@ -7,3 +7,4 @@ pub mod demo;
 pub mod fleet;
 pub mod output;
 pub mod render;
+pub mod rollout;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use flotilla_cli::output::{
     OutputFormat, clusters_table, describe_cluster, print_json, status_table,
 };
-use flotilla_cli::{client, demo, render};
+use flotilla_cli::{client, demo, render, rollout};
 use flotilla_common::labels::{parse_label_changes, parse_labels};
 
 #[derive(Parser)]
@@ -79,6 +79,11 @@ enum Command {
         /// Output format (`json`: one JSON object per line).
         #[arg(long, short, value_enum, default_value = "table")]
         output: OutputFormat,
+    },
+    /// Staged rollouts: list, status, watch, and approve, pause, resume or roll back.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
     },
     /// Print the objects a cluster with these labels would receive, with no hub.
     Render {
@@ -194,6 +199,138 @@ enum ClusterCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Active and recently ended rollouts, newest first.
+    List {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Only this app's rollouts.
+        #[arg(long, default_value = "")]
+        app: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// The newest rollout of an app: release, phase, failure budget, each stage, and the clusters
+    /// updating, failed or deferred.
+    Status {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// App name.
+        name: String,
+        /// List every cluster, waiting and healthy ones too.
+        #[arg(long)]
+        clusters: bool,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Follow the newest rollout of an app until it ends: a bar per stage in a terminal, a line
+    /// per change otherwise.
+    #[command(after_help = rollout::EXIT_CODES)]
+    Watch {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// App name.
+        name: String,
+        /// Time between polls.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// How long the hub may stay unreachable (a restart) before the watch gives up.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        retry_for: Duration,
+        /// One line per change even in a terminal.
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Let the stage awaiting approval start.
+    Approve(RolloutActionArgs),
+    /// Hold the rollout: no cluster is given the release until `resume`.
+    Pause(RolloutActionArgs),
+    /// Go on after a pause (an operator's or the failure budget's).
+    Resume(RolloutActionArgs),
+    /// Give every cluster the rollout reached the previous release back.
+    Rollback(RolloutActionArgs),
+}
+
+#[derive(clap::Args)]
+struct RolloutActionArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// App name.
+    name: String,
+    /// Output format (`json`: the rollout afterwards).
+    #[arg(long, short, value_enum, default_value = "table")]
+    output: OutputFormat,
+}
+
+/// Runs a `rollout` subcommand; `watch` exits with the code of how the rollout ended.
+async fn rollout_command(command: RolloutCommand) -> anyhow::Result<()> {
+    use rollout::Action;
+    let (action, args) = match command {
+        RolloutCommand::List { hub, app, output } => {
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let rollouts = rollout::list(&mut admin, &app).await?;
+            match output {
+                OutputFormat::Json => print_json(&rollouts),
+                OutputFormat::Table => println!(
+                    "{}",
+                    rollout::format::list_table(&rollouts, rollout::unix_now())
+                ),
+            }
+            return Ok(());
+        }
+        RolloutCommand::Status {
+            hub,
+            name,
+            clusters,
+            output,
+        } => {
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let r = rollout::get(&mut admin, &name).await?;
+            match output {
+                OutputFormat::Json => print_json(&r),
+                OutputFormat::Table => print!(
+                    "{}",
+                    rollout::format::status_text(&r, clusters, rollout::unix_now())
+                ),
+            }
+            return Ok(());
+        }
+        RolloutCommand::Watch {
+            hub,
+            name,
+            interval,
+            retry_for,
+            plain,
+        } => {
+            let outcome = rollout::watch::run(&rollout::watch::WatchOptions {
+                hub: hub.hub,
+                admin_dir: hub.admin_dir,
+                app: name,
+                interval,
+                retry_for,
+                plain,
+            })
+            .await?;
+            std::io::Write::flush(&mut std::io::stdout())?;
+            std::process::exit(outcome.exit_code());
+        }
+        RolloutCommand::Approve(args) => (Action::Approve, args),
+        RolloutCommand::Pause(args) => (Action::Pause, args),
+        RolloutCommand::Resume(args) => (Action::Resume, args),
+        RolloutCommand::Rollback(args) => (Action::Rollback, args),
+    };
+    let mut admin = client::connect_admin(&args.hub.hub, &args.hub.admin_dir).await?;
+    let r = rollout::act(&mut admin, &args.name, action).await?;
+    match args.output {
+        OutputFormat::Json => print_json(&r),
+        OutputFormat::Table => println!("{}", rollout::format::action_summary(action, &r)),
+    }
+    Ok(())
+}
+
 async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Get { hub, name, output } => {
@@ -299,6 +436,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
         }
+        Command::Rollout { command } => rollout_command(command).await?,
         Command::Status { hub, output } => {
             let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
             let status = client::status(&mut admin).await?;
