@@ -210,6 +210,13 @@ async fn releases_roll_out_by_stage_halt_roll_back_bake_through_a_restart_and_wa
     .await;
     let rolled_back_at = Instant::now();
     assert!(halted.reason.contains("failure budget"), "{halted:#?}");
+    // `rollout watch` of a rolled-back rollout ends at once with its exit code.
+    let watch = fleet
+        .cli_command()
+        .args(["rollout", "watch", "web", "--plain"])
+        .output()
+        .unwrap();
+    assert_eq!(watch.status.code(), Some(4), "{watch:?}");
     let canary = halted
         .clusters
         .iter()
@@ -257,6 +264,15 @@ async fn releases_roll_out_by_stage_halt_roll_back_bake_through_a_restart_and_wa
     fleet.agents[main6].stop().await;
     write_release(&fleet.repo, "v4", &manifest("6s", "manual"));
     let v4 = fleet.repo.commit("v4");
+    wait_rollout(&fleet, "the v4 rollout", |r| r.release_commit == v4).await;
+    // An operator follows it with `rollout watch` through the hub restart below, to its end.
+    let watcher = fleet
+        .cli_command()
+        .args(["rollout", "watch", "web", "--plain", "--interval", "200ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let baking = wait_rollout(&fleet, "the canary baking v4", |r| {
         r.release_commit == v4 && stage(r, "canary").state == "baking"
     })
@@ -295,30 +311,27 @@ async fn releases_roll_out_by_stage_halt_roll_back_bake_through_a_restart_and_wa
             Some("v2")
         );
     }
-    let mut admin = flotilla_cli::client::connect_admin(&fleet.hub.url(), &fleet.hub.admin_dir())
-        .await
+    let approved = fleet.cli_json(&["rollout", "approve", "web"]);
+    let early = approved["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "early")
+        .unwrap()
+        .clone();
+    assert_eq!(early["approved_by"], "admin", "{approved}");
+    assert!(early["approved_at"].as_i64().unwrap() > 0, "{approved}");
+    let again = fleet
+        .cli_command()
+        .args(["rollout", "approve", "web"])
+        .output()
         .unwrap();
-    let approved = admin
-        .rollout_action(pb::RolloutActionRequest {
-            app: "web".into(),
-            action: "approve".into(),
-        })
-        .await
-        .expect("approve")
-        .into_inner();
-    let early = stage(&approved, "early");
+    assert!(!again.status.success());
+    let message = String::from_utf8_lossy(&again.stderr);
     assert!(
-        !early.approved_by.is_empty() && early.approved_at > 0,
-        "{early:?}"
+        message.contains("no stage of the rollout waits for an approval"),
+        "{message}"
     );
-    let again = admin
-        .rollout_action(pb::RolloutActionRequest {
-            app: "web".into(),
-            action: "approve".into(),
-        })
-        .await
-        .expect_err("nothing left to approve");
-    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
 
     // main-6 is offline: deferred, it does not hold the rollout back, and catches up when it returns.
     let finished = wait_rollout(&fleet, "v4 completed", |r| {
@@ -338,6 +351,23 @@ async fn releases_roll_out_by_stage_halt_roll_back_bake_through_a_restart_and_wa
         }
     }
     assert_eq!(version_on(&sims["main-6"]).as_deref(), Some("v2"));
+    let watched = tokio::task::spawn_blocking(move || watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&watched.stdout);
+    assert_eq!(
+        watched.status.code(),
+        Some(0),
+        "watch ends with the completed rollout: {lines}\n{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    assert!(lines.contains("completed"), "{lines}");
+    let list = fleet.cli_text(&["rollout", "list"]);
+    assert!(
+        list.contains("rolled-back") && list.contains("completed"),
+        "{list}"
+    );
     fleet.agents[main6].start().expect("agent restart");
     eventually("main-6 caught up with v4", CONVERGE, || {
         version_on(&sims["main-6"]).as_deref() == Some("v4")
