@@ -51,6 +51,16 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         clusters: usize,
     },
+    /// The real hub and N agents on simulated clusters in three stages with bake 0: commit to the rollout
+    /// completed and to every cluster holding the release, and the time to roll back a failing canary.
+    RolloutFleet {
+        /// Agents (each with its own Kubernetes API simulator; at least 5).
+        #[arg(long, default_value_t = 10)]
+        agents: usize,
+        /// Measured releases.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// The hub's renderer over N clusters in 3 targets for raw, template, kustomize and Helm apps,
     /// with and without memoization (real kubectl kustomize and Helm engine).
     Render {
@@ -373,6 +383,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Identity { clusters } => identity::identity(clusters)
             .await
             .context("identity benchmark"),
+        Command::RolloutFleet { agents, rounds } => rollout::rollout_fleet(agents, rounds)
+            .await
+            .context("rollout-fleet benchmark"),
         Command::RolloutEngine { clusters } => {
             rollout::rollout_engine(clusters).context("rollout-engine benchmark")
         }

@@ -112,3 +112,135 @@ pub fn rollout_engine(clusters: usize) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `rollout-fleet`: the real hub and `agents` real agents, each applying to its own Kubernetes API
+/// simulator, in the three stages of [`flotilla_tests::rollout::manifest`] with bake 0. Each round commits
+/// a release and times commit → the rollout completed and commit → every simulated cluster holding it.
+/// Then the canary's Deployment fails on the next release: commit → rolled back, and rolled back → every
+/// touched cluster on the previous release again.
+pub async fn rollout_fleet(agents: usize, rounds: usize) -> anyhow::Result<()> {
+    use flotilla_kubesim::{KubeSim, ObjectRef, WorkloadMode};
+    use flotilla_tests::fixture::Fleet;
+    use flotilla_tests::rollout::{manifest, poll_rollout, rings, write_release};
+
+    ensure!(
+        agents >= 5,
+        "at least 5 agents (one canary, three early, one main)"
+    );
+    let deadline = Duration::from_secs(300);
+    let mut fleet = Fleet::start_with_config(
+        |repo| {
+            write_release(repo, "r0", &manifest("", false));
+            repo.commit("r0");
+        },
+        Duration::from_millis(100),
+        "rollouts: {offlineAfter: 30s}\n",
+    )
+    .await;
+    let mut sims = Vec::new();
+    for (name, ring) in rings(agents) {
+        let sim = KubeSim::start(&fleet.dir.path().join(format!("{name}-kube")))?;
+        fleet
+            .add_kube_agent(&name, &format!("ring={ring}"), sim.kubeconfig_path())
+            .await;
+        sims.push(sim);
+    }
+    wait_all(&sims, "r0", deadline).await?;
+    let mut completed = Vec::new();
+    let mut applied = Vec::new();
+    for round in 1..=rounds {
+        let v = format!("r{round}");
+        write_release(&fleet.repo, &v, &manifest("", false));
+        let started = Instant::now();
+        let commit = fleet.repo.commit(&v);
+        let done = poll_rollout(&fleet, Duration::from_millis(20), deadline, |r| {
+            r.release_commit == commit && r.phase == "completed"
+        })
+        .await
+        .map_err(|last| anyhow::anyhow!("round {round} did not complete: {last:?}"))?;
+        completed.push(started.elapsed());
+        ensure!(
+            done.clusters.len() == agents && done.clusters.iter().all(|c| c.state == "healthy"),
+            "round {round}: not every cluster healthy: {done:?}"
+        );
+        wait_all(&sims, &v, deadline).await?;
+        applied.push(started.elapsed());
+    }
+    // A release the canary fails on: halted by the budget of 0 and rolled back.
+    let good = format!("r{rounds}");
+    sims[0].set_workload_mode_for(
+        ObjectRef {
+            kind: "Deployment".into(),
+            namespace: "web".into(),
+            name: "web".into(),
+        },
+        WorkloadMode::Failed,
+    );
+    write_release(&fleet.repo, "bad", &manifest("", false));
+    let started = Instant::now();
+    let commit = fleet.repo.commit("bad");
+    let halted = poll_rollout(&fleet, Duration::from_millis(10), deadline, |r| {
+        r.release_commit == commit && r.phase == "rolled-back"
+    })
+    .await
+    .map_err(|last| anyhow::anyhow!("the bad release was not rolled back: {last:?}"))?;
+    let to_rollback = started.elapsed();
+    let rolled_back = Instant::now();
+    wait_all(&sims, &good, deadline).await?;
+    let back = rolled_back.elapsed();
+    let touched = halted
+        .clusters
+        .iter()
+        .filter(|c| c.state != "waiting")
+        .count();
+    fleet.shutdown().await;
+
+    let secs = |d: &Duration| d.as_secs_f64();
+    let summary = |xs: &mut Vec<Duration>| {
+        xs.sort();
+        format!(
+            "median {:.2} s, min {:.2} s, max {:.2} s",
+            secs(&xs[xs.len() / 2]),
+            secs(&xs[0]),
+            secs(xs.last().expect("a round"))
+        )
+    };
+    println!(
+        "rollout-fleet, {agents} agents on simulated clusters, 3 stages (canary 1, early 3 by 2, main {} by 50%), bake 0, {rounds} rounds, every cluster verified on every release",
+        agents - 4
+    );
+    println!("  commit -> rollout completed: {}", summary(&mut completed));
+    println!(
+        "  commit -> every cluster holds the release: {}",
+        summary(&mut applied)
+    );
+    println!(
+        "  canary failing: commit -> rolled back {:.2} s; rolled back -> the {touched} touched cluster(s) on the previous release {:.2} s (polled every 10 ms); the other {} never got it",
+        secs(&to_rollback),
+        secs(&back),
+        agents - touched
+    );
+    Ok(())
+}
+
+fn version_on(sim: &flotilla_kubesim::KubeSim) -> Option<String> {
+    sim.get("v1", "ConfigMap", "web", "web")
+        .and_then(|cm| cm["data"]["version"].as_str().map(str::to_string))
+}
+
+/// Waits until every simulated cluster holds release `v` (polling every 10 ms).
+async fn wait_all(
+    sims: &[flotilla_kubesim::KubeSim],
+    v: &str,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !sims.iter().all(|s| version_on(s).as_deref() == Some(v)) {
+        ensure!(
+            started.elapsed() < deadline,
+            "not every cluster reached {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}

@@ -2,5 +2,6 @@
 //! real `git` binary, and a fleet of real hub and agent processes.
 
 pub mod fixture;
+pub mod rollout;
 
 pub use flotilla_cli::fleet;

@@ -10,55 +10,10 @@ use std::time::{Duration, Instant};
 use flotilla_kubesim::KubeSim;
 use flotilla_kubesim::{ObjectRef, WorkloadMode};
 use flotilla_proto::v1 as pb;
-use flotilla_tests::fixture::{CONVERGE, Fleet, GitRepo, eventually};
-
-const ROLLOUT: &str = r#"
-    rollout:
-      stages:
-        - {name: canary, selector: {matchLabels: {ring: canary}}, maxUnavailable: 1BAKE}
-        - {name: early, selector: {matchLabels: {ring: early}}, maxUnavailable: 2APPROVAL}
-        - {name: main, selector: {matchLabels: {ring: main}}, maxUnavailable: "50%"}
-      failureBudget: 0
-      onFailure: rollback
-      progressDeadline: 60s
-"#;
-
-fn manifest(bake: &str, approval: &str) -> String {
-    let rollout = ROLLOUT
-        .replace(
-            "BAKE",
-            &if bake.is_empty() {
-                String::new()
-            } else {
-                format!(", bake: {bake}")
-            },
-        )
-        .replace(
-            "APPROVAL",
-            if approval.is_empty() {
-                ""
-            } else {
-                ", approval: manual"
-            },
-        );
-    format!("apps:\n  - name: web\n    path: web\n    namespace: web\n{rollout}")
-}
-
-fn write_release(repo: &GitRepo, version: &str, manifest: &str) {
-    repo.write("flotilla.yaml", manifest)
-        .write(
-            "web/namespace.yaml",
-            "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n",
-        )
-        .write(
-            "web/config.yaml",
-            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: web}}\ndata: {{version: {version}}}\n"),
-        )
-        .write(
-            "web/deploy.yaml",
-            &format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: web, image: \"web:{version}\"}}]}}\n"),
-        );
-}
+use flotilla_tests::fixture::{CONVERGE, Fleet, eventually};
+use flotilla_tests::rollout::{
+    get_rollout, manifest, poll_rollout, rings as ring_names, write_release,
+};
 
 fn version_on(sim: &KubeSim) -> Option<String> {
     sim.get("v1", "ConfigMap", "web", "web")
@@ -66,14 +21,7 @@ fn version_on(sim: &KubeSim) -> Option<String> {
 }
 
 async fn rollout(fleet: &Fleet) -> Option<pb::Rollout> {
-    let mut admin = flotilla_cli::client::connect_admin(&fleet.hub.url(), &fleet.hub.admin_dir())
-        .await
-        .ok()?;
-    admin
-        .get_rollout(pb::GetRolloutRequest { app: "web".into() })
-        .await
-        .ok()
-        .map(|r| r.into_inner())
+    get_rollout(fleet).await
 }
 
 /// Waits until the app's rollout satisfies `check`; returns it.
@@ -82,20 +30,9 @@ async fn wait_rollout(
     what: &str,
     check: impl Fn(&pb::Rollout) -> bool,
 ) -> pb::Rollout {
-    let end = tokio::time::Instant::now() + CONVERGE;
-    let mut last = None;
-    loop {
-        if let Some(r) = rollout(fleet).await {
-            if check(&r) {
-                return r;
-            }
-            last = Some(r);
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for {what}; last rollout: {last:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    match poll_rollout(fleet, Duration::from_millis(100), CONVERGE, check).await {
+        Ok(r) => r,
+        Err(last) => panic!("timed out waiting for {what}; last rollout: {last:#?}"),
     }
 }
 
@@ -122,17 +59,14 @@ fn unix_now() -> i64 {
 async fn releases_roll_out_by_stage_halt_roll_back_bake_through_a_restart_and_wait_for_approval() {
     let mut fleet = Fleet::start_with_config(
         |repo| {
-            write_release(repo, "v1", &manifest("", ""));
+            write_release(repo, "v1", &manifest("", false));
             repo.commit("v1");
         },
         Duration::from_millis(200),
         "rollouts: {offlineAfter: 3s}\n",
     )
     .await;
-    let rings: Vec<(String, &str)> = std::iter::once(("canary-1".to_string(), "canary"))
-        .chain((1..=3).map(|i| (format!("early-{i}"), "early")))
-        .chain((1..=6).map(|i| (format!("main-{i}"), "main")))
-        .collect();
+    let rings = ring_names(10);
     let mut sims = BTreeMap::new();
     for (name, ring) in &rings {
         let sim = KubeSim::start(&fleet.dir.path().join(format!("{name}-kube"))).unwrap();
@@ -150,7 +84,7 @@ async fn releases_roll_out_by_stage_halt_roll_back_bake_through_a_restart_and_wa
     );
 
     // v2 rolls out stage by stage (no bake): canary, then early, then main.
-    write_release(&fleet.repo, "v2", &manifest("", ""));
+    write_release(&fleet.repo, "v2", &manifest("", false));
     let started = Instant::now();
     let v2 = fleet.repo.commit("v2");
     let done = wait_rollout(&fleet, "v2 completed", |r| {
@@ -202,7 +136,7 @@ async fn releases_roll_out_by_stage_halt_roll_back_bake_through_a_restart_and_wa
         },
         WorkloadMode::Failed,
     );
-    write_release(&fleet.repo, "v3", &manifest("", ""));
+    write_release(&fleet.repo, "v3", &manifest("", false));
     let v3 = fleet.repo.commit("v3");
     let halted = wait_rollout(&fleet, "v3 rolled back", |r| {
         r.release_commit == v3 && r.phase == "rolled-back"
@@ -262,7 +196,7 @@ async fn releases_roll_out_by_stage_halt_roll_back_bake_through_a_restart_and_wa
     // v4: the canary bakes for 6s, the early stage waits for an approval, and main-6 is offline.
     let main6 = rings.iter().position(|(n, _)| n == "main-6").unwrap();
     fleet.agents[main6].stop().await;
-    write_release(&fleet.repo, "v4", &manifest("6s", "manual"));
+    write_release(&fleet.repo, "v4", &manifest("6s", true));
     let v4 = fleet.repo.commit("v4");
     wait_rollout(&fleet, "the v4 rollout", |r| r.release_commit == v4).await;
     // An operator follows it with `rollout watch` through the hub restart below, to its end.
