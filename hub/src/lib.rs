@@ -14,6 +14,7 @@ pub mod server;
 pub mod store;
 
 pub mod manifest;
+pub mod plan;
 pub mod pki;
 pub mod render;
 pub mod rollout;
