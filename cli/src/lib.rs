@@ -6,4 +6,5 @@ pub mod client;
 pub mod demo;
 pub mod fleet;
 pub mod output;
+pub mod plan;
 pub mod render;
