@@ -118,7 +118,10 @@ mod tests {
                     max_unavailable: 1,
                     bake_seconds: 600,
                     approval: "manual".into(),
-                    clusters: vec![cluster("edge-1", true, ""), cluster("edge-2", false, "boom")],
+                    clusters: vec![
+                        cluster("edge-1", true, ""),
+                        cluster("edge-2", false, "boom"),
+                    ],
                 },
                 PlanStageView {
                     name: "empty".into(),
@@ -132,7 +135,10 @@ mod tests {
             diff: "--- a\n+++ b\n".into(),
         };
         let text = plan_text(&plan);
-        assert!(text.starts_with("app shop from source main at 0123456789ab"), "{text}");
+        assert!(
+            text.starts_with("app shop from source main at 0123456789ab"),
+            "{text}"
+        );
         assert!(
             text.contains("stage 1/2 canary: maxUnavailable 1, bake 10m, approval manual\n"),
             "{text}"
@@ -143,7 +149,12 @@ mod tests {
             ["edge-1", "1", "2", "0", "7", "deferred", "(offline)"]
         );
         assert!(text.contains("render failed: boom"), "{text}");
-        assert!(text.contains("stage 2/2 empty: maxUnavailable 1, bake none, approval auto\n  (no cluster)\n"), "{text}");
+        assert!(
+            text.contains(
+                "stage 2/2 empty: maxUnavailable 1, bake none, approval auto\n  (no cluster)\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("warnings:\n  - stage \"empty\""), "{text}");
         assert!(text.ends_with("--- a\n+++ b\n"), "{text}");
     }

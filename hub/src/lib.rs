@@ -14,8 +14,8 @@ pub mod server;
 pub mod store;
 
 pub mod manifest;
-pub mod plan;
 pub mod pki;
+pub mod plan;
 pub mod render;
 pub mod rollout;
 pub mod source;

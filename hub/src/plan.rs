@@ -559,7 +559,9 @@ mod tests {
             "{diff}"
         );
         assert!(
-            diff.contains("+++ ConfigMap shop/old (removed in feature @ 1a2b3c)\n@@ -1 +0,0 @@\n-b: 2\n"),
+            diff.contains(
+                "+++ ConfigMap shop/old (removed in feature @ 1a2b3c)\n@@ -1 +0,0 @@\n-b: 2\n"
+            ),
             "{diff}"
         );
         assert!(!diff.contains("truncated"), "{diff}");

@@ -318,7 +318,9 @@ impl Admin for AdminService {
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
         self.admin(&request)?;
-        Err(Status::unimplemented("rollouts are being wired up (issue 14)"))
+        Err(Status::unimplemented(
+            "rollouts are being wired up (issue 14)",
+        ))
     }
 
     async fn get_rollout(
@@ -326,7 +328,9 @@ impl Admin for AdminService {
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         self.admin(&request)?;
-        Err(Status::unimplemented("rollouts are being wired up (issue 14)"))
+        Err(Status::unimplemented(
+            "rollouts are being wired up (issue 14)",
+        ))
     }
 
     async fn rollout_action(
@@ -334,7 +338,9 @@ impl Admin for AdminService {
         request: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         self.admin(&request)?;
-        Err(Status::unimplemented("rollouts are being wired up (issue 14)"))
+        Err(Status::unimplemented(
+            "rollouts are being wired up (issue 14)",
+        ))
     }
 
     async fn plan(

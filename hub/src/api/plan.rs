@@ -23,7 +23,7 @@ use crate::controller::{
     RenderMemo, RenderSlots, cluster_info, read_credentials, render_for_clusters, resolve_charts,
     unix_now,
 };
-use crate::manifest::{Approval, AppSpec, load_manifest};
+use crate::manifest::{AppSpec, Approval, load_manifest};
 use crate::plan::{self, Change, Counts, DiffEntry, PlannedCluster};
 use crate::render::{RenderEnv, RepoTree, Tools, plan_target, release_id, select_target};
 use crate::source::{FetchAuth, GitMirror, SourceError, read_tree, redact_url};
@@ -203,10 +203,12 @@ fn compute(
     );
     // Per cluster: the app's render, or why it failed.
     let next_of = |snap: &ClusterSnapshot| -> Result<crate::controller::AppRender, String> {
-        if let Some(apps) = rendered.per_cluster.get(&snap.cluster.id) {
-            if let Some(render) = apps.first() {
-                return Ok(render.clone());
-            }
+        if let Some(render) = rendered
+            .per_cluster
+            .get(&snap.cluster.id)
+            .and_then(|apps| apps.first())
+        {
+            return Ok(render.clone());
         }
         let prefix = format!("app {} for cluster {}: ", app.name, snap.cluster.name);
         Err(errors
@@ -227,7 +229,10 @@ fn compute(
     for snap in &targeted {
         let (_, current) = current_app(snap, &app.name);
         let outcome = next_of(snap).map(|next| {
-            let current = current.as_ref().map(|a| a.objects.as_slice()).unwrap_or(&[]);
+            let current = current
+                .as_ref()
+                .map(|a| a.objects.as_slice())
+                .unwrap_or(&[]);
             Counts::of(&plan::compare(current, &next.0.objects))
         });
         planned.push(PlannedCluster {
@@ -288,17 +293,18 @@ fn compute(
                     req.diff_cluster
                 ))
             })?;
+        // A cluster no target selects any more loses every object of the app.
         let next = if targeted.iter().any(|t| t.cluster.id == snap.cluster.id) {
-            Some(next_of(snap))
+            next_of(snap).map(Some)
         } else {
-            None
+            Ok(None)
         };
         match next {
-            Some(Err(e)) => format!(
+            Err(e) => format!(
                 "# app {} does not render for cluster {}: {e}\n",
                 app.name, snap.cluster.name
             ),
-            next => object_diff(store, snap, &app.name, next.map(|n| n.ok()).flatten(), &next_label)?,
+            Ok(next) => object_diff(store, snap, &app.name, next, &next_label)?,
         }
     };
 
@@ -342,7 +348,10 @@ fn object_diff(
     } else {
         format!("{} ClusterState v{version}", snap.cluster.name)
     };
-    let current_objects = current.as_ref().map(|a| a.objects.as_slice()).unwrap_or(&[]);
+    let current_objects = current
+        .as_ref()
+        .map(|a| a.objects.as_slice())
+        .unwrap_or(&[]);
     let next_objects = next.as_ref().map(|n| n.0.objects.as_slice()).unwrap_or(&[]);
     let new_bytes: HashMap<Digest, &Arc<Vec<u8>>> = next
         .as_ref()
@@ -511,15 +520,15 @@ fn resolve(
         });
     }
     let commit_like = (4..=40).contains(&rev.len()) && rev.bytes().all(|b| b.is_ascii_hexdigit());
-    if commit_like || rev == cfg.branch {
-        if let Some(tree) = read(rev)? {
-            return Ok(tree);
-        }
+    if (commit_like || rev == cfg.branch)
+        && let Some(tree) = read(rev)?
+    {
+        return Ok(tree);
     }
-    if let Some(commit) = fetch_named(env, cfg, rev)? {
-        if let Some(tree) = read(&commit)? {
-            return Ok(tree);
-        }
+    if let Some(commit) = fetch_named(env, cfg, rev)?
+        && let Some(tree) = read(&commit)?
+    {
+        return Ok(tree);
     }
     read(rev)?.ok_or_else(|| {
         PlanError::NotFound(format!(
@@ -532,14 +541,9 @@ fn resolve(
 
 /// Fetches `name` as a branch, else as a tag, from `cfg`'s remote into its mirror, with the source's
 /// credentials, time box and pack cap; `None` when the remote has neither.
-fn fetch_named(
-    env: &PlanEnv,
-    cfg: &SourceConfig,
-    name: &str,
-) -> Result<Option<String>, PlanError> {
-    let unavailable = |e: &dyn std::fmt::Display| {
-        PlanError::Unavailable(format!("source {}: {e}", cfg.name))
-    };
+fn fetch_named(env: &PlanEnv, cfg: &SourceConfig, name: &str) -> Result<Option<String>, PlanError> {
+    let unavailable =
+        |e: &dyn std::fmt::Display| PlanError::Unavailable(format!("source {}: {e}", cfg.name));
     let (token, ca_pem) = read_credentials(cfg.token_file.as_deref(), cfg.ca_file.as_deref())
         .map_err(|e| PlanError::Precondition(format!("source {}: {e}", cfg.name)))?;
     let auth = FetchAuth {
