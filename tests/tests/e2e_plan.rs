@@ -151,6 +151,12 @@ async fn plan_previews_a_branch_by_stage_and_cluster_before_it_is_applied() {
     // An abbreviated commit id resolves to the same commit.
     let short = fleet.cli_json(&["plan", "--app", "shop", "--rev", &feature[..10]]);
     assert_eq!(short["commit"], feature.as_str());
+    // So does a tag the hub never fetched (annotated: peeled to its commit).
+    fleet
+        .repo
+        .git(&["tag", "-a", "v2.0.0", "-m", "release", &feature]);
+    let tagged = fleet.cli_json(&["plan", "--app", "shop", "--rev", "v2.0.0"]);
+    assert_eq!(tagged["commit"], feature.as_str());
 
     // The table and one cluster's diff.
     let text = fleet.cli_text(&[
