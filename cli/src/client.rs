@@ -420,3 +420,110 @@ pub async fn create_token(
         expires_at: resp.expires_at,
     })
 }
+
+/// What `flotilla plan` shows: a revision of an app, its stages and per-cluster object changes.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PlanView {
+    /// App.
+    pub app: String,
+    /// Source that declares it.
+    pub source: String,
+    /// Commit the revision resolved to.
+    pub commit: String,
+    /// Fleet-wide release id at that commit.
+    pub release: String,
+    /// Whether the app has a `rollout:` block (else one stage, `all`).
+    pub staged: bool,
+    /// Stages in rollout order.
+    pub stages: Vec<PlanStageView>,
+    /// Problems with the rollout settings against the fleet.
+    pub warnings: Vec<String>,
+    /// Unified object diff of the cluster asked for; empty when none was.
+    pub diff: String,
+}
+
+/// One stage of a plan.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PlanStageView {
+    /// Stage name.
+    pub name: String,
+    /// Clusters updating at once, at most.
+    pub max_unavailable: u32,
+    /// Seconds the stage stays healthy before the next.
+    pub bake_seconds: u64,
+    /// auto | manual.
+    pub approval: String,
+    /// Clusters in the order they get the release.
+    pub clusters: Vec<PlanClusterView>,
+}
+
+/// One cluster of a plan.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PlanClusterView {
+    /// Cluster id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Objects only the revision has.
+    pub added: u32,
+    /// Objects with other bytes.
+    pub changed: u32,
+    /// Objects the revision removes.
+    pub removed: u32,
+    /// Objects that stay as they are.
+    pub unchanged: u32,
+    /// Out of contact: the rollout would defer it.
+    pub offline: bool,
+    /// Why the app does not render for it.
+    pub error: String,
+}
+
+/// Plans `app` at `rev` (empty: the newest fetched commit), with the diff of `diff_cluster` if given.
+pub async fn plan(
+    client: &mut AdminClient<Channel>,
+    app: &str,
+    rev: &str,
+    diff_cluster: &str,
+) -> Result<PlanView, ClientError> {
+    let resp = client
+        .plan(pb::PlanRequest {
+            app: app.to_string(),
+            rev: rev.to_string(),
+            diff_cluster: diff_cluster.to_string(),
+        })
+        .await?
+        .into_inner();
+    Ok(PlanView {
+        app: resp.app,
+        source: resp.source,
+        commit: resp.commit,
+        release: resp.release,
+        staged: resp.staged,
+        stages: resp
+            .stages
+            .into_iter()
+            .map(|s| PlanStageView {
+                name: s.name,
+                max_unavailable: s.max_unavailable,
+                bake_seconds: s.bake_seconds,
+                approval: s.approval,
+                clusters: s
+                    .clusters
+                    .into_iter()
+                    .map(|c| PlanClusterView {
+                        id: c.id,
+                        name: c.name,
+                        added: c.added,
+                        changed: c.changed,
+                        removed: c.removed,
+                        unchanged: c.unchanged,
+                        offline: c.offline,
+                        error: c.error,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        warnings: resp.warnings,
+        diff: resp.diff,
+    })
+}

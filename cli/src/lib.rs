@@ -6,5 +6,6 @@ pub mod client;
 pub mod demo;
 pub mod fleet;
 pub mod output;
+pub mod plan;
 pub mod render;
 pub mod rollout;

@@ -85,6 +85,25 @@ enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Preview a revision of an app before anything is applied: its rollout stages in order and, per
+    /// cluster, the objects it adds, changes and removes against what the cluster gets now.
+    Plan {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// App name.
+        #[arg(long)]
+        app: String,
+        /// Commit (full or abbreviated), branch or tag of the app's source (default: its newest fetched
+        /// commit); a branch or tag the hub has not fetched is fetched on demand.
+        #[arg(long, default_value = "")]
+        rev: String,
+        /// Also print the unified object diff for this cluster (name or id).
+        #[arg(long, default_value = "")]
+        diff: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
     /// Print the objects a cluster with these labels would receive, with no hub.
     Render {
         /// Repository path; only its object database is read.
@@ -443,6 +462,20 @@ async fn main() -> anyhow::Result<()> {
             match output {
                 OutputFormat::Json => print_json(&status),
                 OutputFormat::Table => println!("{}", status_table(&status)),
+            }
+        }
+        Command::Plan {
+            hub,
+            app,
+            rev,
+            diff,
+            output,
+        } => {
+            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
+            let plan = client::plan(&mut admin, &app, &rev, &diff).await?;
+            match output {
+                OutputFormat::Json => print_json(&plan),
+                OutputFormat::Table => print!("{}", flotilla_cli::plan::plan_text(&plan)),
             }
         }
         Command::Render {

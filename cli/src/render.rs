@@ -118,12 +118,8 @@ pub fn to_yaml(objects: &[KubeObject]) -> Result<String, RenderCommandError> {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
-        out.push_str(
-            &serde_saphyr::to_string(&o.value).map_err(|e| RenderCommandError(e.to_string()))?,
-        );
-        if !out.ends_with('\n') {
-            out.push('\n');
-        }
+        // The hub's conversion, so `flotilla plan --diff` shows objects exactly as this prints them.
+        out.push_str(&flotilla_hub::plan::object_yaml(&o.value).map_err(RenderCommandError)?);
     }
     Ok(out)
 }

@@ -49,10 +49,10 @@ pub struct Announcement {
 }
 
 /// Object bytes by digest, shared between clusters that render the same object.
-type Blobs = Vec<(Digest, Arc<Vec<u8>>)>;
+pub(crate) type Blobs = Vec<(Digest, Arc<Vec<u8>>)>;
 
 /// One app's render as a ClusterState entry and its object bytes, shared by every cluster that gets it.
-type AppRender = Arc<(AppState, Blobs)>;
+pub(crate) type AppRender = Arc<(AppState, Blobs)>;
 
 /// One source's render of one commit, for every cluster that rendered.
 pub struct RenderedSource {
@@ -62,7 +62,7 @@ pub struct RenderedSource {
     /// Per app with a `rollout:` block: the block.
     rollout_specs: BTreeMap<String, crate::manifest::RolloutSpec>,
     /// Per cluster: the apps it gets from this source, with their object bytes.
-    per_cluster: BTreeMap<String, Vec<AppRender>>,
+    pub(crate) per_cluster: BTreeMap<String, Vec<AppRender>>,
     /// Some app takes its chart from a chart repository: every poll resolves its version again, since a
     /// newer chart matching the range is a new release even at the same commit.
     uses_chart_repos: bool,
@@ -214,12 +214,12 @@ pub struct Controller {
     state_ttl: Duration,
     fetch_timeout: Duration,
     limits: flotilla_common::limits::Limits,
-    tools: Arc<Tools>,
-    render_slots: Arc<RenderSlots>,
+    pub(crate) tools: Arc<Tools>,
+    pub(crate) render_slots: Arc<RenderSlots>,
     events: Option<crate::events::EventLog>,
     stop: CancellationToken,
     chart_repos: Arc<Vec<ChartRepoConfig>>,
-    chart_cache: PathBuf,
+    pub(crate) chart_cache: PathBuf,
     mirrors_dir: PathBuf,
     sources: Vec<SourceRuntime>,
     wake: mpsc::Receiver<()>,
@@ -895,7 +895,7 @@ struct JobDone {
 /// Resolves every chart the apps take from chart repositories to a verified archive in the cache
 /// (blocking: index and archive downloads). Any failure fails the whole render, so the previous release
 /// stays in force.
-fn resolve_charts(
+pub(crate) fn resolve_charts(
     apps: &[AppSpec],
     repos: &[ChartRepoConfig],
     cache_dir: &std::path::Path,
@@ -967,7 +967,7 @@ fn resolve_charts(
 
 /// Reads a token file (trimmed) and a CA bundle, each when configured; read at every use so rotated
 /// files need no restart. Blocking.
-fn read_credentials(
+pub(crate) fn read_credentials(
     token_file: Option<&std::path::Path>,
     ca_file: Option<&std::path::Path>,
 ) -> Result<(Option<String>, Option<Vec<u8>>), String> {

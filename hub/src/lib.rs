@@ -15,6 +15,7 @@ pub mod store;
 
 pub mod manifest;
 pub mod pki;
+pub mod plan;
 pub mod render;
 pub mod rollout;
 pub mod source;

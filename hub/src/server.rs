@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 use tracing::info;
 
-use crate::api::{ApiLimits, ApiState, services};
+use crate::api::{ApiLimits, ApiState, PlanEnv, services};
 use crate::config::HubConfig;
 use crate::controller::Controller;
 use crate::datadir::{DataDir, DataDirError};
@@ -105,6 +105,15 @@ pub async fn run(
     let controller = controller
         .with_events(events.clone())
         .with_contacts(last_contact.clone());
+    // Plans render with the controller's tools and render slots, so they share its bound on renders.
+    let plan = Arc::new(PlanEnv::new(
+        &config,
+        data_dir.mirrors_dir(),
+        controller.tools.clone(),
+        controller.render_slots.clone(),
+        controller.chart_cache.clone(),
+        shutdown.clone(),
+    ));
     let tracker = TaskTracker::new();
     tracker.spawn(controller.run(shutdown.clone()));
 
@@ -124,6 +133,7 @@ pub async fn run(
         tasks: tracker.clone(),
         limits: Arc::new(ApiLimits::new(&config)),
         events,
+        plan,
     };
     let tls = server_tls_config(
         &server_cert.cert_pem,

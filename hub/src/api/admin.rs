@@ -419,7 +419,9 @@ impl Admin for AdminService {
         request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
         self.admin(&request)?;
-        Err(Status::unimplemented("plan is being wired up (issue 14)"))
+        super::plan::plan(&self.0, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn events(

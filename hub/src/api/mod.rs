@@ -4,6 +4,7 @@
 mod admin;
 mod agent;
 mod limits;
+mod plan;
 mod registration;
 mod rollouts;
 mod wire;
@@ -21,6 +22,7 @@ use crate::pki::{CertificateAuthority, PeerIdentity, peer_identity};
 use crate::store::HubStore;
 
 pub use limits::ApiLimits;
+pub use plan::{MAX_PLANS, PlanEnv};
 
 /// Shared state of the gRPC services.
 #[derive(Clone)]
@@ -53,6 +55,8 @@ pub struct ApiState {
     pub events: crate::events::EventLog,
     /// Per-caller limits and their counters.
     pub limits: Arc<ApiLimits>,
+    /// What `Admin.Plan` reads and renders with.
+    pub plan: Arc<PlanEnv>,
 }
 
 /// The three services, ready to add to a tonic router.

@@ -398,7 +398,23 @@ impl GitMirror {
     /// exceeds the mirror's cap. A second fetch of the same mirror while one runs fails with
     /// [`SourceError::Busy`] instead of waiting.
     pub fn fetch(&self, branch: &str, auth: FetchAuth<'_>) -> Result<String, SourceError> {
-        let remote_ref = format!("refs/heads/{branch}");
+        self.fetch_ref("refs/heads", branch, auth)
+    }
+
+    /// Fetches `refs/tags/<tag>` into the mirror's `refs/tags/<tag>` and returns the commit it names (hex),
+    /// with the same time box, pack cap and lock as [`GitMirror::fetch`]; a tag the remote does not have is
+    /// [`SourceError::BranchNotFound`], an impossible name [`SourceError::BranchName`].
+    pub fn fetch_tag(&self, tag: &str, auth: FetchAuth<'_>) -> Result<String, SourceError> {
+        self.fetch_ref("refs/tags", tag, auth)
+    }
+
+    fn fetch_ref(
+        &self,
+        namespace: &str,
+        branch: &str,
+        auth: FetchAuth<'_>,
+    ) -> Result<String, SourceError> {
+        let remote_ref = format!("{namespace}/{branch}");
         let valid = !branch.is_empty()
             && !branch.starts_with('-')
             && !branch.contains(['*', ':', '?', '[', '\\', ' '])
