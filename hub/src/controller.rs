@@ -238,6 +238,9 @@ pub struct Controller {
     rollout_wake: Option<i64>,
 }
 
+/// How long the controller gathers status reports before stepping rollouts on them.
+const REPORT_BATCH: Duration = Duration::from_millis(50);
+
 /// Current unix time in seconds.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -390,7 +393,11 @@ impl Controller {
                     Ok(done) => self.finish_job(done).await,
                     Err(e) => warn!(error = %e, "a source job failed"),
                 },
-                _ = status.notified() => {}
+                _ = status.notified() => {
+                    // Reports come in bursts (a stage of clusters applying at once): take them as one
+                    // step of the rollouts rather than one store scan each.
+                    tokio::time::sleep(REPORT_BATCH).await;
+                }
                 Some(command) = self.commands.recv() => self.handle_command(command).await,
             }
         }

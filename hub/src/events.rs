@@ -44,8 +44,14 @@ impl Severity {
 pub struct NewEvent {
     /// Unix seconds.
     pub at: i64,
-    /// What happened: `commit-in-force`, `render-failed`, `cluster-registered`, `cluster-labelled`,
-    /// `cluster-deleted`, `app-failed`, `app-drift`, `app-unhealthy`, `app-recovered`, `state-rejected`.
+    /// What happened: `commit-in-force`, `render-failed`, `fetch-failed`, `cluster-registered`,
+    /// `cluster-labelled`, `cluster-deleted`, `app-failed`, `app-drift`, `app-unhealthy`, `app-recovered`,
+    /// `state-rejected`, and the rollout transitions `rollout-started`, `rollout-warning`,
+    /// `rollout-stage-started`, `rollout-cluster-updating`, `rollout-cluster-healthy`,
+    /// `rollout-cluster-failed`, `rollout-cluster-deferred`, `rollout-stage-healthy`,
+    /// `rollout-stage-completed`, `rollout-awaiting-approval`, `rollout-approved`, `rollout-paused`,
+    /// `rollout-resumed`, `rollout-halted`, `rollout-rolled-back`, `rollout-completed`,
+    /// `rollout-superseded`.
     pub kind: String,
     /// How much it matters.
     pub severity: Severity,
