@@ -16,6 +16,7 @@ pub mod store;
 pub mod manifest;
 pub mod pki;
 pub mod plan;
+pub mod raft;
 pub mod render;
 pub mod rollout;
 pub mod source;
