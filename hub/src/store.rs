@@ -177,7 +177,7 @@ pub struct SourceRecord {
 }
 
 /// What storing a status report found.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedReport {
     /// The report was newer than the stored one and replaced it.
     pub fresh: bool,
@@ -188,7 +188,7 @@ pub struct RecordedReport {
 }
 
 /// One new ClusterState version to store with the blobs it references.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewState {
     /// Cluster.
     pub cluster_id: String,
@@ -225,7 +225,7 @@ pub struct HubStore {
 pub type MaybeBlob = (Digest, Option<Vec<u8>>);
 
 /// What pruning removed in one commit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pruned {
     /// ClusterState versions (header and body).
     pub versions: u64,
@@ -364,7 +364,28 @@ fn find_cluster_in(
     Ok(None)
 }
 
+/// An outcome a write method did not expect from its own command: a bug, reported as corruption.
+fn unexpected(command: &str, outcome: &Outcome) -> StoreError {
+    StoreError::Corrupt {
+        table: "commands",
+        detail: format!("{command} answered {outcome:?}"),
+    }
+}
+
 impl HubStore {
+    /// Applies one command in its own write transaction, the one way anything is written; a refusal
+    /// writes nothing.
+    pub fn execute(&self, command: &Command) -> Result<Outcome, StoreError> {
+        let txn = self.db.begin_write()?;
+        let outcome = command::apply(&txn, command)?;
+        if outcome.wrote() {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(outcome)
+    }
+
     /// Opens (or creates) the database file and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         // Create the file ourselves so it never exists with looser permissions than 0600.
@@ -415,19 +436,20 @@ impl HubStore {
 
     /// Sets a counter in the meta table.
     pub fn set_meta(&self, key: &str, value: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(META)?.insert(key, value)?;
-        txn.commit()?;
-        Ok(())
+        self.execute(&Command::SetMeta {
+            key: key.into(),
+            value,
+        })
+        .map(|_| ())
     }
 
     /// Stores a new bootstrap token under the hash of its secret.
     pub fn put_token(&self, hash: &[u8; 32], record: &TokenRecord) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(TOKENS)?
-            .insert(hash.as_slice(), json(record).as_slice())?;
-        txn.commit()?;
-        Ok(())
+        self.execute(&Command::PutToken {
+            hash: *hash,
+            record: record.clone(),
+        })
+        .map(|_| ())
     }
 
     /// Whether a token exists, is unused and unexpired, read without the write lock.
@@ -442,67 +464,24 @@ impl HubStore {
 
     /// Consumes a token and creates the cluster in one transaction, so a token
     /// registers at most one cluster even when two agents race with it.
-    pub fn register(
-        &self,
-        token_hash: &[u8; 32],
-        now: i64,
-        make_cluster: impl FnOnce(&TokenRecord) -> Result<ClusterRecord, RegisterError>,
-    ) -> Result<ClusterRecord, RegisterError> {
-        let txn = self.db.begin_write().map_err(StoreError::from)?;
-        let cluster = {
-            let mut tokens = txn.open_table(TOKENS).map_err(StoreError::from)?;
-            let mut record: TokenRecord = match tokens
-                .get(token_hash.as_slice())
-                .map_err(StoreError::from)?
-            {
-                Some(v) => unjson("tokens", v.value())?,
-                None => return Err(RegisterError::BadToken),
-            };
-            if record.used_by.is_some() || now > record.expires_at {
-                return Err(RegisterError::BadToken);
+    pub fn register(&self, registration: Registration) -> Result<ClusterRecord, RegisterError> {
+        match self.execute(&Command::Register(registration))? {
+            Outcome::Cluster(c) => Ok(c),
+            Outcome::Refused(Refusal::BadToken) => Err(RegisterError::BadToken),
+            Outcome::Refused(Refusal::NameTaken { name }) => Err(RegisterError::NameTaken(name)),
+            Outcome::Refused(Refusal::NamePinned { pinned, requested }) => {
+                Err(RegisterError::NamePinned { pinned, requested })
             }
-            let cluster = make_cluster(&record)?;
-            let mut clusters = txn.open_table(CLUSTERS).map_err(StoreError::from)?;
-            for entry in clusters.iter().map_err(StoreError::from)? {
-                let (_, v) = entry.map_err(StoreError::from)?;
-                let existing: ClusterRecord = unjson("clusters", v.value())?;
-                if existing.name == cluster.name {
-                    return Err(RegisterError::NameTaken(cluster.name));
-                }
-            }
-            record.used_by = Some(cluster.id.clone());
-            tokens
-                .insert(token_hash.as_slice(), json(&record).as_slice())
-                .map_err(StoreError::from)?;
-            clusters
-                .insert(cluster.id.as_str(), json(&cluster).as_slice())
-                .map_err(StoreError::from)?;
-            cluster
-        };
-        txn.commit().map_err(StoreError::from)?;
-        Ok(cluster)
+            other => Err(unexpected("register", &other).into()),
+        }
     }
 
     /// Deletes tokens that expired before `now`; returns how many.
     pub fn sweep_tokens(&self, now: i64) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write()?;
-        let removed = {
-            let mut tokens = txn.open_table(TOKENS)?;
-            let mut expired = Vec::new();
-            for entry in tokens.iter()? {
-                let (k, v) = entry?;
-                let record: TokenRecord = unjson("tokens", v.value())?;
-                if record.expires_at < now {
-                    expired.push(k.value().to_vec());
-                }
-            }
-            for k in &expired {
-                tokens.remove(k.as_slice())?;
-            }
-            expired.len()
-        };
-        txn.commit()?;
-        Ok(removed)
+        match self.execute(&Command::SweepTokens { now })? {
+            Outcome::Swept(n) => Ok(n),
+            other => Err(unexpected("sweepTokens", &other)),
+        }
     }
 
     /// Every registered cluster, by id.
@@ -659,66 +638,14 @@ impl HubStore {
         states: &[NewState],
         rollouts: &[crate::rollout::RolloutRecord],
     ) -> Result<Pruned, StoreError> {
-        let txn = self.db.begin_write()?;
-        put_rollouts_in(&txn, rollouts)?;
-        let mut pruned = Pruned::default();
-        {
-            let mut t = VersionTables::open(&txn)?;
-            let mut table = txn.open_table(STATES)?;
-            let mut blobs = txn.open_table(BLOBS)?;
-            let clusters_table = txn.open_table(CLUSTERS)?;
-            for state in states {
-                // A cluster deleted while its state was being built gets nothing.
-                if clusters_table.get(state.cluster_id.as_str())?.is_none() {
-                    continue;
-                }
-                for (digest, bytes) in &state.blobs {
-                    if blobs.get(digest.0.as_slice())?.is_none() {
-                        blobs.insert(digest.0.as_slice(), bytes.as_slice())?;
-                    }
-                }
-                let digests = digest_list(&state.blobs);
-                t.reference(&state.cluster_id, state.version, &digests)?;
-                t.headers.insert(
-                    (state.cluster_id.as_str(), state.version),
-                    encode_header(&state.signed).as_slice(),
-                )?;
-                table.insert(
-                    (state.cluster_id.as_str(), state.version),
-                    encode_state(&state.signed).as_slice(),
-                )?;
-            }
-            let clusters: std::collections::BTreeSet<&str> =
-                states.iter().map(|s| s.cluster_id.as_str()).collect();
-            for cluster in clusters {
-                let Some(latest) = states
-                    .iter()
-                    .filter(|s| s.cluster_id == cluster)
-                    .map(|s| s.version)
-                    .max()
-                else {
-                    continue;
-                };
-                let Some(cutoff) = latest.checked_sub(self.retention) else {
-                    continue;
-                };
-                let old: Vec<u64> = table
-                    .range((cluster, 0)..=(cluster, cutoff))?
-                    .map(|e| e.map(|(k, _)| k.value().1))
-                    .collect::<Result<_, _>>()?;
-                for version in old {
-                    table.remove((cluster, version))?;
-                    t.headers.remove((cluster, version))?;
-                    for digest in t.unreference(cluster, version)? {
-                        blobs.remove(digest.as_slice())?;
-                        pruned.blobs += 1;
-                    }
-                    pruned.versions += 1;
-                }
-            }
+        match self.execute(&Command::CommitStates {
+            states: states.to_vec(),
+            rollouts: rollouts.to_vec(),
+            retention: self.retention,
+        })? {
+            Outcome::Committed(p) => Ok(p),
+            other => Err(unexpected("commitStates", &other)),
         }
-        txn.commit()?;
-        Ok(pruned)
     }
 
     /// Stores rollout records (new ones and changed ones) in one transaction: each app's newest id moves
@@ -727,10 +654,10 @@ impl HubStore {
         &self,
         rollouts: &[crate::rollout::RolloutRecord],
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        put_rollouts_in(&txn, rollouts)?;
-        txn.commit()?;
-        Ok(())
+        self.execute(&Command::PutRollouts {
+            rollouts: rollouts.to_vec(),
+        })
+        .map(|_| ())
     }
 
     /// Every app's newest rollout record.
@@ -852,36 +779,14 @@ impl HubStore {
         report: &StatusReport,
         received_at: i64,
     ) -> Result<Option<RecordedReport>, StoreError> {
-        let txn = self.db.begin_write()?;
-        let recorded = {
-            // A deleted cluster's last reports are dropped, not resurrected.
-            let Some(cluster) = txn
-                .open_table(CLUSTERS)?
-                .get(cluster_id)?
-                .map(|v| v.value().to_vec())
-            else {
-                return Ok(None);
-            };
-            let cluster: ClusterRecord = unjson("clusters", &cluster)?;
-            txn.open_table(REPORT_RECEIVED)?
-                .insert(cluster_id, received_at)?;
-            let mut table = txn.open_table(REPORTS)?;
-            let previous: Option<StatusReport> = table
-                .get(cluster_id)?
-                .map(|v| unjson("reports", v.value()))
-                .transpose()?;
-            let fresh = previous.as_ref().is_none_or(|c| c.seq < report.seq);
-            if fresh {
-                table.insert(cluster_id, json(report).as_slice())?;
-            }
-            RecordedReport {
-                fresh,
-                cluster_name: cluster.name,
-                previous,
-            }
-        };
-        txn.commit()?;
-        Ok(Some(recorded))
+        match self.execute(&Command::RecordReport {
+            cluster_id: cluster_id.into(),
+            report: report.clone(),
+            received_at,
+        })? {
+            Outcome::Report(r) => Ok(r),
+            other => Err(unexpected("recordReport", &other)),
+        }
     }
 
     /// Appends events with the next sequence numbers and drops the oldest beyond `retention`, in one
@@ -891,26 +796,13 @@ impl HubStore {
         events: &[crate::events::NewEvent],
         retention: u64,
     ) -> Result<Vec<crate::events::Event>, StoreError> {
-        let txn = self.db.begin_write()?;
-        let stored = {
-            let mut table = txn.open_table(EVENTS)?;
-            let mut seq = table.last()?.map(|(k, _)| k.value()).unwrap_or(0);
-            let mut stored = Vec::with_capacity(events.len());
-            for e in events {
-                seq += 1;
-                let event = crate::events::Event {
-                    seq,
-                    event: e.clone(),
-                };
-                table.insert(seq, json(&event).as_slice())?;
-                stored.push(event);
-            }
-            let keep_from = seq.saturating_sub(retention) + 1;
-            table.retain_in(..keep_from, |_, _| false)?;
-            stored
-        };
-        txn.commit()?;
-        Ok(stored)
+        match self.execute(&Command::AppendEvents {
+            events: events.to_vec(),
+            retention,
+        })? {
+            Outcome::Events(e) => Ok(e),
+            other => Err(unexpected("appendEvents", &other)),
+        }
     }
 
     /// Up to `limit` events after `after`, oldest first.
@@ -966,12 +858,10 @@ impl HubStore {
         set: &Labels,
         remove: &[String],
     ) -> Result<ClusterRecord, ClusterUpdateError> {
-        self.update_cluster(name_or_id, |c| {
-            for key in remove {
-                c.labels.remove(key);
-            }
-            c.labels
-                .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.update_cluster(Command::LabelCluster {
+            cluster: name_or_id.into(),
+            set: set.clone(),
+            remove: remove.to_vec(),
         })
     }
 
@@ -982,9 +872,10 @@ impl HubStore {
         cert_expires_at: i64,
         now: i64,
     ) -> Result<ClusterRecord, ClusterUpdateError> {
-        self.update_cluster(id, |c| {
-            c.cert_expires_at = cert_expires_at;
-            c.renewed_at = now;
+        self.update_cluster(Command::RecordRenewal {
+            cluster: id.into(),
+            cert_expires_at,
+            now,
         })
     }
 
@@ -1000,84 +891,43 @@ impl HubStore {
             Some(record) if record.capabilities == *capabilities => return Ok(false),
             Some(_) => {}
         }
-        let mut changed = false;
-        self.update_cluster(id, |c| {
-            changed = c.capabilities != *capabilities;
-            c.capabilities = capabilities.clone();
-        })?;
-        Ok(changed)
+        match self.execute(&Command::SetCapabilities {
+            cluster: id.into(),
+            capabilities: capabilities.clone(),
+        })? {
+            Outcome::Capabilities { changed } => Ok(changed),
+            Outcome::Refused(Refusal::NotFound { cluster }) => {
+                Err(ClusterUpdateError::NotFound(cluster))
+            }
+            other => Err(unexpected("setCapabilities", &other).into()),
+        }
     }
 
-    fn update_cluster(
-        &self,
-        name_or_id: &str,
-        change: impl FnOnce(&mut ClusterRecord),
-    ) -> Result<ClusterRecord, ClusterUpdateError> {
-        let txn = self.db.begin_write().map_err(StoreError::from)?;
-        let record = {
-            let mut table = txn.open_table(CLUSTERS).map_err(StoreError::from)?;
-            let Some(mut record) = find_cluster_in(&table, name_or_id)? else {
-                return Err(ClusterUpdateError::NotFound(name_or_id.to_string()));
-            };
-            change(&mut record);
-            table
-                .insert(record.id.as_str(), json(&record).as_slice())
-                .map_err(StoreError::from)?;
-            record
-        };
-        txn.commit().map_err(StoreError::from)?;
-        Ok(record)
+    fn update_cluster(&self, command: Command) -> Result<ClusterRecord, ClusterUpdateError> {
+        match self.execute(&command)? {
+            Outcome::Cluster(c) => Ok(c),
+            Outcome::Refused(Refusal::NotFound { cluster }) => {
+                Err(ClusterUpdateError::NotFound(cluster))
+            }
+            other => Err(unexpected("updateCluster", &other).into()),
+        }
     }
 
     /// Deletes a cluster with its ClusterStates, its blob index and its report, in one
     /// transaction; blobs that only its states referenced go with them.
     pub fn delete_cluster(&self, name_or_id: &str) -> Result<ClusterRecord, ClusterUpdateError> {
-        let txn = self.db.begin_write().map_err(StoreError::from)?;
-        let record = {
-            let mut clusters = txn.open_table(CLUSTERS).map_err(StoreError::from)?;
-            let Some(record) = find_cluster_in(&clusters, name_or_id)? else {
-                return Err(ClusterUpdateError::NotFound(name_or_id.to_string()));
-            };
-            let id = record.id.as_str();
-            clusters.remove(id).map_err(StoreError::from)?;
-            let mut states = txn.open_table(STATES).map_err(StoreError::from)?;
-            let versions: Vec<u64> = states
-                .range((id, 0)..=(id, u64::MAX))
-                .map_err(StoreError::from)?
-                .map(|e| e.map(|(k, _)| k.value().1))
-                .collect::<Result<_, _>>()
-                .map_err(StoreError::from)?;
-            let mut t = VersionTables::open(&txn)?;
-            let mut blobs = txn.open_table(BLOBS).map_err(StoreError::from)?;
-            for version in versions {
-                states.remove((id, version)).map_err(StoreError::from)?;
-                t.headers.remove((id, version)).map_err(StoreError::from)?;
-                // Drops the (cluster, digest) index, and blobs no other state references.
-                for digest in t.unreference(id, version)? {
-                    blobs.remove(digest.as_slice()).map_err(StoreError::from)?;
-                }
-            }
-            txn.open_table(REPORT_RECEIVED)
-                .map_err(StoreError::from)?
-                .remove(id)
-                .map_err(StoreError::from)?;
-            txn.open_table(REPORTS)
-                .map_err(StoreError::from)?
-                .remove(id)
-                .map_err(StoreError::from)?;
-            record
-        };
-        txn.commit().map_err(StoreError::from)?;
-        Ok(record)
+        self.update_cluster(Command::DeleteCluster {
+            cluster: name_or_id.into(),
+        })
     }
 
     /// Saves what the hub knows about a source.
     pub fn put_source(&self, name: &str, record: &SourceRecord) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(SOURCES)?
-            .insert(name, json(record).as_slice())?;
-        txn.commit()?;
-        Ok(())
+        self.execute(&Command::PutSource {
+            name: name.into(),
+            record: record.clone(),
+        })
+        .map(|_| ())
     }
 
     /// What the hub knows about a source.
@@ -1199,43 +1049,8 @@ fn upgrade_version_index(txn: &redb::WriteTransaction) -> Result<(), StoreError>
     Ok(())
 }
 
+mod command;
 #[cfg(test)]
 mod tests;
 
-fn put_rollouts_in(
-    txn: &redb::WriteTransaction,
-    rollouts: &[crate::rollout::RolloutRecord],
-) -> Result<(), StoreError> {
-    if rollouts.is_empty() {
-        return Ok(());
-    }
-    let mut table = txn.open_table(ROLLOUTS)?;
-    let mut index = txn.open_table(APP_ROLLOUTS)?;
-    for record in rollouts {
-        table.insert(record.id, json(record).as_slice())?;
-        let newest = index
-            .get(record.rollout.app.as_str())?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        if record.id >= newest {
-            index.insert(record.rollout.app.as_str(), record.id)?;
-        }
-    }
-    let newest: std::collections::BTreeSet<u64> = index
-        .iter()?
-        .map(|e| e.map(|(_, v)| v.value()))
-        .collect::<Result<_, _>>()?;
-    let extra = (table.len()? as usize).saturating_sub(ROLLOUT_HISTORY + newest.len());
-    if extra > 0 {
-        let old: Vec<u64> = table
-            .iter()?
-            .map(|e| e.map(|(k, _)| k.value()))
-            .filter(|id| id.as_ref().map_or(true, |id| !newest.contains(id)))
-            .take(extra)
-            .collect::<Result<_, _>>()?;
-        for id in old {
-            table.remove(id)?;
-        }
-    }
-    Ok(())
-}
+pub use command::{Command, Outcome, Refusal, Registration};

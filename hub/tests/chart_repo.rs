@@ -1032,7 +1032,7 @@ async fn the_controller_renders_repository_charts_and_keeps_the_last_good_releas
     use flotilla_hub::config::HubConfig;
     use flotilla_hub::controller::Controller;
     use flotilla_hub::render::Tools;
-    use flotilla_hub::store::{ClusterRecord, HubStore, TokenRecord};
+    use flotilla_hub::store::{HubStore, TokenRecord};
 
     let server = ChartServer::start(None).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -1069,16 +1069,13 @@ async fn the_controller_renders_repository_charts_and_keeps_the_last_good_releas
         )
         .unwrap();
     let cluster = store
-        .register(&hash, 1, |_| {
-            Ok(ClusterRecord {
-                id: "c-00000000000000aa".into(),
-                name: "edge-1".into(),
-                labels: Labels::new(),
-                registered_at: 1,
-                cert_expires_at: 0,
-                renewed_at: 0,
-                capabilities: Default::default(),
-            })
+        .register(flotilla_hub::store::Registration {
+            token_hash: hash,
+            now: 1,
+            id: "c-00000000000000aa".into(),
+            requested_name: "edge-1".into(),
+            cert_expires_at: 0,
+            capabilities: Default::default(),
         })
         .unwrap();
     let config = HubConfig::parse(&format!(

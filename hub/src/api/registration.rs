@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::{ApiState, internal, wire};
 use crate::controller::unix_now;
-use crate::store::{ClusterRecord, RegisterError};
+use crate::store::{RegisterError, Registration as NewCluster};
 
 /// The Registration service.
 pub struct RegistrationService(pub ApiState);
@@ -99,31 +99,17 @@ impl Registration for RegistrationService {
         let cert_expires_at = now.unix_timestamp() + ttl.as_secs() as i64;
 
         let store = self.0.store.clone();
-        let requested = req.requested_name.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            store.register(&hash, unix_now(), |token| {
-                let name = match &token.name {
-                    Some(pinned) if *pinned != requested => {
-                        return Err(RegisterError::NamePinned {
-                            pinned: pinned.clone(),
-                            requested,
-                        });
-                    }
-                    _ => requested,
-                };
-                Ok(ClusterRecord {
-                    id,
-                    name,
-                    labels: token.labels.clone(),
-                    registered_at: unix_now(),
-                    cert_expires_at,
-                    renewed_at: 0,
-                    capabilities,
-                })
-            })
-        })
-        .await
-        .map_err(internal)?;
+        let registration = NewCluster {
+            token_hash: hash,
+            now: unix_now(),
+            id,
+            requested_name: req.requested_name.clone(),
+            cert_expires_at,
+            capabilities,
+        };
+        let result = tokio::task::spawn_blocking(move || store.register(registration))
+            .await
+            .map_err(internal)?;
         let cluster = match result {
             Ok(c) => c,
             Err(RegisterError::BadToken) => return Err(self.bad_token()),

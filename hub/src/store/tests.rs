@@ -17,28 +17,25 @@ fn token(expires_at: i64) -> TokenRecord {
     }
 }
 
-fn cluster(id: &str, name: &str, t: &TokenRecord) -> Result<ClusterRecord, RegisterError> {
-    Ok(ClusterRecord {
+fn reg(hash: &[u8; 32], now: i64, id: &str, name: &str) -> Registration {
+    Registration {
+        token_hash: *hash,
+        now,
         id: id.into(),
-        name: name.into(),
-        labels: t.labels.clone(),
-        registered_at: 5,
+        requested_name: name.into(),
         cert_expires_at: 0,
-        renewed_at: 0,
         capabilities: Default::default(),
-    })
+    }
 }
 
 #[test]
 fn token_is_single_use() {
     let (_d, s) = store();
     s.put_token(&[1; 32], &token(100)).unwrap();
-    let c = s
-        .register(&[1; 32], 10, |t| cluster("c-1", "a", t))
-        .unwrap();
+    let c = s.register(reg(&[1; 32], 10, "c-1", "a")).unwrap();
     assert_eq!(c.labels.get("env").map(String::as_str), Some("dev"));
     assert!(matches!(
-        s.register(&[1; 32], 11, |t| cluster("c-2", "b", t)),
+        s.register(reg(&[1; 32], 11, "c-2", "b")),
         Err(RegisterError::BadToken)
     ));
     assert_eq!(s.clusters().unwrap().len(), 1);
@@ -49,11 +46,11 @@ fn expired_or_unknown_token_creates_nothing() {
     let (_d, s) = store();
     s.put_token(&[1; 32], &token(100)).unwrap();
     assert!(matches!(
-        s.register(&[1; 32], 101, |t| cluster("c-1", "a", t)),
+        s.register(reg(&[1; 32], 101, "c-1", "a")),
         Err(RegisterError::BadToken)
     ));
     assert!(matches!(
-        s.register(&[2; 32], 1, |t| cluster("c-1", "a", t)),
+        s.register(reg(&[2; 32], 1, "c-1", "a")),
         Err(RegisterError::BadToken)
     ));
     assert!(s.clusters().unwrap().is_empty());
@@ -65,13 +62,13 @@ fn duplicate_name_is_refused_and_token_kept() {
     let (_d, s) = store();
     s.put_token(&[1; 32], &token(100)).unwrap();
     s.put_token(&[2; 32], &token(100)).unwrap();
-    s.register(&[1; 32], 1, |t| cluster("c-1", "a", t)).unwrap();
+    s.register(reg(&[1; 32], 1, "c-1", "a")).unwrap();
     assert!(matches!(
-        s.register(&[2; 32], 1, |t| cluster("c-2", "a", t)),
+        s.register(reg(&[2; 32], 1, "c-2", "a")),
         Err(RegisterError::NameTaken(_))
     ));
     // The refused registration did not burn the token.
-    s.register(&[2; 32], 1, |t| cluster("c-2", "b", t)).unwrap();
+    s.register(reg(&[2; 32], 1, "c-2", "b")).unwrap();
 }
 
 fn signed(tag: u8) -> SignedClusterState {
@@ -86,7 +83,7 @@ fn signed(tag: u8) -> SignedClusterState {
 fn registered(s: &HubStore, id: &str, name: &str) {
     let hash = Digest::of(id.as_bytes()).0;
     s.put_token(&hash, &token(i64::MAX)).unwrap();
-    s.register(&hash, 1, |t| cluster(id, name, t)).unwrap();
+    s.register(reg(&hash, 1, id, name)).unwrap();
 }
 
 #[test]
@@ -181,18 +178,19 @@ fn reports_are_idempotent_by_seq() {
 #[test]
 fn a_pinned_name_refusal_keeps_the_token() {
     let (_d, s) = store();
-    s.put_token(&[1; 32], &token(100)).unwrap();
-    let err = s
-        .register(&[1; 32], 1, |_| {
-            Err(RegisterError::NamePinned {
-                pinned: "edge-1".into(),
-                requested: "other".into(),
-            })
-        })
-        .unwrap_err();
+    s.put_token(
+        &[1; 32],
+        &TokenRecord {
+            name: Some("edge-1".into()),
+            ..token(100)
+        },
+    )
+    .unwrap();
+    let err = s.register(reg(&[1; 32], 1, "c-1", "other")).unwrap_err();
     assert!(err.to_string().contains("\"edge-1\""), "{err}");
-    s.register(&[1; 32], 1, |t| cluster("c-1", "edge-1", t))
-        .unwrap();
+    assert!(matches!(err, RegisterError::NamePinned { .. }), "{err}");
+    let c = s.register(reg(&[1; 32], 1, "c-1", "edge-1")).unwrap();
+    assert_eq!(c.name, "edge-1");
 }
 
 #[test]
@@ -420,7 +418,7 @@ fn last_report_time_is_the_hubs_clock() {
     let (_d, s) = store();
     registered(&s, "c-1", "one");
     s.put_token(&[1; 32], &token(100)).unwrap();
-    s.register(&[1; 32], 1, |t| cluster("c-1", "a", t)).unwrap();
+    s.register(reg(&[1; 32], 1, "c-1", "a")).unwrap();
     let report = StatusReport {
         seq: 1,
         observed_at: 99_999_999,
@@ -445,8 +443,7 @@ fn token_usable_reads_without_consuming() {
     );
     assert!(!s.token_usable(&[1; 32], 101).unwrap(), "expired");
     assert!(!s.token_usable(&[2; 32], 10).unwrap(), "unknown");
-    s.register(&[1; 32], 10, |t| cluster("c-1", "a", t))
-        .unwrap();
+    s.register(reg(&[1; 32], 10, "c-1", "a")).unwrap();
     assert!(!s.token_usable(&[1; 32], 10).unwrap(), "used");
 }
 
@@ -523,4 +520,182 @@ fn rollouts_keep_each_apps_newest_and_a_bounded_history_across_reopen() {
     assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
     assert_eq!(all.last().unwrap().id, 1, "each app's newest is kept");
     assert!(s.rollouts(Some("api")).unwrap().len() == 1);
+}
+
+/// Every kind of write, as the commands a replica would receive (one of each, plus refusals).
+fn every_command() -> Vec<Command> {
+    let report = StatusReport {
+        seq: 1,
+        observed_at: 5,
+        applied_version: 1,
+        apps: vec![AppStatus {
+            app: "web".into(),
+            commit: "abc".into(),
+            version: 1,
+            phase: AppPhase::Applied,
+            message: String::new(),
+            health: Default::default(),
+            health_reason: String::new(),
+        }],
+        rejection: None,
+    };
+    vec![
+        Command::SetMeta {
+            key: "hub_epoch".into(),
+            value: 3,
+        },
+        Command::PutToken {
+            hash: [1; 32],
+            record: token(100),
+        },
+        Command::PutToken {
+            hash: [2; 32],
+            record: token(1),
+        },
+        Command::Register(reg(&[1; 32], 10, "c-1", "edge-1")),
+        // Refused: the token is used, then the name is taken.
+        Command::Register(reg(&[1; 32], 10, "c-2", "edge-2")),
+        Command::SweepTokens { now: 50 },
+        Command::CommitStates {
+            states: vec![NewState {
+                cluster_id: "c-1".into(),
+                version: 1,
+                signed: signed(1),
+                blobs: vec![(Digest::of(b"one"), Arc::new(b"one".to_vec()))],
+            }],
+            rollouts: vec![crate::rollout::RolloutRecord::initial(
+                1, "web", "main", "r1", "abc", 10,
+            )],
+            retention: 5,
+        },
+        Command::RecordReport {
+            cluster_id: "c-1".into(),
+            report: report.clone(),
+            received_at: 11,
+        },
+        // Dropped: no such cluster.
+        Command::RecordReport {
+            cluster_id: "c-9".into(),
+            report,
+            received_at: 11,
+        },
+        Command::AppendEvents {
+            events: vec![crate::events::NewEvent::cluster(
+                12,
+                "cluster-registered",
+                crate::events::Severity::Info,
+                "edge-1",
+                "registered".into(),
+            )],
+            retention: 10,
+        },
+        Command::LabelCluster {
+            cluster: "edge-1".into(),
+            set: [("tier".to_string(), "edge".to_string())].into(),
+            remove: vec!["env".into()],
+        },
+        Command::RecordRenewal {
+            cluster: "c-1".into(),
+            cert_expires_at: 99,
+            now: 13,
+        },
+        Command::SetCapabilities {
+            cluster: "c-1".into(),
+            capabilities: Default::default(),
+        },
+        Command::PutSource {
+            name: "main".into(),
+            record: SourceRecord {
+                fetched_commit: "abc".into(),
+                rendered_commit: "abc".into(),
+                error: String::new(),
+                last_fetch: 14,
+            },
+        },
+        Command::PutRollouts {
+            rollouts: vec![crate::rollout::RolloutRecord::initial(
+                2, "api", "main", "r2", "abc", 15,
+            )],
+        },
+        Command::DeleteCluster {
+            cluster: "nope".into(),
+        },
+    ]
+}
+
+#[test]
+fn commands_round_trip_and_apply_identically_on_two_stores() {
+    let (_a, first) = store();
+    let (_b, second) = store();
+    let mut outcomes = Vec::new();
+    for command in every_command() {
+        // What a replica receives is the serialized command, not the value the proposer built.
+        let bytes = serde_json::to_vec(&command).unwrap();
+        let received: Command = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(received, command);
+        let a = first.execute(&command).unwrap();
+        let b = second.execute(&received).unwrap();
+        assert_eq!(a, b, "{command:?}");
+        outcomes.push(a);
+    }
+    assert!(matches!(outcomes[3], Outcome::Cluster(_)));
+    assert_eq!(outcomes[4], Outcome::Refused(Refusal::BadToken));
+    assert_eq!(outcomes[5], Outcome::Swept(1));
+    assert_eq!(outcomes[8], Outcome::Report(None));
+    assert_eq!(
+        outcomes.last().unwrap(),
+        &Outcome::Refused(Refusal::NotFound {
+            cluster: "nope".into()
+        })
+    );
+    // The same state on both.
+    assert_eq!(first.clusters().unwrap(), second.clusters().unwrap());
+    assert_eq!(
+        first.latest_state("c-1").unwrap(),
+        second.latest_state("c-1").unwrap()
+    );
+    assert_eq!(first.report("c-1").unwrap(), second.report("c-1").unwrap());
+    assert_eq!(
+        first.events_after(0, 10).unwrap(),
+        second.events_after(0, 10).unwrap()
+    );
+    assert_eq!(
+        first.rollouts(None).unwrap(),
+        second.rollouts(None).unwrap()
+    );
+    assert_eq!(
+        first.source("main").unwrap(),
+        second.source("main").unwrap()
+    );
+    assert_eq!(first.meta("hub_epoch").unwrap(), Some(3));
+    let c = &first.clusters().unwrap()[0];
+    assert_eq!(c.labels.get("tier").map(String::as_str), Some("edge"));
+    assert_eq!(
+        (c.cert_expires_at, c.renewed_at, c.registered_at),
+        (99, 13, 10)
+    );
+}
+
+#[test]
+fn a_refused_command_writes_nothing() {
+    let (_d, s) = store();
+    s.put_token(
+        &[1; 32],
+        &TokenRecord {
+            name: Some("edge-1".into()),
+            ..token(100)
+        },
+    )
+    .unwrap();
+    // Pinned to another name: refused, and the token is still usable.
+    assert_eq!(
+        s.execute(&Command::Register(reg(&[1; 32], 1, "c-1", "other")))
+            .unwrap(),
+        Outcome::Refused(Refusal::NamePinned {
+            pinned: "edge-1".into(),
+            requested: "other".into()
+        })
+    );
+    assert!(s.token_usable(&[1; 32], 1).unwrap());
+    assert!(s.clusters().unwrap().is_empty());
 }
