@@ -53,6 +53,11 @@ apps:
             merge: {spec: {replicas: 1}}
       - name: everyone-else
         selector: {}
+    # Each new release goes to the canary first, then to ring 1 one cluster at a time.
+    rollout:
+      stages:
+        - {name: canary, selector: {matchLabels: {ring: canary}}}
+        - {name: ring-1, selector: {matchLabels: {ring: "1"}}, maxUnavailable: 1}
   - name: site-config
     path: apps/site-config
     namespace: guestbook
@@ -344,6 +349,11 @@ async fn run_in(
     }
     println!(
         "  status: flotilla status --hub {} --admin-dir {}",
+        hub.url(),
+        hub.admin_dir().display()
+    );
+    println!(
+        "  rollout: flotilla rollout status guestbook --hub {} --admin-dir {}",
         hub.url(),
         hub.admin_dir().display()
     );

@@ -158,8 +158,9 @@ impl Phase {
     }
 }
 
-/// The first 12 characters of an id, for messages.
+/// The first 12 characters of an id (without a `sha256:` prefix), for messages.
 pub fn short(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
     &id[..id.len().min(12)]
 }
 

@@ -7,6 +7,7 @@ use super::{Action, RolloutClusterView, RolloutStageView, RolloutView};
 
 /// The first 12 characters of a release id or commit.
 pub fn short(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
     &id[..id.len().min(12)]
 }
 
@@ -340,6 +341,13 @@ pub(crate) mod tests {
 
     fn lines(s: &str) -> Vec<String> {
         s.lines().map(|l| l.trim_end().to_string()).collect()
+    }
+
+    #[test]
+    fn ids_are_shown_by_their_first_twelve_hex_digits() {
+        assert_eq!(short("sha256:8f332a9c1d0e4b5a6978"), "8f332a9c1d0e");
+        assert_eq!(short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
     }
 
     #[test]
