@@ -1050,7 +1050,9 @@ fn upgrade_version_index(txn: &redb::WriteTransaction) -> Result<(), StoreError>
 }
 
 mod command;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub use command::{Command, Outcome, Refusal, Registration};
+pub use snapshot::SnapshotError;
