@@ -149,12 +149,14 @@ pub fn cert_cluster_id(cert_pem: &str) -> Result<String, IdentityError> {
     let der = certificate_der(cert_pem)?;
     match peer_identity(&der) {
         Ok(PeerIdentity::Cluster(id)) => Ok(id),
-        Ok(PeerIdentity::Admin(name)) => Err(IdentityError::NotAClusterCert(format!(
-            "{}{name}",
-            flotilla_common::peer::ADMIN_URI_PREFIX
-        ))),
+        Ok(other @ (PeerIdentity::Admin(_) | PeerIdentity::Replica(_))) => {
+            Err(IdentityError::NotAClusterCert(other.uri()))
+        }
         Err(PeerIdentityError::NoSpiffeId) => Err(IdentityError::NoClusterId),
         Err(PeerIdentityError::ForeignUri(uri)) => Err(IdentityError::NotAClusterCert(uri)),
+        Err(PeerIdentityError::InvalidReplicaId(id)) => Err(IdentityError::NotAClusterCert(
+            format!("{}{id}", flotilla_common::peer::REPLICA_URI_PREFIX),
+        )),
         Err(PeerIdentityError::MultipleUris(n)) => Err(IdentityError::MultipleUris(n)),
         Err(PeerIdentityError::InvalidName(e)) => Err(IdentityError::InvalidName(e)),
         Err(PeerIdentityError::InvalidCertificate(e)) => Err(IdentityError::InvalidCertificate(e)),

@@ -40,6 +40,32 @@ pub fn server_tls_config(
     key_pem: &str,
     ca_pem: &str,
 ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    tls_config(cert_pem, key_pem, ca_pem, ClientCertificates::Optional)
+}
+
+/// A rustls server configuration for the replicas' peer listener: as [`server_tls_config`],
+/// but a client certificate from the hub CA is required, so a connection without one never
+/// reaches the service.
+pub fn peer_tls_config(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    tls_config(cert_pem, key_pem, ca_pem, ClientCertificates::Required)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientCertificates {
+    Optional,
+    Required,
+}
+
+fn tls_config(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+    client_certificates: ClientCertificates,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let err = |what: &str, e: &dyn std::fmt::Display| TlsSetupError(format!("{what}: {e}"));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
@@ -52,10 +78,12 @@ pub fn server_tls_config(
         let ca = ca.map_err(|e| err("CA certificate", &e))?;
         roots.add(ca).map_err(|e| err("CA certificate", &e))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| err("client verifier", &e))?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if client_certificates == ClientCertificates::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().map_err(|e| err("client verifier", &e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| err("protocol versions", &e))?

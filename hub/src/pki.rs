@@ -1,4 +1,4 @@
-//! The hub's certificate authority: issues server, admin and cluster certificates and maps a
+//! The hub's certificate authority: issues server, admin, cluster and replica certificates and maps a
 //! verified peer certificate back to the identity it was issued for.
 //!
 //! All X.509 encoding goes through rcgen and all decoding through x509-parser; nothing here
@@ -8,7 +8,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use flotilla_common::ids::{NameError, validate_name};
-use flotilla_common::peer::{ADMIN_URI_PREFIX, CLUSTER_URI_PREFIX, parse_certificate};
+use flotilla_common::peer::{
+    ADMIN_URI_PREFIX, CLUSTER_URI_PREFIX, REPLICA_URI_PREFIX, parse_certificate,
+};
 pub use flotilla_common::peer::{PeerIdentity, PeerIdentityError};
 use rcgen::string::Ia5String;
 use rcgen::{
@@ -64,6 +66,9 @@ pub enum PkiError {
     /// A DNS name cannot be put into a certificate.
     #[error("invalid DNS name {0:?}: certificates only carry ASCII names")]
     InvalidDnsName(String),
+    /// Replica ids start at 1; 0 would be read back as no identity at all.
+    #[error("a replica id must be at least 1")]
+    InvalidReplicaId,
     /// A cluster id or admin name does not follow the naming rules.
     #[error(transparent)]
     InvalidName(#[from] NameError),
@@ -216,16 +221,7 @@ impl CertificateAuthority {
         ips: &[IpAddr],
         validity: std::time::Duration,
     ) -> Result<IssuedCert, PkiError> {
-        if dns_names.is_empty() && ips.is_empty() {
-            return Err(PkiError::NoServerNames);
-        }
-        let mut sans = Vec::with_capacity(dns_names.len() + ips.len());
-        for name in dns_names {
-            let ia5 = Ia5String::try_from(name.as_str())
-                .map_err(|_| PkiError::InvalidDnsName(name.clone()))?;
-            sans.push(SanType::DnsName(ia5));
-        }
-        sans.extend(ips.iter().copied().map(SanType::IpAddress));
+        let sans = server_sans(dns_names, ips)?;
         let (not_before, not_after) = validity_window(OffsetDateTime::now_utc(), validity)?;
         let common_name = dns_names
             .first()
@@ -234,11 +230,40 @@ impl CertificateAuthority {
         let params = leaf_params(
             &common_name,
             sans,
-            ExtendedKeyUsagePurpose::ServerAuth,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
             not_before,
             not_after,
         );
         self.issue_with_new_key(&params, "signing the server certificate")
+    }
+
+    /// Issues a hub replica's certificate (with a new key) for `spiffe://flotilla/replica/<id>`,
+    /// usable both as the TLS server of its peer listener (so it carries `dns_names` and `ips`,
+    /// at least one) and as the client identity it presents to the other replicas.
+    pub fn issue_replica_cert(
+        &self,
+        id: u64,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        validity: std::time::Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        if id == 0 {
+            return Err(PkiError::InvalidReplicaId);
+        }
+        let mut sans = server_sans(dns_names, ips)?;
+        sans.push(spiffe_san(REPLICA_URI_PREFIX, &id.to_string())?);
+        let (not_before, not_after) = validity_window(OffsetDateTime::now_utc(), validity)?;
+        let params = leaf_params(
+            &format!("replica-{id}"),
+            sans,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            not_before,
+            not_after,
+        );
+        self.issue_with_new_key(&params, "signing the replica certificate")
     }
 
     /// Issues an admin client certificate (with a new key) for `spiffe://flotilla/admin/<name>`.
@@ -252,7 +277,7 @@ impl CertificateAuthority {
         let params = leaf_params(
             name,
             vec![spiffe_san(ADMIN_URI_PREFIX, name)?],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
             not_before,
             not_after,
         );
@@ -316,7 +341,7 @@ impl CertificateAuthority {
         let params = leaf_params(
             cluster_id,
             vec![spiffe_san(CLUSTER_URI_PREFIX, cluster_id)?],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
             not_before,
             not_after,
         );
@@ -354,6 +379,21 @@ pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
     Ok(flotilla_common::peer::peer_identity(cert_der)?)
 }
 
+/// The DNS and IP SANs of a certificate a TLS server presents; at least one is required.
+fn server_sans(dns_names: &[String], ips: &[IpAddr]) -> Result<Vec<SanType>, PkiError> {
+    if dns_names.is_empty() && ips.is_empty() {
+        return Err(PkiError::NoServerNames);
+    }
+    let mut sans = Vec::with_capacity(dns_names.len() + ips.len() + 1);
+    for name in dns_names {
+        let ia5 = Ia5String::try_from(name.as_str())
+            .map_err(|_| PkiError::InvalidDnsName(name.clone()))?;
+        sans.push(SanType::DnsName(ia5));
+    }
+    sans.extend(ips.iter().copied().map(SanType::IpAddress));
+    Ok(sans)
+}
+
 fn common_name_dn(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -370,7 +410,7 @@ fn spiffe_san(prefix: &str, name: &str) -> Result<SanType, PkiError> {
 fn leaf_params(
     common_name: &str,
     subject_alt_names: Vec<SanType>,
-    usage: ExtendedKeyUsagePurpose,
+    usages: &[ExtendedKeyUsagePurpose],
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> CertificateParams {
@@ -380,7 +420,7 @@ fn leaf_params(
     // Explicit CA:false so no verifier can mistake a leaf for an issuer.
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial());
     params.not_before = not_before;
@@ -478,7 +518,7 @@ mod tests {
         let params = leaf_params(
             "x",
             sans,
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
             now,
             now + time::Duration::HOUR,
         );
@@ -723,6 +763,71 @@ mod tests {
     }
 
     #[test]
+    fn replica_cert_is_server_and_client_with_the_replica_identity() {
+        let ca = CertificateAuthority::generate("flotilla").unwrap();
+        let dns = vec!["hub-1.hub".to_string()];
+        let ips: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+        let issued = ca.issue_replica_cert(3, &dns, &ips, HOUR).unwrap();
+        let der = der_of(&issued.cert_pem);
+        assert_signed_by(&der, &ca.cert_pem());
+        assert_eq!(peer_identity(&der).unwrap(), PeerIdentity::Replica(3));
+
+        let cert = parse_certificate(&der).unwrap();
+        assert_eq!(cert.subject().to_string(), "CN=replica-3");
+        assert_eq!(uris(&cert), ["spiffe://flotilla/replica/3"]);
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "DNSName(hub-1.hub)",
+                "IPAddress(7f:00:00:01)",
+                "URI(spiffe://flotilla/replica/3)"
+            ]
+        );
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert!(!cert.is_ca());
+        let key = KeyPair::from_pem(&issued.key_pem).unwrap();
+        assert_eq!(
+            &cert.public_key().subject_public_key.data[..],
+            key.der_bytes()
+        );
+    }
+
+    #[test]
+    fn replica_cert_refuses_bad_requests() {
+        let ca = CertificateAuthority::generate("flotilla").unwrap();
+        let localhost = ["localhost".to_string()];
+        let err = ca.issue_replica_cert(0, &localhost, &[], HOUR).unwrap_err();
+        assert!(matches!(err, PkiError::InvalidReplicaId), "{err:?}");
+        let err = ca.issue_replica_cert(1, &[], &[], HOUR).unwrap_err();
+        assert!(matches!(err, PkiError::NoServerNames), "{err:?}");
+        let err = ca
+            .issue_replica_cert(1, &["hüb".to_string()], &[], HOUR)
+            .unwrap_err();
+        assert!(matches!(err, PkiError::InvalidDnsName(_)), "{err:?}");
+        let err = ca
+            .issue_replica_cert(1, &localhost, &[], Duration::ZERO)
+            .unwrap_err();
+        assert!(matches!(err, PkiError::InvalidValidity(_)), "{err:?}");
+        let max = ca
+            .issue_replica_cert(u64::MAX, &localhost, &[], HOUR)
+            .unwrap();
+        assert_eq!(
+            peer_identity(&der_of(&max.cert_pem)).unwrap(),
+            PeerIdentity::Replica(u64::MAX)
+        );
+    }
+
+    #[test]
     fn peer_identity_rejects_anything_but_one_flotilla_uri() {
         let ca = CertificateAuthority::generate("flotilla").unwrap();
         let cases: &[(&[&str], &str)] = &[
@@ -742,6 +847,15 @@ mod tests {
             (&["spiffe://flotilla/cluster/A"], "InvalidName"),
             (&["spiffe://flotilla/cluster/a/b"], "InvalidName"),
             (&["spiffe://flotilla/admin/a?x=1"], "InvalidName"),
+            (&["spiffe://flotilla/replica/0"], "InvalidReplicaId"),
+            (&["spiffe://flotilla/replica/007"], "InvalidReplicaId"),
+            (&["spiffe://flotilla/replica/x"], "InvalidReplicaId"),
+            (&["spiffe://flotilla/replica/"], "InvalidReplicaId"),
+            (&["spiffe://flotilla/replica/1/2"], "InvalidReplicaId"),
+            (
+                &["spiffe://flotilla/replica/1", "spiffe://flotilla/admin/b"],
+                "MultipleUris",
+            ),
         ];
         for (uris, want) in cases {
             let der = cert_with_uris(&ca, uris);
@@ -749,6 +863,9 @@ mod tests {
             let got = format!("{err:?}");
             assert!(got.contains(want), "{uris:?}: got {got}, want {want}");
         }
+
+        let replica = cert_with_uris(&ca, &["spiffe://flotilla/replica/12"]);
+        assert_eq!(peer_identity(&replica).unwrap(), PeerIdentity::Replica(12));
 
         let ok = cert_with_uris(&ca, &["spiffe://flotilla/cluster/edge-1"]);
         assert_eq!(

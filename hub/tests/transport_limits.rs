@@ -20,6 +20,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 struct Hub {
     _dir: tempfile::TempDir,
+    data: DataDir,
     addr: SocketAddr,
     ca_pem: String,
     admin_dir: std::path::PathBuf,
@@ -47,6 +48,7 @@ impl Hub {
         let ca_pem = std::fs::read_to_string(data.admin_dir().join("ca.pem")).unwrap();
         Hub {
             _dir: dir,
+            data: data.clone(),
             addr,
             ca_pem,
             admin_dir: data.admin_dir(),
@@ -335,5 +337,40 @@ async fn capabilities_over_the_limits_are_refused_naming_the_limit() {
         err.message().contains("rpc.capabilityReportsPerMinute"),
         "{err:?}"
     );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_certificate_is_neither_a_cluster_nor_an_admin() {
+    let hub = Hub::start("").await;
+    let ca = hub.data.load_keys().unwrap().ca;
+    let replica = ca
+        .issue_replica_cert(
+            2,
+            &["localhost".to_string()],
+            &[],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let channel = hub
+        .channel(Some((&replica.cert_pem, &replica.key_pem)))
+        .await;
+
+    let err = AdminClient::new(channel.clone())
+        .list_clusters(pb::ListClustersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("replica 2"), "{err:?}");
+
+    let err = AgentClient::new(channel)
+        .get_cluster_state(pb::GetClusterStateRequest {
+            version: 1,
+            have_version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("replica 2"), "{err:?}");
     hub.stop().await;
 }

@@ -53,9 +53,11 @@ impl AdminService {
     fn admin<T>(&self, request: &Request<T>) -> Result<String, Status> {
         match caller(request)? {
             PeerIdentity::Admin(name) => Ok(name),
-            PeerIdentity::Cluster(_) => Err(Status::permission_denied(
-                "an admin certificate is required",
-            )),
+            other @ (PeerIdentity::Cluster(_) | PeerIdentity::Replica(_)) => {
+                Err(Status::permission_denied(format!(
+                    "an admin certificate is required; this one names {other}"
+                )))
+            }
         }
     }
 

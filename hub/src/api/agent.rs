@@ -35,10 +35,13 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl AgentService {
     /// Authenticates the caller as a registered cluster and records contact.
     fn cluster<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let PeerIdentity::Cluster(id) = caller(request)? else {
-            return Err(Status::permission_denied(
-                "a cluster certificate is required",
-            ));
+        let id = match caller(request)? {
+            PeerIdentity::Cluster(id) => id,
+            other @ (PeerIdentity::Admin(_) | PeerIdentity::Replica(_)) => {
+                return Err(Status::permission_denied(format!(
+                    "a cluster certificate is required; this one names {other}"
+                )));
+            }
         };
         if self.0.store.cluster(&id).map_err(internal)?.is_none() {
             return Err(Status::permission_denied(format!(

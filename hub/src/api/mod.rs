@@ -82,7 +82,7 @@ pub fn services(
 }
 
 /// The verified identity in the caller's client certificate.
-fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
     let certs = request
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;

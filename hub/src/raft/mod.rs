@@ -2,7 +2,10 @@
 //! replicates to 1, 3 or 5 replicas and that one deterministic state machine applies to redb on each.
 //!
 //! This module holds the Raft type configuration shared by the log store, the state machine and the
-//! peer network. Nothing runs Raft yet: the hub still writes its store directly.
+//! peer network (`network`: the replicas' mTLS peer channel). Nothing runs Raft yet: the hub still
+//! writes its store directly.
+
+pub mod network;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,398 @@
+//! The replicas' peer channel with real parts: openraft nodes in one process, each with its own
+//! replica certificate, its own mTLS listener on 127.0.0.1:0 and `ReplicaNetwork` as its network,
+//! over an in-memory store. Every wait is on a condition with a deadline.
+
+#[path = "raft_network/memstore.rs"]
+mod memstore;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_hub::config::TransportLimits;
+use flotilla_hub::pki::{CertificateAuthority, IssuedCert};
+use flotilla_hub::raft::network::{
+    ReplicaNetwork, ReplicaTls, serve_replication, with_peer_channel_limits,
+};
+use flotilla_hub::raft::{Proposal, ReplicaId, TypeConfig};
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::replication_client::ReplicationClient;
+use memstore::{MemLog, MemStateMachine};
+use openraft::raft::VoteRequest;
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy, Vote};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const HOUR: Duration = Duration::from_secs(3600);
+/// Generous: two cores run every test of the crate at once.
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Replica {
+    id: ReplicaId,
+    addr: SocketAddr,
+    raft: Raft<TypeConfig>,
+    state: MemStateMachine,
+    /// Stops this replica's listener alone.
+    stop: CancellationToken,
+}
+
+/// Replicas sharing one test CA; every task they start is on `tracker`.
+struct Fleet {
+    ca: CertificateAuthority,
+    config: Arc<Config>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    replicas: BTreeMap<ReplicaId, Replica>,
+}
+
+impl Fleet {
+    fn new(config: Config) -> Fleet {
+        Fleet {
+            ca: CertificateAuthority::generate("flotilla test ca").unwrap(),
+            config: Arc::new(with_peer_channel_limits(config).validate().unwrap()),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            replicas: BTreeMap::new(),
+        }
+    }
+
+    fn replica_tls(&self, id: ReplicaId) -> ReplicaTls {
+        let localhost: IpAddr = "127.0.0.1".parse().unwrap();
+        let issued = self
+            .ca
+            .issue_replica_cert(id, &["localhost".to_string()], &[localhost], HOUR)
+            .unwrap();
+        ReplicaTls {
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            ca_pem: self.ca.cert_pem(),
+        }
+    }
+
+    async fn start(&mut self, id: ReplicaId) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = self.replica_tls(id);
+        let state = MemStateMachine::default();
+        let raft = Raft::new(
+            id,
+            self.config.clone(),
+            ReplicaNetwork::new(id, &tls),
+            MemLog::default(),
+            state.clone(),
+        )
+        .await
+        .unwrap();
+        let stop = self.shutdown.child_token();
+        serve_replication(
+            listener,
+            raft.clone(),
+            &tls,
+            &TransportLimits::default(),
+            stop.clone(),
+            &self.tracker,
+        )
+        .unwrap();
+        self.replicas.insert(
+            id,
+            Replica {
+                id,
+                addr,
+                raft,
+                state,
+                stop,
+            },
+        );
+    }
+
+    fn node(&self, id: ReplicaId) -> BasicNode {
+        BasicNode::new(self.replicas[&id].addr.to_string())
+    }
+
+    /// Starts replicas 1..=n and initializes them as one cluster.
+    async fn cluster(config: Config, n: u64) -> Fleet {
+        let mut fleet = Fleet::new(config);
+        for id in 1..=n {
+            fleet.start(id).await;
+        }
+        let members: BTreeMap<ReplicaId, BasicNode> =
+            (1..=n).map(|id| (id, fleet.node(id))).collect();
+        fleet.replicas[&1].raft.initialize(members).await.unwrap();
+        fleet
+    }
+
+    /// Waits until every running replica names the same leader, other than `not`, and returns it.
+    async fn leader(&self, not: Option<ReplicaId>) -> ReplicaId {
+        let first = self.replicas.values().next().unwrap();
+        let leader = first
+            .raft
+            .wait(Some(WAIT))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != not,
+                "a leader is elected",
+            )
+            .await
+            .unwrap()
+            .current_leader
+            .unwrap();
+        for r in self.replicas.values() {
+            r.raft
+                .wait(Some(WAIT))
+                .current_leader(leader, "every replica follows the leader")
+                .await
+                .unwrap();
+        }
+        leader
+    }
+
+    /// Writes through `leader` and waits until every running replica applied it.
+    async fn write(&self, leader: ReplicaId, bytes: &[u8]) {
+        let written = self.replicas[&leader]
+            .raft
+            .client_write(Proposal(bytes.to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(
+            written.data.0, bytes,
+            "the leader answers with what it applied"
+        );
+        for r in self.replicas.values() {
+            r.raft
+                .wait(Some(WAIT))
+                .applied_index_at_least(Some(written.log_id.index), "the write is applied")
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Stops one replica: its listener and its Raft.
+    async fn stop(&mut self, id: ReplicaId) {
+        let replica = self.replicas.remove(&id).unwrap();
+        replica.stop.cancel();
+        replica.raft.shutdown().await.unwrap();
+    }
+
+    async fn shut_down(mut self) {
+        let ids: Vec<ReplicaId> = self.replicas.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(WAIT, self.tracker.wait())
+            .await
+            .expect("every listener task ends");
+    }
+}
+
+fn fast_config() -> Config {
+    Config {
+        cluster_name: "flotilla-test".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        ..Default::default()
+    }
+}
+
+fn proposals(items: &[&str]) -> Vec<Vec<u8>> {
+    items.iter().map(|s| s.as_bytes().to_vec()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_replicate_and_elect_a_new_leader_when_the_leader_stops() {
+    let mut fleet = Fleet::cluster(fast_config(), 3).await;
+    let leader = fleet.leader(None).await;
+    fleet.write(leader, b"one").await;
+    fleet.write(leader, b"two").await;
+    for r in fleet.replicas.values() {
+        assert_eq!(
+            r.state.applied(),
+            proposals(&["one", "two"]),
+            "replica {}",
+            r.id
+        );
+    }
+
+    fleet.stop(leader).await;
+    let next = fleet.leader(Some(leader)).await;
+    assert_ne!(next, leader);
+    fleet.write(next, b"three").await;
+    for r in fleet.replicas.values() {
+        assert_eq!(
+            r.state.applied(),
+            proposals(&["one", "two", "three"]),
+            "replica {}",
+            r.id
+        );
+    }
+    fleet.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_added_after_the_log_was_purged_catches_up_from_a_snapshot() {
+    let config = Config {
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(3),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..fast_config()
+    };
+    let mut fleet = Fleet::cluster(config, 3).await;
+    let leader = fleet.leader(None).await;
+    let items = ["a", "b", "c", "d", "e"];
+    for item in items {
+        fleet.write(leader, item.as_bytes()).await;
+    }
+    fleet.replicas[&leader]
+        .raft
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= 3),
+            "the leader purged its log behind a snapshot",
+        )
+        .await
+        .unwrap();
+
+    fleet.start(4).await;
+    let learner = fleet.node(4);
+    fleet.replicas[&leader]
+        .raft
+        .add_learner(4, learner, true)
+        .await
+        .unwrap();
+    let newest = fleet.replicas[&leader]
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .unwrap();
+    fleet.replicas[&4]
+        .raft
+        .wait(Some(WAIT))
+        .applied_index_at_least(Some(newest.index), "the learner caught up")
+        .await
+        .unwrap();
+    let new = &fleet.replicas[&4].state;
+    assert!(new.snapshots_installed() >= 1, "no snapshot was sent");
+    assert_eq!(new.applied(), proposals(&items));
+    fleet.shut_down().await;
+}
+
+/// A Replication client presenting `identity` (certificate and key PEM), or none.
+async fn client(
+    addr: SocketAddr,
+    ca_pem: &str,
+    identity: Option<&IssuedCert>,
+) -> Result<ReplicationClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    if let Some(id) = identity {
+        tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+    }
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(ReplicationClient::new(channel))
+}
+
+fn vote_request(candidate: ReplicaId) -> pb::RaftRequest {
+    let rpc = VoteRequest::<ReplicaId>::new(Vote::new(1, candidate), None);
+    pb::RaftRequest {
+        json: serde_json::to_vec(&rpc).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replication_listener_serves_only_replicas_speaking_for_themselves() {
+    let mut fleet = Fleet::new(fast_config());
+    fleet.start(1).await;
+    let addr = fleet.replicas[&1].addr;
+    let ca_pem = fleet.ca.cert_pem();
+
+    let admin = fleet.ca.issue_admin_cert("alice", HOUR).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    let cluster = IssuedCert {
+        cert_pem: fleet
+            .ca
+            .sign_cluster_csr(csr.der(), "edge-1", HOUR, time::OffsetDateTime::now_utc())
+            .unwrap(),
+        key_pem: key.serialize_pem(),
+    };
+    for (identity, named) in [(&admin, "admin alice"), (&cluster, "cluster edge-1")] {
+        let mut c = client(addr, &ca_pem, Some(identity)).await.unwrap();
+        let err = c.vote(vote_request(2)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{named}: {err:?}");
+        assert!(
+            err.message().contains("needs a replica certificate") && err.message().contains(named),
+            "{err:?}"
+        );
+        let err = c
+            .append_entries(pb::RaftRequest {
+                json: b"{}".to_vec(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{named}: {err:?}");
+        let err = c
+            .install_snapshot(pb::SnapshotChunk::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{named}: {err:?}");
+    }
+
+    // No client certificate: the handshake itself fails, the service never sees the call.
+    let refused = match client(addr, &ca_pem, None).await {
+        Err(_) => true,
+        Ok(mut c) => c.vote(vote_request(2)).await.is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+
+    // A certificate from another CA is not trusted.
+    let other = CertificateAuthority::generate("other ca").unwrap();
+    let foreign = other
+        .issue_replica_cert(2, &["localhost".to_string()], &[], HOUR)
+        .unwrap();
+    let refused = match client(addr, &ca_pem, Some(&foreign)).await {
+        Err(_) => true,
+        Ok(mut c) => c.vote(vote_request(2)).await.is_err(),
+    };
+    assert!(refused, "a replica certificate from another CA was served");
+
+    // A replica may not campaign as another; speaking for itself, it reaches Raft.
+    let tls = fleet.replica_tls(2);
+    let replica2 = IssuedCert {
+        cert_pem: tls.cert_pem,
+        key_pem: tls.key_pem,
+    };
+    let mut c = client(addr, &ca_pem, Some(&replica2)).await.unwrap();
+    let err = c.vote(vote_request(3)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("replica 2 sent a message on behalf of replica 3"),
+        "{err:?}"
+    );
+    let err = c
+        .vote(pb::RaftRequest {
+            json: b"not json".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let reply = c.vote(vote_request(2)).await.unwrap().into_inner();
+    let answer: Result<
+        openraft::raft::VoteResponse<ReplicaId>,
+        openraft::error::RaftError<ReplicaId>,
+    > = serde_json::from_slice(&reply.json).unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    fleet.shut_down().await;
+}
