@@ -33,6 +33,8 @@ openraft::declare_raft_types!(
 pub mod log_store;
 pub mod state_machine;
 
+#[cfg(test)]
+mod tests;
 
 pub use log_store::{LogStore, LogStoreError};
 pub use state_machine::{ApplyError, ReplicatedData, StateMachineError, StateMachineStore};
