@@ -164,7 +164,7 @@ impl LogFile {
         let span = last.log_id.index - first.log_id.index + 1;
         if len != span {
             return Err(self.corrupt(format!(
-                "table {} holds {len} entries from index {} to {}: {} are missing",
+                "table {} holds {len} entries from index {} to {}, so it is missing {}",
                 LOG.name(),
                 first.log_id.index,
                 last.log_id.index,
@@ -298,7 +298,12 @@ impl LogFile {
             let mut meta = txn.open_table(LOG_META).map_err(self.db_error())?;
             let previous: Option<LogId<ReplicaId>> =
                 match meta.get(LAST_PURGED).map_err(self.db_error())? {
-                    Some(v) => serde_json::from_slice(v.value()).ok(),
+                    Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| {
+                        self.corrupt(format!(
+                            "the {LAST_PURGED} record in table {} does not decode: {e}",
+                            LOG_META.name()
+                        ))
+                    })?),
                     None => None,
                 };
             // Purging never moves back: openraft only purges forwards, and a stale call must not

@@ -18,8 +18,8 @@ use super::*;
 /// The test application: one string table.
 const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
 
-/// Commands are `set <key> <value>` and `claim <key> <value>`; a claim of a taken key is refused
-/// after it has written `claims`, which the refusal must discard.
+/// Commands are `set <key> <value>` and `claim <key> <value>`; a claim writes `attempt-<key>`
+/// first, then is refused if the key is taken, so a refusal has a write to discard.
 struct Kv;
 
 impl ReplicatedData for Kv {
@@ -32,7 +32,7 @@ impl ReplicatedData for Kv {
                 Ok(b"ok".to_vec())
             }
             ["claim", key, value] => {
-                table.insert("claims", "touched")?;
+                table.insert(format!("attempt-{key}").as_str(), value)?;
                 if table.get(key)?.is_some() {
                     return Err(ApplyError::Refused(format!("{key} is taken").into_bytes()));
                 }
@@ -268,10 +268,10 @@ async fn a_refused_command_is_answered_and_its_writes_are_discarded_on_every_rep
             Applied(b"ok".to_vec()),
         ]
     );
-    // `claims` was written by the accepted claim of b, not by the refused claim of a alone.
+    // The refused claim of a wrote `attempt-a` before refusing; that write is gone.
     assert_eq!(
         data,
-        &map(&[("a", "1"), ("b", "3"), ("c", "5"), ("claims", "touched")])
+        &map(&[("a", "1"), ("attempt-b", "3"), ("b", "3"), ("c", "5")])
     );
     assert_eq!(outcomes[0], outcomes[1]);
 }
@@ -448,4 +448,33 @@ async fn a_damaged_database_file_is_refused_at_open_naming_the_file() {
         assert!(err.contains(&f.db.display().to_string()), "{err}");
         assert!(err.contains("corrupted"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn a_log_with_a_hole_is_refused_at_open_naming_the_file_and_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = files(dir.path()).log;
+    {
+        let mut log = LogStore::open(&path).unwrap();
+        let entries: Vec<_> = (1..=5).map(|i| normal(1, i, "set k v")).collect();
+        log.blocking_append(entries).await.unwrap();
+    }
+    {
+        // What no openraft call does: drop an entry from the middle.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(TableDefinition::<u64, &[u8]>::new("raft_log"))
+            .unwrap()
+            .remove(3)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = LogStore::open(&path).err().unwrap().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "raft log {} is corrupt: table raft_log holds 4 entries from index 1 to 5, so it is missing 1",
+            path.display()
+        )
+    );
 }
