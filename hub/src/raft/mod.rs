@@ -2,8 +2,10 @@
 //! replicates to 1, 3 or 5 replicas and that one deterministic state machine applies to redb on each.
 //!
 //! This module holds the Raft type configuration shared by the log store, the state machine and the
-//! peer network (`network`: the replicas' mTLS peer channel). Nothing runs Raft yet: the hub still
-//! writes its store directly.
+//! peer network (`network`: the replicas' mTLS peer channel); [`log_store`] (the log and vote on their
+//! own redb file) and [`state_machine`] (the applied state and snapshots in the application's redb
+//! database) are the storage openraft needs. Nothing runs Raft yet: the hub still writes its store
+//! directly.
 
 pub mod network;
 
@@ -30,3 +32,42 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         SnapshotData = std::io::Cursor<Vec<u8>>,
 );
+
+pub mod log_store;
+pub mod state_machine;
+
+#[cfg(test)]
+mod tests;
+
+pub use log_store::{LogStore, LogStoreError};
+pub use state_machine::{ApplyError, ReplicatedData, StateMachineError, StateMachineStore};
+
+/// openraft's storage error for the hub's types.
+type StorageError = openraft::StorageError<ReplicaId>;
+
+/// Runs blocking redb and file IO (commits fsync) off the async workers and waits for it; its
+/// error (a sentence naming the file) becomes openraft's storage error about `subject`.
+async fn blocking<T, E>(
+    subject: openraft::ErrorSubject<ReplicaId>,
+    verb: openraft::ErrorVerb,
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(storage_error(subject, verb, &e)),
+        Err(join) => Err(storage_error(subject, verb, &join)),
+    }
+}
+
+/// Wraps one of our errors as openraft's storage error.
+fn storage_error(
+    subject: openraft::ErrorSubject<ReplicaId>,
+    verb: openraft::ErrorVerb,
+    error: &(impl std::error::Error + 'static),
+) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(error)).into()
+}
