@@ -394,6 +394,12 @@ impl HubStore {
             source,
         })?;
         let db = Database::create(path)?;
+        Self::from_database(Arc::new(db))
+    }
+
+    /// The store over a database someone else opened (the Raft state machine's), its tables created
+    /// if missing.
+    pub fn from_database(db: Arc<Database>) -> Result<Self, StoreError> {
         let txn = db.begin_write()?;
         {
             txn.open_table(META)?;
@@ -416,7 +422,7 @@ impl HubStore {
         }
         txn.commit()?;
         Ok(HubStore {
-            db: Arc::new(db),
+            db,
             retention: u64::MAX,
         })
     }
@@ -1050,9 +1056,11 @@ fn upgrade_version_index(txn: &redb::WriteTransaction) -> Result<(), StoreError>
 }
 
 mod command;
+mod replicated;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub use command::{Command, Outcome, Refusal, Registration};
+pub use replicated::{OpenError, StoreCommands, encode as encode_command, open_state_machine};
 pub use snapshot::SnapshotError;

@@ -31,33 +31,71 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Generous: two cores run every test of the crate at once.
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Replica {
+struct Replica<SM> {
     id: ReplicaId,
     addr: SocketAddr,
     raft: Raft<TypeConfig>,
-    state: MemStateMachine,
+    state: SM,
     /// Stops this replica's listener alone.
     stop: CancellationToken,
 }
 
+/// Makes a replica's log and state machine.
+type Storage<LS, SM> = Box<dyn Fn(ReplicaId) -> (LS, SM) + Send + Sync>;
+
 /// Replicas sharing one test CA; every task they start is on `tracker`.
-struct Fleet {
+struct Fleet<LS, SM> {
     ca: CertificateAuthority,
     config: Arc<Config>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    replicas: BTreeMap<ReplicaId, Replica>,
+    replicas: BTreeMap<ReplicaId, Replica<SM>>,
+    storage: Storage<LS, SM>,
 }
 
-impl Fleet {
-    fn new(config: Config) -> Fleet {
+/// Replicas on the in-memory store.
+type MemFleet = Fleet<MemLog, MemStateMachine>;
+
+impl MemFleet {
+    fn new(config: Config) -> MemFleet {
+        Fleet::with_storage(
+            config,
+            Box::new(|_| (MemLog::default(), MemStateMachine::default())),
+        )
+    }
+
+    /// Starts replicas 1..=n on the in-memory store and initializes them as one cluster.
+    async fn cluster(config: Config, n: u64) -> MemFleet {
+        let mut fleet = MemFleet::new(config);
+        fleet.start_all(n).await;
+        fleet
+    }
+}
+
+impl<LS, SM> Fleet<LS, SM>
+where
+    LS: openraft::storage::RaftLogStorage<TypeConfig>,
+    SM: openraft::storage::RaftStateMachine<TypeConfig> + Clone,
+{
+    fn with_storage(config: Config, storage: Storage<LS, SM>) -> Self {
         Fleet {
             ca: CertificateAuthority::generate("flotilla test ca").unwrap(),
             config: Arc::new(with_peer_channel_limits(config).validate().unwrap()),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             replicas: BTreeMap::new(),
+            storage,
         }
+    }
+
+    /// Starts replicas 1..=n and initializes them as one cluster.
+    async fn start_all(&mut self, n: u64) {
+        for id in 1..=n {
+            self.start(id).await;
+        }
+        let members: BTreeMap<ReplicaId, BasicNode> =
+            (1..=n).map(|id| (id, self.node(id))).collect();
+        self.replicas[&1].raft.initialize(members).await.unwrap();
     }
 
     fn replica_tls(&self, id: ReplicaId) -> ReplicaTls {
@@ -77,12 +115,12 @@ impl Fleet {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls = self.replica_tls(id);
-        let state = MemStateMachine::default();
+        let (log, state) = (self.storage)(id);
         let raft = Raft::new(
             id,
             self.config.clone(),
             ReplicaNetwork::new(id, &tls),
-            MemLog::default(),
+            log,
             state.clone(),
         )
         .await
@@ -113,18 +151,6 @@ impl Fleet {
         BasicNode::new(self.replicas[&id].addr.to_string())
     }
 
-    /// Starts replicas 1..=n and initializes them as one cluster.
-    async fn cluster(config: Config, n: u64) -> Fleet {
-        let mut fleet = Fleet::new(config);
-        for id in 1..=n {
-            fleet.start(id).await;
-        }
-        let members: BTreeMap<ReplicaId, BasicNode> =
-            (1..=n).map(|id| (id, fleet.node(id))).collect();
-        fleet.replicas[&1].raft.initialize(members).await.unwrap();
-        fleet
-    }
-
     /// Waits until every running replica names the same leader, other than `not`, and returns it.
     async fn leader(&self, not: Option<ReplicaId>) -> ReplicaId {
         let first = self.replicas.values().next().unwrap();
@@ -147,6 +173,23 @@ impl Fleet {
                 .unwrap();
         }
         leader
+    }
+
+    /// Writes through `leader` and waits until every running replica applied it; returns the answer.
+    async fn propose(&self, leader: ReplicaId, bytes: &[u8]) -> Vec<u8> {
+        let written = self.replicas[&leader]
+            .raft
+            .client_write(Proposal(bytes.to_vec()))
+            .await
+            .unwrap();
+        for r in self.replicas.values() {
+            r.raft
+                .wait(Some(WAIT))
+                .applied_index_at_least(Some(written.log_id.index), "the write is applied")
+                .await
+                .unwrap();
+        }
+        written.data.0
     }
 
     /// Writes through `leader` and waits until every running replica applied it.
@@ -205,7 +248,7 @@ fn proposals(items: &[&str]) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_replicate_and_elect_a_new_leader_when_the_leader_stops() {
-    let mut fleet = Fleet::cluster(fast_config(), 3).await;
+    let mut fleet = MemFleet::cluster(fast_config(), 3).await;
     let leader = fleet.leader(None).await;
     fleet.write(leader, b"one").await;
     fleet.write(leader, b"two").await;
@@ -241,7 +284,7 @@ async fn a_replica_added_after_the_log_was_purged_catches_up_from_a_snapshot() {
         purge_batch_size: 1,
         ..fast_config()
     };
-    let mut fleet = Fleet::cluster(config, 3).await;
+    let mut fleet = MemFleet::cluster(config, 3).await;
     let leader = fleet.leader(None).await;
     let items = ["a", "b", "c", "d", "e"];
     for item in items {
@@ -310,7 +353,7 @@ fn vote_request(candidate: ReplicaId) -> pb::RaftRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replication_listener_serves_only_replicas_speaking_for_themselves() {
-    let mut fleet = Fleet::new(fast_config());
+    let mut fleet = MemFleet::new(fast_config());
     fleet.start(1).await;
     let addr = fleet.replicas[&1].addr;
     let ca_pem = fleet.ca.cert_pem();
@@ -394,5 +437,175 @@ async fn the_replication_listener_serves_only_replicas_speaking_for_themselves()
         openraft::error::RaftError<ReplicaId>,
     > = serde_json::from_slice(&reply.json).unwrap();
     assert!(answer.is_ok(), "{answer:?}");
+    fleet.shut_down().await;
+}
+
+/// Replicas on the real storage: the redb log and the hub store as the state machine.
+type StoreFleet = Fleet<
+    flotilla_hub::raft::LogStore,
+    flotilla_hub::raft::StateMachineStore<flotilla_hub::store::StoreCommands>,
+>;
+
+fn store_fleet(config: Config, dir: &std::path::Path) -> StoreFleet {
+    let dir = dir.to_path_buf();
+    Fleet::with_storage(
+        config,
+        Box::new(move |id| {
+            let at = dir.join(format!("replica-{id}"));
+            std::fs::create_dir_all(&at).unwrap();
+            let (machine, _store) =
+                flotilla_hub::store::open_state_machine(&at.join("hub.redb")).unwrap();
+            (
+                flotilla_hub::raft::LogStore::open(&at.join("raft-log.redb")).unwrap(),
+                machine,
+            )
+        }),
+    )
+}
+
+/// The hub store of a running replica, read from its applied state.
+fn store_of(fleet: &StoreFleet, id: ReplicaId) -> flotilla_hub::store::HubStore {
+    flotilla_hub::store::HubStore::from_database(fleet.replicas[&id].state.database().clone())
+        .unwrap()
+}
+
+async fn command(
+    fleet: &StoreFleet,
+    leader: ReplicaId,
+    command: &flotilla_hub::store::Command,
+) -> flotilla_hub::store::Outcome {
+    let answer = fleet
+        .propose(leader, &flotilla_hub::store::encode_command(command))
+        .await;
+    serde_json::from_slice(&answer).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_commands_replicate_survive_a_leader_loss_and_reach_a_new_replica_by_snapshot() {
+    use flotilla_hub::store::{Command, Outcome, Refusal, Registration, TokenRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(4),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..fast_config()
+    };
+    let mut fleet = store_fleet(config, dir.path());
+    fleet.start_all(3).await;
+    let leader = fleet.leader(None).await;
+
+    let token = TokenRecord {
+        labels: [("tier".to_string(), "edge".to_string())].into(),
+        created_at: 1,
+        expires_at: i64::MAX,
+        used_by: None,
+        name: None,
+    };
+    let register = |id: &str, name: &str| {
+        Command::Register(Registration {
+            token_hash: [7; 32],
+            now: 10,
+            id: id.into(),
+            requested_name: name.into(),
+            cert_expires_at: 100,
+            capabilities: Default::default(),
+        })
+    };
+    assert_eq!(
+        command(
+            &fleet,
+            leader,
+            &Command::PutToken {
+                hash: [7; 32],
+                record: token
+            }
+        )
+        .await,
+        Outcome::Done
+    );
+    assert!(matches!(
+        command(&fleet, leader, &register("c-1", "edge-1")).await,
+        Outcome::Cluster(_)
+    ));
+    // The token is single-use on every replica: the second registration is refused by all alike.
+    assert_eq!(
+        command(&fleet, leader, &register("c-2", "edge-2")).await,
+        Outcome::Refused(Refusal::BadToken)
+    );
+    let clusters = store_of(&fleet, leader).clusters().unwrap();
+    assert_eq!(clusters.len(), 1);
+    for id in [1, 2, 3] {
+        assert_eq!(
+            store_of(&fleet, id).clusters().unwrap(),
+            clusters,
+            "replica {id}"
+        );
+    }
+
+    // The leader goes; the other two elect a new one and the store goes on from the same state.
+    fleet.stop(leader).await;
+    let next = fleet.leader(Some(leader)).await;
+    let relabelled = command(
+        &fleet,
+        next,
+        &Command::LabelCluster {
+            cluster: "edge-1".into(),
+            set: [("ring".to_string(), "canary".to_string())].into(),
+            remove: vec![],
+        },
+    )
+    .await;
+    let Outcome::Cluster(record) = relabelled else {
+        panic!("{relabelled:?}");
+    };
+    assert_eq!(record.labels.len(), 2);
+    for _ in 0..4 {
+        command(
+            &fleet,
+            next,
+            &Command::SetMeta {
+                key: "hub_epoch".into(),
+                value: 2,
+            },
+        )
+        .await;
+    }
+    fleet.replicas[&next]
+        .raft
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.purged.is_some(),
+            "the leader purged its log behind a snapshot",
+        )
+        .await
+        .unwrap();
+
+    // A new replica joins after the purge: it can only catch up from a snapshot of the store.
+    fleet.start(4).await;
+    let learner = fleet.node(4);
+    fleet.replicas[&next]
+        .raft
+        .add_learner(4, learner, true)
+        .await
+        .unwrap();
+    let newest = fleet.replicas[&next]
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .unwrap();
+    fleet.replicas[&4]
+        .raft
+        .wait(Some(WAIT))
+        .applied_index_at_least(Some(newest.index), "the new replica caught up")
+        .await
+        .unwrap();
+    let joined = store_of(&fleet, 4);
+    assert_eq!(joined.clusters().unwrap(), vec![record]);
+    assert_eq!(joined.meta("hub_epoch").unwrap(), Some(2));
+    assert!(
+        !joined.token_usable(&[7; 32], 0).unwrap(),
+        "the token stays used"
+    );
     fleet.shut_down().await;
 }
