@@ -212,6 +212,40 @@ where
         }
     }
 
+    /// Waits until `leader` purged its log up to `purged` at least, then adds replica `id` as a
+    /// learner and waits until it applied everything the leader had: it can only catch up from a
+    /// snapshot.
+    async fn join_after_purge(&mut self, leader: ReplicaId, id: ReplicaId, purged: u64) {
+        self.replicas[&leader]
+            .raft
+            .wait(Some(WAIT))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= purged),
+                "the leader purged its log behind a snapshot",
+            )
+            .await
+            .unwrap();
+        self.start(id).await;
+        let learner = self.node(id);
+        self.replicas[&leader]
+            .raft
+            .add_learner(id, learner, true)
+            .await
+            .unwrap();
+        let newest = self.replicas[&leader]
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .unwrap();
+        self.replicas[&id]
+            .raft
+            .wait(Some(WAIT))
+            .applied_index_at_least(Some(newest.index), "the learner caught up")
+            .await
+            .unwrap();
+    }
+
     /// Stops one replica: its listener and its Raft.
     async fn stop(&mut self, id: ReplicaId) {
         let replica = self.replicas.remove(&id).unwrap();
@@ -290,35 +324,7 @@ async fn a_replica_added_after_the_log_was_purged_catches_up_from_a_snapshot() {
     for item in items {
         fleet.write(leader, item.as_bytes()).await;
     }
-    fleet.replicas[&leader]
-        .raft
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.purged.is_some_and(|p| p.index >= 3),
-            "the leader purged its log behind a snapshot",
-        )
-        .await
-        .unwrap();
-
-    fleet.start(4).await;
-    let learner = fleet.node(4);
-    fleet.replicas[&leader]
-        .raft
-        .add_learner(4, learner, true)
-        .await
-        .unwrap();
-    let newest = fleet.replicas[&leader]
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .unwrap();
-    fleet.replicas[&4]
-        .raft
-        .wait(Some(WAIT))
-        .applied_index_at_least(Some(newest.index), "the learner caught up")
-        .await
-        .unwrap();
+    fleet.join_after_purge(leader, 4, 3).await;
     let new = &fleet.replicas[&4].state;
     assert!(new.snapshots_installed() >= 1, "no snapshot was sent");
     assert_eq!(new.applied(), proposals(&items));
@@ -570,36 +576,8 @@ async fn store_commands_replicate_survive_a_leader_loss_and_reach_a_new_replica_
         )
         .await;
     }
-    fleet.replicas[&next]
-        .raft
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.purged.is_some(),
-            "the leader purged its log behind a snapshot",
-        )
-        .await
-        .unwrap();
-
     // A new replica joins after the purge: it can only catch up from a snapshot of the store.
-    fleet.start(4).await;
-    let learner = fleet.node(4);
-    fleet.replicas[&next]
-        .raft
-        .add_learner(4, learner, true)
-        .await
-        .unwrap();
-    let newest = fleet.replicas[&next]
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .unwrap();
-    fleet.replicas[&4]
-        .raft
-        .wait(Some(WAIT))
-        .applied_index_at_least(Some(newest.index), "the new replica caught up")
-        .await
-        .unwrap();
+    fleet.join_after_purge(next, 4, 1).await;
     let joined = store_of(&fleet, 4);
     assert_eq!(joined.clusters().unwrap(), vec![record]);
     assert_eq!(joined.meta("hub_epoch").unwrap(), Some(2));
