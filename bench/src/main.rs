@@ -10,6 +10,7 @@
 //! long a commit then takes to converge on every agent.
 
 mod identity;
+mod raft;
 mod render;
 mod rollout;
 
@@ -44,6 +45,19 @@ enum Command {
         /// The hub's source poll interval.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         interval: Duration,
+    },
+    /// Committed store writes per second on N replicas in this process (real redb log with fsync,
+    /// the hub store as state machine, mTLS peer channel), one at a time or several in flight.
+    RaftWrites {
+        /// Replicas (1, 3 or 5).
+        #[arg(long, default_value_t = 3)]
+        replicas: u64,
+        /// Status reports written.
+        #[arg(long, default_value_t = 2000)]
+        writes: usize,
+        /// Proposals in flight at once (openraft batches them).
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
     },
     /// The pure rollout engine over N simulated clusters in three stages: time per step.
     RolloutEngine {
@@ -383,6 +397,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Identity { clusters } => identity::identity(clusters)
             .await
             .context("identity benchmark"),
+        Command::RaftWrites {
+            replicas,
+            writes,
+            in_flight,
+        } => raft::raft_writes(replicas, writes, in_flight)
+            .await
+            .context("raft-writes benchmark"),
         Command::RolloutFleet { agents, rounds } => rollout::rollout_fleet(agents, rounds)
             .await
             .context("rollout-fleet benchmark"),

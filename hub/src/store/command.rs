@@ -157,9 +157,10 @@ pub enum Refusal {
     },
 }
 
-/// What applying a command gave back.
+/// What applying a command gave back (adjacently tagged: some variants hold a number, a list or an
+/// option, which an internally tagged enum cannot).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "outcome")]
+#[serde(rename_all = "camelCase", tag = "outcome", content = "value")]
 pub enum Outcome {
     /// Written.
     Done,

@@ -636,6 +636,9 @@ fn commands_round_trip_and_apply_identically_on_two_stores() {
         let a = first.execute(&command).unwrap();
         let b = second.execute(&received).unwrap();
         assert_eq!(a, b, "{command:?}");
+        // And the proposer receives the outcome serialized.
+        let answer = serde_json::to_vec(&a).unwrap();
+        assert_eq!(serde_json::from_slice::<Outcome>(&answer).unwrap(), a);
         outcomes.push(a);
     }
     assert!(matches!(outcomes[3], Outcome::Cluster(_)));
