@@ -80,7 +80,11 @@ async fn first_answer<T>(
     }
     let described: Vec<String> = failures
         .iter()
-        .map(|(url, e)| format!("{url}: {}", error_chain(e)))
+        .map(|(url, e)| match e {
+            // A status's source is itself: its message says it all.
+            ClientError::Rpc(_) => format!("{url}: {e}"),
+            _ => format!("{url}: {}", error_chain(e)),
+        })
         .collect();
     Err(ClientError::NoHub(described.join("; ")))
 }
