@@ -14,10 +14,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use flotilla_common::capabilities::Capabilities;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::error::AgentError;
@@ -145,8 +143,8 @@ enum Round {
 
 /// The task that keeps the hub's copy of the capabilities current.
 pub(crate) struct CapabilityReporter {
-    /// mTLS channel to the hub; replaced when the certificate is renewed.
-    pub channels: watch::Receiver<Channel>,
+    /// The hub link; reports go to the endpoint the streams use.
+    pub hub: crate::link::HubHandle,
     /// Reads the capabilities.
     pub reader: CapabilityReader,
     /// Time between readings.
@@ -210,8 +208,7 @@ impl CapabilityReporter {
             self.answered = Some(capabilities);
             return Round::Settled;
         }
-        let channel = self.channels.borrow().clone();
-        let answer = crate::channel::agent_client(channel)
+        let answer = crate::channel::agent_client(self.hub.channel())
             .report_capabilities(wire::report_capabilities(&capabilities))
             .await;
         match answer {

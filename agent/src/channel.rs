@@ -6,6 +6,7 @@ use flotilla_proto::v1::agent_client::AgentClient;
 use flotilla_proto::v1::registration_client::RegistrationClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::endpoints::Candidate;
 use crate::identity::AgentIdentity;
 
 /// How long establishing a TCP+TLS connection may take.
@@ -45,6 +46,56 @@ fn endpoint(hub: &str, tls: ClientTlsConfig) -> Result<Endpoint, ChannelError> {
         .keep_alive_while_idle(true))
 }
 
+/// The endpoint for one resolved address of a hub: connects to that address and verifies the
+/// hub's certificate against the URL's host name, which is also the request's authority.
+fn candidate_endpoint(
+    candidate: &Candidate,
+    tls: ClientTlsConfig,
+) -> Result<Endpoint, ChannelError> {
+    let hub = &candidate.hub;
+    match &candidate.addr {
+        Ok(addr) => {
+            let endpoint = endpoint(
+                &format!("https://{addr}"),
+                tls.domain_name(hub.host.clone()),
+            )?;
+            // The URL was checked as a URI when the configuration was read.
+            Ok(match hub.url.parse() {
+                Ok(origin) => endpoint.origin(origin),
+                Err(_) => endpoint,
+            })
+        }
+        // Not resolved ahead: the connection resolves the URL itself.
+        Err(_) => endpoint(&hub.url, tls),
+    }
+}
+
+/// The endpoint for `Registration.Register` at `candidate`: verifies the hub with `ca_pem`,
+/// presents no client certificate.
+pub fn registration_endpoint_to(
+    candidate: &Candidate,
+    ca_pem: &str,
+) -> Result<Endpoint, ChannelError> {
+    candidate_endpoint(
+        candidate,
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)),
+    )
+}
+
+/// A lazily connecting mTLS channel to `candidate` with the agent's certificate.
+pub fn agent_channel_to(
+    candidate: &Candidate,
+    identity: &AgentIdentity,
+) -> Result<Channel, ChannelError> {
+    Ok(candidate_endpoint(candidate, agent_tls(identity))?.connect_lazy())
+}
+
+fn agent_tls(identity: &AgentIdentity) -> ClientTlsConfig {
+    ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&identity.ca_pem))
+        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+}
+
 /// The endpoint for `Registration.Register`: verifies the hub with `ca_pem`, presents no
 /// client certificate.
 pub fn registration_endpoint(hub: &str, ca_pem: &str) -> Result<Endpoint, ChannelError> {
@@ -56,10 +107,7 @@ pub fn registration_endpoint(hub: &str, ca_pem: &str) -> Result<Endpoint, Channe
 
 /// A lazily connecting mTLS channel with the agent's certificate; it reconnects by itself.
 pub fn agent_channel(hub: &str, identity: &AgentIdentity) -> Result<Channel, ChannelError> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&identity.ca_pem))
-        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
-    Ok(endpoint(hub, tls)?.connect_lazy())
+    Ok(endpoint(hub, agent_tls(identity))?.connect_lazy())
 }
 
 /// An Agent-service client with the agent's message-size limits.

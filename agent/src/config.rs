@@ -12,6 +12,7 @@ use flotilla_common::ids::validate_name;
 use flotilla_common::limits::Limits;
 
 use crate::capabilities::{DEFAULT_CAPABILITIES_INTERVAL, Overrides};
+use crate::endpoints::HubAddress;
 use crate::target::kube::{KubeSource, check_kubeconfig};
 
 /// Default number of objects one apply may delete without the explicit override.
@@ -45,9 +46,11 @@ pub enum Command {
 /// Flags of `flotilla-agent run`, as typed on the command line.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Hub address, `https://HOST:PORT`.
-    #[arg(long)]
-    pub hub: String,
+    /// Hub address, `https://HOST:PORT`; repeatable or comma-separated for a replicated hub.
+    /// The agent uses one at a time, in order, and moves to the next when it fails; a host
+    /// name with several addresses counts as one endpoint per address.
+    #[arg(long, env = "FLOTILLA_HUB", value_delimiter = ',', required = true)]
+    pub hub: Vec<String>,
     /// PEM file with the CA certificate that signed the hub's server certificate.
     #[arg(long)]
     pub ca: PathBuf,
@@ -183,8 +186,8 @@ impl Backoff {
 /// The agent's validated configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Hub URL, `https://HOST:PORT`.
-    pub hub: String,
+    /// Hub URLs in the order they are tried; never empty.
+    pub hubs: Vec<HubAddress>,
     /// CA certificate (PEM) that verifies the hub when registering.
     pub ca_pem: String,
     /// Bootstrap token file.
@@ -237,7 +240,7 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 impl AgentConfig {
     /// Checks and converts the command-line flags; `default_name` is used when `--name` is absent.
     pub fn from_args(args: RunArgs, default_name: &str) -> Result<Self, ConfigError> {
-        validate_hub_url(&args.hub)?;
+        let hubs = hub_addresses(&args.hub)?;
         let ca_pem = std::fs::read_to_string(&args.ca)
             .map_err(|e| invalid("--ca", format!("cannot read {}: {e}", args.ca.display())))?;
         check_ca_pem(&ca_pem)
@@ -277,7 +280,7 @@ impl AgentConfig {
             ));
         }
         Ok(AgentConfig {
-            hub: args.hub,
+            hubs,
             ca_pem,
             token_file: args.token_file,
             data_dir: args.data_dir,
@@ -294,6 +297,12 @@ impl AgentConfig {
             capability_overrides,
             capabilities_interval,
         })
+    }
+
+    /// The hub URLs, comma-separated, for logs.
+    pub fn hub_list(&self) -> String {
+        let urls: Vec<&str> = self.hubs.iter().map(|h| h.url.as_str()).collect();
+        urls.join(",")
     }
 
     /// Path of the store file inside the data directory.
@@ -343,20 +352,19 @@ fn check_ca_pem(pem: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_hub_url(hub: &str) -> Result<(), ConfigError> {
-    let rest = hub
-        .strip_prefix("https://")
-        .ok_or_else(|| invalid("--hub", format!("{hub:?} must start with https://")))?;
-    let authority = rest.trim_end_matches('/');
-    if authority.is_empty() || authority.contains('/') {
-        return Err(invalid(
-            "--hub",
-            format!("{hub:?} must be https://HOST:PORT with no path"),
-        ));
+/// Every `--hub` checked, in order; a URL given twice is tried once.
+fn hub_addresses(urls: &[String]) -> Result<Vec<HubAddress>, ConfigError> {
+    let mut hubs: Vec<HubAddress> = Vec::new();
+    for url in urls {
+        let hub = HubAddress::parse(url.trim()).map_err(|e| invalid("--hub", e))?;
+        if !hubs.contains(&hub) {
+            hubs.push(hub);
+        }
     }
-    hub.parse::<tonic::transport::Uri>()
-        .map_err(|e| invalid("--hub", format!("{hub:?} is not a valid URL: {e}")))?;
-    Ok(())
+    if hubs.is_empty() {
+        return Err(invalid("--hub", "at least one hub URL is needed"));
+    }
+    Ok(hubs)
 }
 
 /// A DNS-label version of a host name, for the default `--name`; `agent` when nothing usable remains.
@@ -513,6 +521,8 @@ mod tests {
             ("--name", "Bad_Name"),
             ("--hub", "http://h:1"),
             ("--hub", "https://h:1/path"),
+            ("--hub", "https://h:1,ftp://h:2"),
+            ("--hub", ""),
             ("--ca", "/nonexistent/ca.pem"),
             ("--ca", "not-a-cert.pem"),
             ("--ca", "junk.pem"),
@@ -536,6 +546,49 @@ mod tests {
             assert_eq!(err.flag, *flag, "{flag} {value}: {err}");
             assert!(err.to_string().starts_with(&format!("invalid {flag}:")));
         }
+    }
+
+    #[test]
+    fn several_hubs_are_kept_in_order_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = args(
+            dir.path(),
+            &[(
+                "--hub",
+                "https://hub-b.example:7443,https://hub-a.example:7443/,https://hub-b.example:7443",
+            )],
+        )
+        .unwrap();
+        let urls: Vec<&str> = config.hubs.iter().map(|h| h.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            ["https://hub-b.example:7443", "https://hub-a.example:7443"]
+        );
+        assert_eq!(config.hubs[1].host, "hub-a.example");
+        assert_eq!(
+            config.hub_list(),
+            "https://hub-b.example:7443,https://hub-a.example:7443"
+        );
+        // Repeated flags add up, in the order given.
+        let Command::Run(run) = Cli::try_parse_from([
+            "flotilla-agent",
+            "run",
+            "--hub",
+            "https://a:1",
+            "--hub",
+            "https://b:2,https://c:3",
+            "--ca",
+            "x",
+            "--token-file",
+            "t",
+            "--data-dir",
+            "d",
+            "--target",
+            "dir:/x",
+        ])
+        .unwrap()
+        .command;
+        assert_eq!(run.hub, ["https://a:1", "https://b:2", "https://c:3"]);
     }
 
     #[test]

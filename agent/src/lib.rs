@@ -23,10 +23,12 @@ pub mod capabilities;
 pub mod channel;
 pub mod config;
 pub mod drift;
+pub mod endpoints;
 pub mod error;
 pub mod health;
 pub mod identity;
 pub mod inventory;
+mod link;
 pub mod plan;
 pub mod registration;
 pub mod renew;
@@ -48,6 +50,7 @@ use crate::apply::{Applier, ApplySettings};
 use crate::capabilities::{CapabilityReader, CapabilityReporter, Probe};
 use crate::config::TargetSpec;
 use crate::identity::AgentIdentity;
+use crate::link::HubLink;
 use crate::renew::Renewer;
 use crate::retry::RetryPolicy;
 use crate::status::Reporter;
@@ -112,7 +115,7 @@ async fn run_with<T: Target>(
     let key = pinned_key(&identity)?;
     info!(
         cluster_id = %identity.cluster_id,
-        hub = %config.hub,
+        hubs = %config.hub_list(),
         target = %config.target,
         "agent starting"
     );
@@ -123,12 +126,14 @@ async fn run_with<T: Target>(
         .map_or(0, |h| h.held.version);
     let (held_tx, held_rx) = watch::channel(held_version);
     let reporter_wake = Arc::new(Notify::new());
-    let (channels, channel) = watch::channel(channel::agent_channel(&config.hub, &identity)?);
+    let (identities, identity_rx) = watch::channel(identity.clone());
+    let (link, hub) = HubLink::start(config.hubs.clone(), identity_rx, config.backoff).await?;
 
     let tasks = TaskTracker::new();
     let calls = store.clone();
     let stop = shutdown.child_token();
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<AgentError>(3);
+    spawn(&tasks, &fatal_tx, "hub link", link.run(stop.clone()));
     // The applier starts first and needs neither the hub nor a valid certificate.
     spawn(
         &tasks,
@@ -156,7 +161,7 @@ async fn run_with<T: Target>(
         &fatal_tx,
         "sync",
         Syncer {
-            channels: channel.clone(),
+            hub: hub.clone(),
             store: store.clone(),
             ctx: OfferContext {
                 cluster_id: identity.cluster_id.clone(),
@@ -165,7 +170,6 @@ async fn run_with<T: Target>(
             },
             held: held_tx,
             reporter: Arc::clone(&reporter_wake),
-            backoff: config.backoff,
             idle_timeout: config.watch_idle_timeout,
         }
         .run(stop.clone()),
@@ -175,10 +179,9 @@ async fn run_with<T: Target>(
         &fatal_tx,
         "status",
         Reporter {
-            channels: channel.clone(),
+            hub: hub.clone(),
             store: store.clone(),
             wake: reporter_wake,
-            backoff: config.backoff,
         }
         .run(stop.clone()),
     );
@@ -187,7 +190,7 @@ async fn run_with<T: Target>(
         &fatal_tx,
         "capabilities",
         CapabilityReporter {
-            channels: channel,
+            hub: hub.clone(),
             reader: capabilities,
             interval: config.capabilities_interval,
             answered,
@@ -199,10 +202,10 @@ async fn run_with<T: Target>(
         &fatal_tx,
         "renew",
         Renewer {
-            hub: config.hub.clone(),
+            hub,
             store,
             identity,
-            channels,
+            identities,
             backoff: config.backoff,
         }
         .run(stop.clone()),

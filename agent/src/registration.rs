@@ -1,21 +1,27 @@
 //! First contact: trade the bootstrap token and a CSR for a cluster certificate, once.
 //!
 //! Runs only when the store holds no identity. The token file is read here and nowhere else,
-//! and the token is never logged. Connection failures are retried with backoff (the hub may
-//! still be starting); an answer from the hub refusing the registration is final.
+//! and the token is never logged. The hub endpoints are tried in order; one that cannot be
+//! reached (or sheds the attempt) passes the turn to the next, and a full round of them failing
+//! waits a jittered, growing backoff (the hub may still be starting). An answer from the hub
+//! refusing the registration is final.
 
 use std::path::Path;
+use std::time::Instant;
 
 use flotilla_common::capabilities::Capabilities;
 
+use rand::SeedableRng;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::channel::{ChannelError, registration_endpoint};
+use crate::channel::{ChannelError, registration_endpoint_to};
 use crate::config::AgentConfig;
+use crate::endpoints::{Rotation, describe_round, resolve};
 use crate::error::error_chain as chain;
 use crate::identity::{AgentIdentity, IdentityError, new_key_and_csr};
+use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError};
 use crate::wire::{self, WireError};
 
@@ -87,16 +93,18 @@ pub async fn register(
 ) -> Result<Option<AgentIdentity>, RegistrationError> {
     let token = read_token(&config.token_file)?;
     let (key_pem, csr_der) = new_key_and_csr(&config.name)?;
-    let endpoint = registration_endpoint(&config.hub, &config.ca_pem)?;
-    let mut delays = config.backoff.delays();
-    let response = loop {
+    let policy = RetryPolicy {
+        first: config.backoff.min,
+        ceiling: config.backoff.max,
+    };
+    let mut rotation = Rotation::new(policy, resolve(&config.hubs).await);
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let (response, through) = loop {
+        let candidate = rotation.current().clone();
+        let endpoint = registration_endpoint_to(&candidate, &config.ca_pem)?;
         let attempt = async {
             let channel = endpoint.connect().await.map_err(|e| {
-                tonic::Status::unavailable(format!(
-                    "cannot connect to {}: {}",
-                    config.hub,
-                    chain(&e)
-                ))
+                tonic::Status::unavailable(format!("cannot connect: {}", chain(&e)))
             })?;
             crate::channel::registration_client(channel)
                 .register(wire::register_request(
@@ -112,18 +120,30 @@ pub async fn register(
             result = attempt => result,
         };
         match result {
-            Ok(response) => break response.into_inner(),
+            Ok(response) => {
+                let (n, of) = rotation.place();
+                break (response.into_inner(), format!("{candidate} ({n} of {of})"));
+            }
             Err(status) if is_unreachable(&status) => {
-                let delay = delays.next().unwrap_or(config.backoff.max);
-                warn!(
-                    hub = %config.hub,
-                    retry_in = ?delay,
-                    "registration: hub unreachable or busy: {}",
-                    status.message()
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(delay) => {}
+                debug!(hub = %candidate, "registration: hub unreachable or busy: {}", status.message());
+                let step = rotation.failed(status.message().to_string(), Instant::now(), &mut rng);
+                if let Some(round) = &step.round {
+                    let wait = step.wait.unwrap_or_default();
+                    // One warning per outage; later rounds repeat it.
+                    if round.number == 1 {
+                        warn!(retry_in = ?wait, "registration: no hub endpoint answers: {}", describe_round(round));
+                    } else {
+                        debug!(retry_in = ?wait, rounds = round.number, "registration: hub still unreachable: {}", describe_round(round));
+                    }
+                }
+                if let Some(wait) = step.wait {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                if step.wrapped {
+                    rotation.replace(resolve(&config.hubs).await);
                 }
             }
             Err(status) => {
@@ -139,7 +159,7 @@ pub async fn register(
     store
         .blocking(move |store| store.save_identity(&saved))
         .await?;
-    info!(cluster_id = %identity.cluster_id, "registered with the hub");
+    info!(cluster_id = %identity.cluster_id, "registered with hub {through}");
     Ok(Some(identity))
 }
 

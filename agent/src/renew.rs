@@ -12,13 +12,12 @@ use std::time::Duration;
 use flotilla_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
-use crate::channel::agent_channel;
 use crate::config::Backoff;
 use crate::error::{AgentError, error_chain as chain};
 use crate::identity::{AgentIdentity, IdentityError, cert_expiry, new_key_and_csr};
+use crate::link::HubHandle;
 use crate::store::Store;
 use crate::wire::{self, WireError};
 
@@ -40,14 +39,14 @@ fn until(now: i64, at: i64) -> Duration {
 
 /// The renewal task.
 pub(crate) struct Renewer {
-    /// Hub URL, for new channels.
-    pub hub: String,
+    /// The hub link, for the Renew call.
+    pub hub: HubHandle,
     /// The store that keeps the identity.
     pub store: Store,
     /// The identity in use.
     pub identity: AgentIdentity,
-    /// Where the channel every new connection uses is published.
-    pub channels: watch::Sender<Channel>,
+    /// Where a renewed identity is published; the hub link builds new channels with it.
+    pub identities: watch::Sender<AgentIdentity>,
     /// Delays between failed attempts.
     pub backoff: Backoff,
 }
@@ -111,8 +110,7 @@ impl Renewer {
                     self.store
                         .blocking(move |store| store.save_identity(&saved))
                         .await?;
-                    self.channels
-                        .send_replace(agent_channel(&self.hub, &identity)?);
+                    self.identities.send_replace(identity.clone());
                     info!(
                         expires_at = cert_expiry(&identity.cert_pem).unwrap_or_default(),
                         "certificate renewed"
@@ -140,8 +138,7 @@ impl Renewer {
 
     async fn renew_once(&self) -> Result<AgentIdentity, RenewError> {
         let (key_pem, csr_der) = new_key_and_csr(&self.identity.cluster_id)?;
-        let channel = self.channels.borrow().clone();
-        let response = crate::channel::agent_client(channel)
+        let response = crate::channel::agent_client(self.hub.channel())
             .renew(pb::RenewRequest { csr_der })
             .await
             .map_err(|s| RenewError::Rpc(Box::new(s)))?

@@ -5,8 +5,13 @@
 //! that refused, RBAC not granted yet) often heals by itself; the applier retries the held
 //! state after `first`, doubling each time up to `ceiling`, until every app is applied or a new
 //! ClusterState arrives, either of which starts the sequence over.
+//!
+//! The same policy, jittered by [`jittered`], spaces full rounds of failed hub endpoints
+//! (`crate::endpoints::Rotation`); the random source is passed in, so tests fix it.
 
 use std::time::Duration;
+
+use rand::Rng;
 
 /// Default first delay before a failed app is retried.
 pub const DEFAULT_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -42,6 +47,15 @@ impl RetryPolicy {
             .unwrap_or(self.ceiling)
             .min(self.ceiling)
     }
+}
+
+/// `delay` with "equal jitter": uniformly in `[delay / 2, delay]`, so agents that lost the
+/// same hub at the same moment spread their reconnections while the wait never exceeds the
+/// unjittered delay (and so never the ceiling).
+pub fn jittered(delay: Duration, rng: &mut impl Rng) -> Duration {
+    let half = delay / 2;
+    let spread = (delay - half).as_nanos() as u64;
+    half + Duration::from_nanos(rng.gen_range(0..=spread))
 }
 
 /// Where one run of retries stands.
@@ -98,6 +112,37 @@ mod tests {
             state.reset();
             assert_eq!(state.next(&policy), policy.first, "reset starts over");
         }
+    }
+
+    #[test]
+    fn jitter_stays_between_half_the_delay_and_the_delay() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let policy = RetryPolicy {
+            first: Duration::from_millis(200),
+            ceiling: Duration::from_secs(10),
+        };
+        for attempt in 0..12 {
+            let delay = policy.delay(attempt);
+            let got: Vec<Duration> = (0..200).map(|_| jittered(delay, &mut rng)).collect();
+            assert!(
+                got.iter().all(|d| *d >= delay / 2 && *d <= delay),
+                "{attempt}"
+            );
+            assert!(got.iter().all(|d| *d <= policy.ceiling));
+            // Spread over the range, not stuck at one end.
+            let low = got.iter().filter(|d| **d < delay * 3 / 4).count();
+            assert!(
+                (40..160).contains(&low),
+                "attempt {attempt}: {low} of 200 low"
+            );
+        }
+        assert_eq!(jittered(Duration::ZERO, &mut rng), Duration::ZERO);
+        // The same seed gives the same waits: tests of the schedule are deterministic.
+        let mut a = rand::rngs::StdRng::seed_from_u64(1);
+        let mut b = rand::rngs::StdRng::seed_from_u64(1);
+        let d = Duration::from_secs(3);
+        assert_eq!(jittered(d, &mut a), jittered(d, &mut b));
     }
 
     #[test]

@@ -12,10 +12,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::config::Backoff;
 use crate::error::{AgentError, error_chain as chain};
+use crate::link::HubHandle;
 use crate::store::{Store, StoreError};
 use crate::wire;
 
@@ -35,46 +35,38 @@ pub enum ReportError {
 
 /// The reporter task.
 pub(crate) struct Reporter {
-    /// mTLS channel to the hub; replaced when the certificate is renewed.
-    pub channels: tokio::sync::watch::Receiver<Channel>,
+    /// The hub link: the channel to use, and where failures are told.
+    pub hub: HubHandle,
     /// The store holding the outbox.
     pub store: Store,
     /// Woken whenever a report is queued.
     pub wake: Arc<Notify>,
-    /// Reconnection delays.
-    pub backoff: Backoff,
 }
 
 impl Reporter {
     /// Runs until shutdown; returns only store failures as errors.
-    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
-        let mut delays = self.backoff.delays();
-        let mut failures = 0u32;
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
         loop {
-            let mut opened = false;
+            let current = self.hub.current();
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                result = self.session(&mut opened) => result,
+                result = self.session(current.channel, current.generation) => result,
             };
             let error = match result {
                 Err(ReportError::Store(e)) => return Err(e.into()),
                 Err(e) => e,
                 Ok(()) => ReportError::Closed,
             };
-            if opened {
-                delays = self.backoff.delays();
-                failures = 0;
-            }
-            failures += 1;
-            let delay = delays.next().unwrap_or(self.backoff.max);
-            if failures == 1 {
-                warn!(retry_in = ?delay, "status reporting interrupted: {}", chain(&error));
-            } else {
-                debug!(retry_in = ?delay, failures, "status reporting still down: {}", chain(&error));
-            }
+            // The link logs the switch and, once per outage, the failed round; the outbox keeps
+            // every unacknowledged report for the next stream, wherever it goes.
+            debug!("status reporting interrupted: {}", chain(&error));
+            self.hub.failed(current.generation, chain(&error));
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(delay) => {}
+                moved = self.hub.next(current.generation) => if !moved {
+                    shutdown.cancelled().await;
+                    return Ok(());
+                },
             }
         }
     }
@@ -99,18 +91,17 @@ impl Reporter {
         Ok(sent)
     }
 
-    async fn session(&self, opened: &mut bool) -> Result<(), ReportError> {
+    async fn session(&self, channel: Channel, generation: u64) -> Result<(), ReportError> {
         let (tx, rx) = mpsc::unbounded_channel();
         // Queue what is pending before the call, so a hub that answers only after the first
         // message is served. The outbox is bounded, so the channel is too.
         let mut sent = self.send_queued(&tx, 0).await?;
-        let channel = self.channels.borrow().clone();
         let mut acks = crate::channel::agent_client(channel)
             .report_status(UnboundedReceiverStream::new(rx))
             .await
             .map_err(|s| ReportError::Rpc(Box::new(s)))?
             .into_inner();
-        *opened = true;
+        self.hub.healthy(generation);
         loop {
             sent = self.send_queued(&tx, sent).await?;
             tokio::select! {
@@ -254,18 +245,13 @@ mod tests {
         );
         let wake = Arc::new(Notify::new());
         let reporter = Reporter {
-            channels: tokio::sync::watch::channel(
+            hub: HubHandle::fixed(
                 Endpoint::from_shared(format!("http://{addr}"))
                     .unwrap()
                     .connect_lazy(),
-            )
-            .1,
+            ),
             store: store.clone(),
             wake: Arc::clone(&wake),
-            backoff: Backoff {
-                min: Duration::from_millis(5),
-                max: Duration::from_millis(50),
-            },
         };
         let task = tokio::spawn(reporter.run(stop.clone()));
         let streams = || hub.streams.lock().unwrap().clone();

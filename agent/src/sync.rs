@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
-use crate::config::Backoff;
 use crate::error::{AgentError, error_chain as chain};
+use crate::link::HubHandle;
 use crate::store::{HeldState, Store, StoreError, referenced_digests};
 use crate::wire::{self, WireError};
 
@@ -246,10 +246,11 @@ impl ObjectFetcher for GrpcFetcher {
     }
 }
 
-/// The sync task: one Watch stream at a time, reopened with backoff.
+/// The sync task: one Watch stream at a time; when it fails, the hub link moves to the next
+/// endpoint (after its backoff) and the Watch reopens there from the version held.
 pub(crate) struct Syncer {
-    /// mTLS channel to the hub; replaced when the certificate is renewed.
-    pub channels: watch::Receiver<Channel>,
+    /// The hub link: the channel to use, and where failures are told.
+    pub hub: HubHandle,
     /// The store.
     pub store: Store,
     /// Identity and trust.
@@ -258,8 +259,6 @@ pub(crate) struct Syncer {
     pub held: watch::Sender<u64>,
     /// Woken when a rejection report is queued.
     pub reporter: Arc<Notify>,
-    /// Reconnection delays.
-    pub backoff: Backoff,
     /// Watch silence that counts as a dead stream.
     pub idle_timeout: Duration,
 }
@@ -270,49 +269,44 @@ struct SyncMemory {
     /// The last refused version and its header digest, so announcements and heartbeats
     /// repeating it are not fetched (and reported) again.
     rejected: Option<(u64, Digest)>,
-    /// Set once a Watch stream opened since the last failure.
-    connected: bool,
 }
 
 impl Syncer {
     /// Runs until shutdown; returns only store failures as errors.
-    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let mut memory = SyncMemory::default();
-        let mut delays = self.backoff.delays();
-        let mut failures = 0u32;
         loop {
-            memory.connected = false;
+            let current = self.hub.current();
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                result = self.session(&mut memory) => result,
+                result = self.session(current.channel, current.generation, &mut memory) => result,
             };
             let error = match result {
                 Err(SyncError::Store(e)) => return Err(e.into()),
                 Err(e) => e,
                 Ok(()) => SyncError::WatchEnded,
             };
-            if memory.connected {
-                delays = self.backoff.delays();
-                failures = 0;
-            }
-            failures += 1;
-            let delay = delays.next().unwrap_or(self.backoff.max);
-            // Warn on the first failure of an outage; the rest repeat it.
-            if failures == 1 {
-                warn!(retry_in = ?delay, "hub connection lost: {}", chain(&error));
-            } else {
-                debug!(retry_in = ?delay, failures, "hub still unreachable: {}", chain(&error));
-            }
+            // The link logs the switch and, once per outage, the failed round.
+            debug!("hub Watch interrupted: {}", chain(&error));
+            self.hub.failed(current.generation, chain(&error));
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(delay) => {}
+                moved = self.hub.next(current.generation) => if !moved {
+                    shutdown.cancelled().await;
+                    return Ok(());
+                },
             }
         }
     }
 
-    async fn session(&self, memory: &mut SyncMemory) -> Result<(), SyncError> {
-        let channel = self.channels.borrow().clone();
+    async fn session(
+        &self,
+        channel: Channel,
+        generation: u64,
+        memory: &mut SyncMemory,
+    ) -> Result<(), SyncError> {
         let mut client = crate::channel::agent_client(channel);
+        // Read at every (re)connection, whichever endpoint: the Watch resumes from what is held.
         let have_version = self
             .store
             .blocking(Store::held)
@@ -323,7 +317,8 @@ impl Syncer {
             .await
             .map_err(rpc("Watch"))?
             .into_inner();
-        memory.connected = true;
+        debug!(have_version, "Watch opened");
+        self.hub.healthy(generation);
         loop {
             let message = tokio::time::timeout(self.idle_timeout, stream.message())
                 .await

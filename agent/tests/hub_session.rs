@@ -314,7 +314,7 @@ impl TestAgent {
 
     fn config(&self, hub: &str) -> AgentConfig {
         let args = RunArgs {
-            hub: hub.into(),
+            hub: vec![hub.into()],
             ca: self.ca_file.clone(),
             token_file: self.token_file.clone(),
             data_dir: self.dir.clone(),

@@ -1,5 +1,10 @@
 //! The admin gRPC client and the CLI's view of hub data. Proto types are
 //! converted here, once, into the serializable structs the CLI prints.
+//!
+//! This is the one place the CLI connects. `--hub`/`FLOTILLA_HUB` may list several hub URLs,
+//! comma-separated (the replicas of one hub): they are tried in order, and the first that
+//! answers is used. A connection error or `Unavailable` moves on to the next; any other answer,
+//! error or not, is the answer.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,13 +36,95 @@ pub enum ClientError {
     /// The hub answered with an error.
     #[error("hub: {}", .0.message())]
     Rpc(#[from] tonic::Status),
+    /// Several hubs were given and none answered.
+    #[error("no hub answers: {0}")]
+    NoHub(String),
 }
 
-/// An mTLS channel to the hub with the operator's admin certificate.
+impl ClientError {
+    /// Whether the next hub should be tried: this one could not be reached or was unavailable.
+    fn try_next(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Rpc(status) => status.code() == tonic::Code::Unavailable,
+            _ => false,
+        }
+    }
+}
+
+/// The hub URLs of a `--hub` value: comma-separated, in order, blanks dropped.
+pub fn hub_urls(hubs: &str) -> Vec<&str> {
+    hubs.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Goes through `hubs` in order until `attempt` gives an answer that is not "try the next".
+async fn first_answer<T>(
+    hubs: &str,
+    mut attempt: impl AsyncFnMut(&str) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let urls = hub_urls(hubs);
+    let mut failures: Vec<(String, ClientError)> = Vec::new();
+    for url in &urls {
+        match attempt(url).await {
+            Err(e) if e.try_next() => failures.push((url.to_string(), e)),
+            answer => return answer,
+        }
+    }
+    if failures.len() <= 1 {
+        return Err(failures.pop().map(|(_, e)| e).unwrap_or_else(|| {
+            ClientError::Rpc(tonic::Status::invalid_argument("no hub URL given (--hub)"))
+        }));
+    }
+    let described: Vec<String> = failures
+        .iter()
+        .map(|(url, e)| match e {
+            // A status's source is itself: its message says it all.
+            ClientError::Rpc(_) => format!("{url}: {e}"),
+            _ => format!("{url}: {}", error_chain(e)),
+        })
+        .collect();
+    Err(ClientError::NoHub(described.join("; ")))
+}
+
+/// `error: cause: cause`, for one line per hub.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    out
+}
+
+/// An admin client for the first of `hubs` (comma-separated URLs) that can be connected to.
 pub async fn connect_admin(
-    hub: &str,
+    hubs: &str,
     admin_dir: &Path,
 ) -> Result<AdminClient<Channel>, ClientError> {
+    first_answer(hubs, async |url| connect_one(url, admin_dir).await).await
+}
+
+/// Runs `call` against the first of `hubs` that answers it: a hub that cannot be connected to
+/// or answers `Unavailable` passes the call to the next. For calls that are safe to repeat on
+/// another replica (reads, and writes an unavailable replica did not take).
+pub async fn with_admin<T>(
+    hubs: &str,
+    admin_dir: &Path,
+    mut call: impl AsyncFnMut(&mut AdminClient<Channel>) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    first_answer(hubs, async |url| {
+        let mut client = connect_one(url, admin_dir).await?;
+        call(&mut client).await
+    })
+    .await
+}
+
+/// An mTLS channel to one hub with the operator's admin certificate.
+async fn connect_one(hub: &str, admin_dir: &Path) -> Result<AdminClient<Channel>, ClientError> {
     let read = |name: &str| {
         let path = admin_dir.join(name);
         std::fs::read(&path).map_err(|source| ClientError::Bundle { path, source })
@@ -526,4 +613,65 @@ pub async fn plan(
         warnings: resp.warnings,
         diff: resp.diff,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_lists_are_split_in_order() {
+        assert_eq!(
+            hub_urls(" https://a:1, ,https://b:2,"),
+            ["https://a:1", "https://b:2"]
+        );
+        assert_eq!(hub_urls("https://a:1"), ["https://a:1"]);
+    }
+
+    #[tokio::test]
+    async fn unreachable_and_unavailable_hubs_pass_the_call_on_and_other_answers_stand() {
+        let tried = std::sync::Mutex::new(Vec::new());
+        let answer = first_answer(
+            "https://a:1,https://b:2,https://c:3,https://d:4",
+            async |url| {
+                tried.lock().unwrap().push(url.to_string());
+                match url {
+                    "https://a:1" => Err(ClientError::Rpc(tonic::Status::unavailable("starting"))),
+                    "https://b:2" => Err(ClientError::Rpc(tonic::Status::not_found(
+                        "no such cluster",
+                    ))),
+                    _ => Ok(url.to_string()),
+                }
+            },
+        )
+        .await;
+        assert!(matches!(answer, Err(ClientError::Rpc(s)) if s.code() == tonic::Code::NotFound));
+        assert_eq!(*tried.lock().unwrap(), ["https://a:1", "https://b:2"]);
+
+        let answer = first_answer("https://a:1,https://b:2", async |url| {
+            if url == "https://a:1" {
+                Err(ClientError::Rpc(tonic::Status::unavailable("down")))
+            } else {
+                Ok(url.to_string())
+            }
+        })
+        .await;
+        assert_eq!(answer.unwrap(), "https://b:2");
+
+        let none: Result<(), _> = first_answer("https://a:1,https://b:2", async |_| {
+            Err(ClientError::Rpc(tonic::Status::unavailable("down")))
+        })
+        .await;
+        let message = none.unwrap_err().to_string();
+        assert!(
+            message.starts_with("no hub answers: https://a:1: hub: down; https://b:2"),
+            "{message}"
+        );
+        // One hub keeps its own error, as before.
+        let one: Result<(), _> = first_answer("https://a:1", async |_| {
+            Err(ClientError::Rpc(tonic::Status::unavailable("down")))
+        })
+        .await;
+        assert_eq!(one.unwrap_err().to_string(), "hub: down");
+    }
 }

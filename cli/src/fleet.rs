@@ -318,7 +318,8 @@ pub struct LocalAgent {
     pub log_path: PathBuf,
     /// More `flotilla-agent run` flags, e.g. `--kube-version v1.32.4`, used from the next start.
     pub extra_args: Vec<String>,
-    hub_url: String,
+    /// Hub URLs, each passed as `--hub`, in order.
+    hub_urls: Vec<String>,
     ca_path: PathBuf,
     child: Process,
 }
@@ -350,7 +351,7 @@ impl LocalAgent {
             token_file,
             log_path: root.join("agent.log"),
             extra_args: Vec::new(),
-            hub_url: hub.url(),
+            hub_urls: vec![hub.url()],
             ca_path: hub.ca_path(),
             child: Process::default(),
         })
@@ -370,16 +371,22 @@ impl LocalAgent {
 
     /// Points the agent at another hub URL (e.g. through a proxy).
     pub fn set_hub_url(&mut self, url: String) {
-        self.hub_url = url;
+        self.hub_urls = vec![url];
+    }
+
+    /// Points the agent at several hub URLs, tried in this order (a replicated hub, or the
+    /// same hub at several addresses).
+    pub fn set_hub_urls(&mut self, urls: Vec<String>) {
+        self.hub_urls = urls;
     }
 
     /// Starts the agent process.
     pub fn start(&mut self) -> Result<(), FleetError> {
         let (out, err) = log_file(&self.log_path)?;
+        let hubs = self.hub_urls.iter().flat_map(|url| ["--hub", url.as_str()]);
         let child = Command::new(&self.bins.agent)
             .arg("run")
-            .arg("--hub")
-            .arg(&self.hub_url)
+            .args(hubs)
             .arg("--ca")
             .arg(&self.ca_path)
             .arg("--token-file")

@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct HubArgs {
-    /// Hub URL.
+    /// Hub URL; several comma-separated (a replicated hub) are tried in order, and the first
+    /// that answers is used.
     #[arg(long, env = "FLOTILLA_HUB", default_value = "https://127.0.0.1:7443")]
     hub: String,
     /// Directory with ca.pem, admin.pem and admin-key.pem (the hub's `admin/` bundle).
@@ -353,19 +354,23 @@ async fn rollout_command(command: RolloutCommand) -> anyhow::Result<()> {
 async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Get { hub, name, output } => {
-            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
-            let clusters = match name {
-                Some(name) => vec![client::cluster(&mut admin, &name).await?.cluster],
-                None => client::clusters(&mut admin).await?,
-            };
+            let clusters = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                Ok(match &name {
+                    Some(name) => vec![client::cluster(admin, name).await?.cluster],
+                    None => client::clusters(admin).await?,
+                })
+            })
+            .await?;
             match output {
                 OutputFormat::Json => print_json(&clusters),
                 OutputFormat::Table => println!("{}", clusters_table(&clusters)),
             }
         }
         ClusterCommand::Describe { hub, name, output } => {
-            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
-            let cluster = client::cluster(&mut admin, &name).await?;
+            let cluster = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                client::cluster(admin, &name).await
+            })
+            .await?;
             match output {
                 OutputFormat::Json => print_json(&cluster),
                 OutputFormat::Table => print!("{}", describe_cluster(&cluster)),
@@ -378,16 +383,20 @@ async fn cluster_command(command: ClusterCommand) -> anyhow::Result<()> {
             output,
         } => {
             let (set, remove) = parse_label_changes(&changes)?;
-            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
-            let cluster = client::label_cluster(&mut admin, &name, &set, &remove).await?;
+            let cluster = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                client::label_cluster(admin, &name, &set, &remove).await
+            })
+            .await?;
             match output {
                 OutputFormat::Json => print_json(&cluster),
                 OutputFormat::Table => println!("cluster/{} labeled", cluster.name),
             }
         }
         ClusterCommand::Delete { hub, name, output } => {
-            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
-            let deleted = client::delete_cluster(&mut admin, &name).await?;
+            let deleted = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                client::delete_cluster(admin, &name).await
+            })
+            .await?;
             match output {
                 OutputFormat::Json => print_json(&deleted),
                 OutputFormat::Table => {
@@ -414,8 +423,10 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let labels = parse_labels(&labels)?;
-            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
-            let token = client::create_token(&mut admin, ttl, &labels, name.as_deref()).await?;
+            let token = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                client::create_token(admin, ttl, &labels, name.as_deref()).await
+            })
+            .await?;
             match output {
                 OutputFormat::Json => print_json(&token),
                 OutputFormat::Table => println!("{}", token.token),
@@ -423,8 +434,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Cluster { command } => cluster_command(command).await?,
         Command::Clusters { hub, output } => {
-            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
-            let clusters = client::clusters(&mut admin).await?;
+            let clusters = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                client::clusters(admin).await
+            })
+            .await?;
             match output {
                 OutputFormat::Json => print_json(&clusters),
                 OutputFormat::Table => println!("{}", clusters_table(&clusters)),
@@ -457,8 +470,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Rollout { command } => rollout_command(command).await?,
         Command::Status { hub, output } => {
-            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
-            let status = client::status(&mut admin).await?;
+            let status = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                client::status(admin).await
+            })
+            .await?;
             match output {
                 OutputFormat::Json => print_json(&status),
                 OutputFormat::Table => println!("{}", status_table(&status)),
@@ -471,8 +486,10 @@ async fn main() -> anyhow::Result<()> {
             diff,
             output,
         } => {
-            let mut admin = client::connect_admin(&hub.hub, &hub.admin_dir).await?;
-            let plan = client::plan(&mut admin, &app, &rev, &diff).await?;
+            let plan = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                client::plan(admin, &app, &rev, &diff).await
+            })
+            .await?;
             match output {
                 OutputFormat::Json => print_json(&plan),
                 OutputFormat::Table => print!("{}", flotilla_cli::plan::plan_text(&plan)),

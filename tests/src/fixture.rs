@@ -98,9 +98,24 @@ impl Fleet {
         kubeconfig: Option<&Path>,
         args: &[&str],
     ) -> usize {
+        self.add_agent_with_hubs(name, labels, kubeconfig, &[self.hub.url()], args)
+            .await
+    }
+
+    /// Like [`Fleet::add_agent_with_args`], with the agent's `--hub` URLs in order (e.g. a
+    /// closed port or a [`crate::forwarder::Forwarder`] before the hub itself).
+    pub async fn add_agent_with_hubs(
+        &mut self,
+        name: &str,
+        labels: &str,
+        kubeconfig: Option<&Path>,
+        hubs: &[String],
+        args: &[&str],
+    ) -> usize {
         let token = self.token(labels, Duration::from_secs(600)).await;
         let mut agent = LocalAgent::new(&self.bins, self.dir.path(), name, &token, &self.hub)
             .expect("agent dir");
+        agent.set_hub_urls(hubs.to_vec());
         if let Some(k) = kubeconfig {
             agent.use_kubernetes(k.to_path_buf());
         }

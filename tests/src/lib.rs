@@ -1,7 +1,9 @@
 //! Fixtures for Flotilla's end-to-end tests: Git repositories built with the
-//! real `git` binary, and a fleet of real hub and agent processes.
+//! real `git` binary, a fleet of real hub and agent processes, and a TCP forwarder that
+//! gives a server a second address a test can take away.
 
 pub mod fixture;
+pub mod forwarder;
 pub mod rollout;
 
 pub use flotilla_cli::fleet;

@@ -159,7 +159,7 @@ async fn reports_at_start_and_on_change_only() {
         }
     };
     let reporter = CapabilityReporter {
-        channels: watch::channel(channel).1,
+        hub: crate::link::HubHandle::fixed(channel),
         reader: CapabilityReader::new(
             Probe::Scripted(reading.clone(), taken.clone()),
             Overrides::default(),
@@ -232,7 +232,9 @@ async fn nothing_to_discover_is_reported_once_then_the_task_ends() {
     assert_eq!(registered, caps(Some("v1.30.0"), &[]));
     // Registration carried them: nothing is left to report.
     let reporter = CapabilityReporter {
-        channels: watch::channel(Endpoint::from_static("http://127.0.0.1:1").connect_lazy()).1,
+        hub: crate::link::HubHandle::fixed(
+            Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+        ),
         reader,
         interval: Duration::from_secs(300),
         answered: Some(registered),

@@ -446,19 +446,17 @@ async fn announcements_of_the_held_or_the_refused_version_ask_the_hub_nothing() 
     );
 
     let syncer = Syncer {
-        channels: watch::channel(unreachable_hub()).1,
+        hub: crate::link::HubHandle::fixed(unreachable_hub()),
         store: store.clone(),
         ctx: ctx(),
         held: watch::channel(1).0,
         reporter: Arc::new(Notify::new()),
-        backoff: Backoff::default(),
         idle_timeout: Duration::from_secs(60),
     };
-    let mut client = AgentClient::new(syncer.channels.borrow().clone());
+    let mut client = AgentClient::new(syncer.hub.channel());
     // As `on_announcement` leaves it after refusing version 2.
     let mut memory = SyncMemory {
         rejected: Some((2, refused.digest())),
-        connected: true,
     };
     let announce = |version, digest: Option<Digest>, heartbeat| Announcement {
         version,
