@@ -157,9 +157,11 @@ pub enum Refusal {
     },
 }
 
-/// What applying a command gave back.
+/// What applying a command gave back. Adjacently tagged: an internal tag cannot carry a count, an
+/// `Option` or a list (`Swept`, `Report`, `Events`), and the outcome travels back from the state
+/// machine as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "outcome")]
+#[serde(rename_all = "camelCase", tag = "outcome", content = "value")]
 pub enum Outcome {
     /// Written.
     Done,

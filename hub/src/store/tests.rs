@@ -636,6 +636,9 @@ fn commands_round_trip_and_apply_identically_on_two_stores() {
         let a = first.execute(&command).unwrap();
         let b = second.execute(&received).unwrap();
         assert_eq!(a, b, "{command:?}");
+        // The proposer receives the outcome serialized by the state machine.
+        let answered: Outcome = serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
+        assert_eq!(answered, a, "{command:?}");
         outcomes.push(a);
     }
     assert!(matches!(outcomes[3], Outcome::Cluster(_)));
