@@ -1,26 +1,37 @@
-//! Starting and stopping a hub: keys, store, controller and the gRPC listener.
+//! Starting and stopping a hub: keys, the store as replica 1 of a one-node Raft cluster, controller
+//! and the gRPC listener.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::{BasicNode, Raft};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{ApiLimits, ApiState, PlanEnv, services};
 use crate::config::HubConfig;
 use crate::controller::Controller;
+use crate::datadir::HubKeys;
 use crate::datadir::{DataDir, DataDirError};
 use crate::listener::{TlsSetupError, accept_tls, server_tls_config};
-use crate::pki::PkiError;
-use crate::store::{HubStore, StoreError};
+use crate::pki::{CertificateAuthority, PkiError};
+use crate::raft::network::{ReplicaNetwork, ReplicaTls, with_peer_channel_limits};
+use crate::raft::{LogStore, LogStoreError, ReplicaId, TypeConfig};
+use crate::store::{HubStore, OpenError, StoreError, open_state_machine};
 
 /// Server certificates are re-issued at every start; this bounds their life.
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// This hub's replica id: until replicas are configured, the hub is replica 1 of a one-node cluster.
+const LOCAL_REPLICA: ReplicaId = 1;
+
+/// How long a starting hub waits to lead its one-node cluster (an election timeout, at most).
+const LEADER_WAIT: Duration = Duration::from_secs(30);
 
 /// The hub could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +42,15 @@ pub enum HubError {
     /// Store problem.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store could not open as the Raft state machine.
+    #[error(transparent)]
+    StateMachine(#[from] OpenError),
+    /// The Raft log could not open.
+    #[error(transparent)]
+    RaftLog(#[from] LogStoreError),
+    /// Raft did not start.
+    #[error("raft: {0}")]
+    Raft(String),
     /// Certificate problem.
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -58,20 +78,126 @@ pub async fn run(
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), HubError> {
     let keys = data_dir.load_keys()?;
-    let store = HubStore::open(&data_dir.store_path())?.with_retention(config.rpc.state_retention);
-    let epoch = match store.meta("hub_epoch")? {
-        Some(e) => e,
-        None => {
-            store.set_meta("hub_epoch", 1)?;
-            1
-        }
-    };
     let (dns, ips): (Vec<String>, Vec<String>) = config
         .server_names
         .iter()
         .cloned()
         .partition(|n| n.parse::<IpAddr>().is_err());
     let ips: Vec<IpAddr> = ips.iter().filter_map(|s| s.parse().ok()).collect();
+    let (raft, store) = start_replica(&data_dir, &keys.ca, &dns, &ips).await?;
+    let result = serve(
+        data_dir,
+        config,
+        keys,
+        store,
+        (dns, ips),
+        shutdown,
+        on_listening,
+    )
+    .await;
+    // Last, after every task that writes through it ended: the Raft never outlives the hub.
+    if let Err(e) = raft.shutdown().await {
+        warn!(error = %e, "raft did not stop cleanly");
+    }
+    info!("hub stopped");
+    result
+}
+
+/// Opens the store as the Raft state machine and the Raft log, starts this hub's Raft, initializes
+/// the one-node cluster on first start and waits until this replica leads it; returns the Raft and
+/// the store writing through it.
+async fn start_replica(
+    data_dir: &DataDir,
+    ca: &CertificateAuthority,
+    dns: &[String],
+    ips: &[IpAddr],
+) -> Result<(Raft<TypeConfig>, HubStore), HubError> {
+    let (machine, store) = open_state_machine(&data_dir.store_path())?;
+    let log = LogStore::open(&data_dir.raft_log_path())?;
+    // A one-node cluster dials nobody, but the network is the same one more replicas will use.
+    let cert = ca.issue_replica_cert(LOCAL_REPLICA, dns, ips, SERVER_CERT_VALIDITY)?;
+    let tls = ReplicaTls {
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+        ca_pem: ca.cert_pem(),
+    };
+    let config = with_peer_channel_limits(openraft::Config {
+        cluster_name: "flotilla".into(),
+        ..Default::default()
+    })
+    .validate()
+    .map_err(|e| HubError::Raft(format!("configuration: {e}")))?;
+    let raft = Raft::new(
+        LOCAL_REPLICA,
+        Arc::new(config),
+        ReplicaNetwork::new(LOCAL_REPLICA, &tls),
+        log,
+        machine,
+    )
+    .await
+    .map_err(|e| HubError::Raft(format!("starting replica {LOCAL_REPLICA}: {e}")))?;
+    if let Err(e) = lead_one_node_cluster(&raft).await {
+        let _ = raft.shutdown().await;
+        return Err(e);
+    }
+    let store = store.with_proposer(raft.clone(), tokio::runtime::Handle::current());
+    Ok((raft, store))
+}
+
+async fn lead_one_node_cluster(raft: &Raft<TypeConfig>) -> Result<(), HubError> {
+    let fatal = |e: openraft::error::Fatal<ReplicaId>| HubError::Raft(e.to_string());
+    if !raft.is_initialized().await.map_err(fatal)? {
+        // No peer address yet: a one-node cluster has no peer listener; add-replica will set it.
+        let members = BTreeMap::from([(LOCAL_REPLICA, BasicNode::default())]);
+        raft.initialize(members)
+            .await
+            .map_err(|e| HubError::Raft(format!("initializing the one-node cluster: {e}")))?;
+        info!(
+            replica = LOCAL_REPLICA,
+            "initialized a one-node Raft cluster"
+        );
+    }
+    let metrics = raft
+        .wait(Some(LEADER_WAIT))
+        .current_leader(LOCAL_REPLICA, "this replica leads its one-node cluster")
+        .await
+        .map_err(|e| {
+            HubError::Raft(format!(
+                "replica {LOCAL_REPLICA} did not become the leader of its one-node cluster: {e}"
+            ))
+        })?;
+    info!(
+        replica = LOCAL_REPLICA,
+        term = metrics.current_term,
+        last_log_index = metrics.last_log_index.unwrap_or_default(),
+        last_applied_index = metrics.last_applied.map(|l| l.index).unwrap_or_default(),
+        "raft replica leads its one-node cluster"
+    );
+    Ok(())
+}
+
+/// Serves the hub on `store` until `shutdown` is cancelled and every task it started has ended.
+async fn serve(
+    data_dir: DataDir,
+    config: HubConfig,
+    keys: HubKeys,
+    store: HubStore,
+    (dns, ips): (Vec<String>, Vec<IpAddr>),
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), HubError> {
+    let store = store.with_retention(config.rpc.state_retention);
+    let epoch = match store.meta("hub_epoch")? {
+        Some(e) => e,
+        None => {
+            // A write proposes through Raft and waits for it: off the async workers.
+            let writer = store.clone();
+            tokio::task::spawn_blocking(move || writer.set_meta("hub_epoch", 1))
+                .await
+                .map_err(|e| HubError::Raft(format!("writing the hub epoch: {e}")))??;
+            1
+        }
+    };
     let server_cert = keys
         .ca
         .issue_server_cert(&dns, &ips, SERVER_CERT_VALIDITY)?;
@@ -157,6 +283,5 @@ pub async fn run(
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;
-    info!("hub stopped");
     result.map_err(HubError::from)
 }

@@ -96,3 +96,14 @@ fn internal(e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "internal error serving a request");
     Status::internal("internal error; see the hub log")
 }
+
+/// A failed store write as the caller sees it: a replica that is not the leader, or a hub shutting
+/// down, is Unavailable with the reason (the caller retries, elsewhere or later; nothing to log);
+/// anything else is internal.
+fn store_error(e: crate::store::StoreError) -> Status {
+    use crate::store::StoreError;
+    match e {
+        StoreError::NotLeader { .. } | StoreError::Stopped => Status::unavailable(e.to_string()),
+        other => internal(other),
+    }
+}
