@@ -33,6 +33,9 @@ const LOCAL_REPLICA: ReplicaId = 1;
 /// How long a starting hub waits to lead its one-node cluster (an election timeout, at most).
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a stopping hub waits for Raft's last tasks to close the store.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
+
 /// The hub could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -84,7 +87,7 @@ pub async fn run(
         .cloned()
         .partition(|n| n.parse::<IpAddr>().is_err());
     let ips: Vec<IpAddr> = ips.iter().filter_map(|s| s.parse().ok()).collect();
-    let (raft, store) = start_replica(&data_dir, &keys.ca, &dns, &ips).await?;
+    let (raft, store, database) = start_replica(&data_dir, &keys.ca, &dns, &ips).await?;
     let result = serve(
         data_dir,
         config,
@@ -96,23 +99,55 @@ pub async fn run(
     )
     .await;
     // Last, after every task that writes through it ended: the Raft never outlives the hub.
-    if let Err(e) = raft.shutdown().await {
-        warn!(error = %e, "raft did not stop cleanly");
-    }
+    stop_replica(&raft, database).await;
     info!("hub stopped");
     result
 }
 
+/// Stops the Raft, waits until its state machine let go of the store and closes the store here, so
+/// a hub started next on the same data directory (a restart in the same process) can open it.
+async fn stop_replica(raft: &Raft<TypeConfig>, database: Arc<redb::Database>) {
+    if let Err(e) = raft.shutdown().await {
+        warn!(error = %e, "raft did not stop cleanly");
+    }
+    // openraft's shutdown joins its core task, not the state machine worker (nor a snapshot being
+    // built), which still hold the store for a moment; nothing signals their end but the drop. The
+    // last holder closes the file (flush, unlock), so this handle waits to be the last and closes it
+    // itself rather than return while another thread is still closing it.
+    let deadline = tokio::time::Instant::now() + STORE_RELEASE_WAIT;
+    let mut database = database;
+    let database = loop {
+        match Arc::try_unwrap(database) {
+            Ok(database) => break database,
+            Err(shared) if tokio::time::Instant::now() >= deadline => {
+                warn!(
+                    holders = Arc::strong_count(&shared) - 1,
+                    "the store is still open {STORE_RELEASE_WAIT:?} after Raft stopped; a hub started on this data directory in this process cannot open it until it closes"
+                );
+                return;
+            }
+            Err(shared) => database = shared,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    match tokio::task::spawn_blocking(move || database.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "closing the store"),
+        Err(e) => warn!(error = %e, "closing the store"),
+    }
+}
+
 /// Opens the store as the Raft state machine and the Raft log, starts this hub's Raft, initializes
-/// the one-node cluster on first start and waits until this replica leads it; returns the Raft and
-/// the store writing through it.
+/// the one-node cluster on first start and waits until this replica leads it; returns the Raft, the
+/// store writing through it and the store's database, for closing it when the Raft stopped.
 async fn start_replica(
     data_dir: &DataDir,
     ca: &CertificateAuthority,
     dns: &[String],
     ips: &[IpAddr],
-) -> Result<(Raft<TypeConfig>, HubStore), HubError> {
+) -> Result<(Raft<TypeConfig>, HubStore, Arc<redb::Database>), HubError> {
     let (machine, store) = open_state_machine(&data_dir.store_path())?;
+    let database = machine.database().clone();
     let log = LogStore::open(&data_dir.raft_log_path())?;
     // A one-node cluster dials nobody, but the network is the same one more replicas will use.
     let cert = ca.issue_replica_cert(LOCAL_REPLICA, dns, ips, SERVER_CERT_VALIDITY)?;
@@ -137,11 +172,12 @@ async fn start_replica(
     .await
     .map_err(|e| HubError::Raft(format!("starting replica {LOCAL_REPLICA}: {e}")))?;
     if let Err(e) = lead_one_node_cluster(&raft).await {
-        let _ = raft.shutdown().await;
+        drop(store);
+        stop_replica(&raft, database).await;
         return Err(e);
     }
     let store = store.with_proposer(raft.clone(), tokio::runtime::Handle::current());
-    Ok((raft, store))
+    Ok((raft, store, database))
 }
 
 async fn lead_one_node_cluster(raft: &Raft<TypeConfig>) -> Result<(), HubError> {
