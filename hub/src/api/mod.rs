@@ -107,3 +107,43 @@ fn store_error(e: crate::store::StoreError) -> Status {
         other => internal(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::store_error;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_write_a_replica_cannot_make_is_unavailable_with_the_reason() {
+        let not_leader = store_error(StoreError::NotLeader {
+            leader: Some(2),
+            address: Some("10.0.0.2:7444".into()),
+        });
+        assert_eq!(not_leader.code(), Code::Unavailable);
+        assert!(
+            not_leader
+                .message()
+                .contains("not the leader; the leader is replica 2 at 10.0.0.2:7444"),
+            "{not_leader:?}"
+        );
+        let electing = store_error(StoreError::NotLeader {
+            leader: None,
+            address: None,
+        });
+        assert!(
+            electing.message().contains("no leader is elected yet"),
+            "{electing:?}"
+        );
+        let stopping = store_error(StoreError::Stopped);
+        assert_eq!(stopping.code(), Code::Unavailable);
+        assert!(stopping.message().contains("shutting down"), "{stopping:?}");
+        let failed = store_error(StoreError::Replication("disk full".into()));
+        assert_eq!(failed.code(), Code::Internal);
+        assert!(
+            !failed.message().contains("disk full"),
+            "details stay in the log"
+        );
+    }
+}
