@@ -180,6 +180,7 @@ async fn start_replica(
     Ok((raft, store, database))
 }
 
+/// Initializes the one-node membership on first start and waits until this replica leads it.
 async fn lead_one_node_cluster(raft: &Raft<TypeConfig>) -> Result<(), HubError> {
     let fatal = |e: openraft::error::Fatal<ReplicaId>| HubError::Raft(e.to_string());
     if !raft.is_initialized().await.map_err(fatal)? {
