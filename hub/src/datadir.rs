@@ -4,7 +4,10 @@
 //! D/pki/ca.pem, ca-key.pem        cluster CA (key 0600)
 //! D/pki/signing.key, signing.pub  Ed25519 ClusterState signing key (hex seed, 0600)
 //! D/admin/ca.pem, admin.pem, admin-key.pem   the operator's client bundle
-//! D/hub.redb                      the store
+//! D/hub.redb                      the store: the Raft state machine's applied state (and its applied
+//!                                 log id and membership, table raft_state_machine)
+//! D/hub.redb.snapshot             the newest Raft snapshot of the store
+//! D/raft-log.redb                 the Raft log, vote and last purged log id
 //! D/mirrors/<source>/             bare Git mirrors
 //! D/hub.addr                      the address `run` listens on
 //! ```
@@ -125,6 +128,11 @@ impl DataDir {
     /// The redb store file.
     pub fn store_path(&self) -> PathBuf {
         self.root.join("hub.redb")
+    }
+
+    /// The Raft log (entries, vote, last purged log id) of this replica.
+    pub fn raft_log_path(&self) -> PathBuf {
+        self.root.join("raft-log.redb")
     }
 
     /// Where Git mirrors live.

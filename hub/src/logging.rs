@@ -2,9 +2,11 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the tracing subscriber: `text` or `json`, level from `RUST_LOG` (default info).
+/// Installs the tracing subscriber: `text` or `json`, level from `RUST_LOG` (default info, and warn
+/// for openraft, whose info lines narrate every election and dump its whole state).
 pub fn init(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,26 +1,40 @@
-//! Starting and stopping a hub: keys, store, controller and the gRPC listener.
+//! Starting and stopping a hub: keys, the store as replica 1 of a one-node Raft cluster, controller
+//! and the gRPC listener.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::{BasicNode, Raft};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{ApiLimits, ApiState, PlanEnv, services};
 use crate::config::HubConfig;
 use crate::controller::Controller;
+use crate::datadir::HubKeys;
 use crate::datadir::{DataDir, DataDirError};
 use crate::listener::{TlsSetupError, accept_tls, server_tls_config};
-use crate::pki::PkiError;
-use crate::store::{HubStore, StoreError};
+use crate::pki::{CertificateAuthority, PkiError};
+use crate::raft::network::{ReplicaNetwork, ReplicaTls, with_peer_channel_limits};
+use crate::raft::{LogStore, LogStoreError, ReplicaId, TypeConfig};
+use crate::store::{HubStore, OpenError, StoreError, open_state_machine};
 
 /// Server certificates are re-issued at every start; this bounds their life.
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// This hub's replica id: until replicas are configured, the hub is replica 1 of a one-node cluster.
+const LOCAL_REPLICA: ReplicaId = 1;
+
+/// How long a starting hub waits to lead its one-node cluster (an election timeout, at most).
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a stopping hub waits for Raft's last tasks to close the store.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// The hub could not start or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +45,15 @@ pub enum HubError {
     /// Store problem.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store could not open as the Raft state machine.
+    #[error(transparent)]
+    StateMachine(#[from] OpenError),
+    /// The Raft log could not open.
+    #[error(transparent)]
+    RaftLog(#[from] LogStoreError),
+    /// Raft did not start.
+    #[error("raft: {0}")]
+    Raft(String),
     /// Certificate problem.
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -58,20 +81,160 @@ pub async fn run(
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), HubError> {
     let keys = data_dir.load_keys()?;
-    let store = HubStore::open(&data_dir.store_path())?.with_retention(config.rpc.state_retention);
-    let epoch = match store.meta("hub_epoch")? {
-        Some(e) => e,
-        None => {
-            store.set_meta("hub_epoch", 1)?;
-            1
-        }
-    };
     let (dns, ips): (Vec<String>, Vec<String>) = config
         .server_names
         .iter()
         .cloned()
         .partition(|n| n.parse::<IpAddr>().is_err());
     let ips: Vec<IpAddr> = ips.iter().filter_map(|s| s.parse().ok()).collect();
+    let (raft, store, database) = start_replica(&data_dir, &keys.ca, &dns, &ips).await?;
+    let result = serve(
+        data_dir,
+        config,
+        keys,
+        store,
+        (dns, ips),
+        shutdown,
+        on_listening,
+    )
+    .await;
+    // Last, after every task that writes through it ended: the Raft never outlives the hub.
+    stop_replica(&raft, database).await;
+    info!("hub stopped");
+    result
+}
+
+/// Stops the Raft, waits until its state machine let go of the store and closes the store here, so
+/// a hub started next on the same data directory (a restart in the same process) can open it.
+async fn stop_replica(raft: &Raft<TypeConfig>, database: Arc<redb::Database>) {
+    if let Err(e) = raft.shutdown().await {
+        warn!(error = %e, "raft did not stop cleanly");
+    }
+    // openraft's shutdown joins its core task, not the state machine worker (nor a snapshot being
+    // built), which still hold the store for a moment; nothing signals their end but the drop. The
+    // last holder closes the file (flush, unlock), so this handle waits to be the last and closes it
+    // itself rather than return while another thread is still closing it.
+    let deadline = tokio::time::Instant::now() + STORE_RELEASE_WAIT;
+    let mut database = database;
+    let database = loop {
+        match Arc::try_unwrap(database) {
+            Ok(database) => break database,
+            Err(shared) if tokio::time::Instant::now() >= deadline => {
+                warn!(
+                    holders = Arc::strong_count(&shared) - 1,
+                    "the store is still open {STORE_RELEASE_WAIT:?} after Raft stopped; a hub started on this data directory in this process cannot open it until it closes"
+                );
+                return;
+            }
+            Err(shared) => database = shared,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    match tokio::task::spawn_blocking(move || database.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "closing the store"),
+        Err(e) => warn!(error = %e, "closing the store"),
+    }
+}
+
+/// Opens the store as the Raft state machine and the Raft log, starts this hub's Raft, initializes
+/// the one-node cluster on first start and waits until this replica leads it; returns the Raft, the
+/// store writing through it and the store's database, for closing it when the Raft stopped.
+async fn start_replica(
+    data_dir: &DataDir,
+    ca: &CertificateAuthority,
+    dns: &[String],
+    ips: &[IpAddr],
+) -> Result<(Raft<TypeConfig>, HubStore, Arc<redb::Database>), HubError> {
+    let (machine, store) = open_state_machine(&data_dir.store_path())?;
+    let database = machine.database().clone();
+    let log = LogStore::open(&data_dir.raft_log_path())?;
+    // A one-node cluster dials nobody, but the network is the same one more replicas will use.
+    let cert = ca.issue_replica_cert(LOCAL_REPLICA, dns, ips, SERVER_CERT_VALIDITY)?;
+    let tls = ReplicaTls {
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+        ca_pem: ca.cert_pem(),
+    };
+    let config = with_peer_channel_limits(openraft::Config {
+        cluster_name: "flotilla".into(),
+        ..Default::default()
+    })
+    .validate()
+    .map_err(|e| HubError::Raft(format!("configuration: {e}")))?;
+    let raft = Raft::new(
+        LOCAL_REPLICA,
+        Arc::new(config),
+        ReplicaNetwork::new(LOCAL_REPLICA, &tls),
+        log,
+        machine,
+    )
+    .await
+    .map_err(|e| HubError::Raft(format!("starting replica {LOCAL_REPLICA}: {e}")))?;
+    if let Err(e) = lead_one_node_cluster(&raft).await {
+        drop(store);
+        stop_replica(&raft, database).await;
+        return Err(e);
+    }
+    let store = store.with_proposer(raft.clone(), tokio::runtime::Handle::current());
+    Ok((raft, store, database))
+}
+
+/// Initializes the one-node membership on first start and waits until this replica leads it.
+async fn lead_one_node_cluster(raft: &Raft<TypeConfig>) -> Result<(), HubError> {
+    let fatal = |e: openraft::error::Fatal<ReplicaId>| HubError::Raft(e.to_string());
+    if !raft.is_initialized().await.map_err(fatal)? {
+        // No peer address yet: a one-node cluster has no peer listener; add-replica will set it.
+        let members = BTreeMap::from([(LOCAL_REPLICA, BasicNode::default())]);
+        raft.initialize(members)
+            .await
+            .map_err(|e| HubError::Raft(format!("initializing the one-node cluster: {e}")))?;
+        info!(
+            replica = LOCAL_REPLICA,
+            "initialized a one-node Raft cluster"
+        );
+    }
+    let metrics = raft
+        .wait(Some(LEADER_WAIT))
+        .current_leader(LOCAL_REPLICA, "this replica leads its one-node cluster")
+        .await
+        .map_err(|e| {
+            HubError::Raft(format!(
+                "replica {LOCAL_REPLICA} did not become the leader of its one-node cluster: {e}"
+            ))
+        })?;
+    info!(
+        replica = LOCAL_REPLICA,
+        term = metrics.current_term,
+        last_log_index = metrics.last_log_index.unwrap_or_default(),
+        last_applied_index = metrics.last_applied.map(|l| l.index).unwrap_or_default(),
+        "raft replica leads its one-node cluster"
+    );
+    Ok(())
+}
+
+/// Serves the hub on `store` until `shutdown` is cancelled and every task it started has ended.
+async fn serve(
+    data_dir: DataDir,
+    config: HubConfig,
+    keys: HubKeys,
+    store: HubStore,
+    (dns, ips): (Vec<String>, Vec<IpAddr>),
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), HubError> {
+    let store = store.with_retention(config.rpc.state_retention);
+    let epoch = match store.meta("hub_epoch")? {
+        Some(e) => e,
+        None => {
+            // A write proposes through Raft and waits for it: off the async workers.
+            let writer = store.clone();
+            tokio::task::spawn_blocking(move || writer.set_meta("hub_epoch", 1))
+                .await
+                .map_err(|e| HubError::Raft(format!("writing the hub epoch: {e}")))??;
+            1
+        }
+    };
     let server_cert = keys
         .ca
         .issue_server_cert(&dns, &ips, SERVER_CERT_VALIDITY)?;
@@ -157,6 +320,5 @@ pub async fn run(
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;
-    info!("hub stopped");
     result.map_err(HubError::from)
 }

@@ -1,10 +1,13 @@
 //! The hub's durable state in redb: tokens, clusters, ClusterState versions,
 //! object blobs, status reports and source progress.
 //!
-//! This is the single-replica store; the replicated-hub issue puts the same
-//! operations behind Raft. Every method is one redb transaction; writes use
-//! redb's default `Durability::Immediate`, so a returned write is on disk.
-//! Calls block: async callers wrap writes in `spawn_blocking`.
+//! Every write is a [`Command`]. A store opened with [`HubStore::open`] applies it itself, in one
+//! redb transaction with redb's default `Durability::Immediate`; the hub's store is a Raft replica's
+//! applied state ([`open_state_machine`], [`HubStore::with_proposer`]) and proposes it to the leader
+//! instead, answering once it is committed and applied. Either way a returned write is on disk.
+//! Reads are one read transaction on the applied state. Calls block: async callers wrap writes in
+//! `spawn_blocking` (a proposing store waits for Raft with `Handle::block_on`, which panics on an
+//! async worker thread).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -69,6 +72,23 @@ pub enum StoreError {
         /// What went wrong.
         detail: String,
     },
+    /// This replica is not the Raft leader, so it cannot write; the write goes to the leader.
+    #[error("hub store: this hub replica is not the leader; {}", replicated::describe_leader(*.leader, .address.as_deref()))]
+    NotLeader {
+        /// The leader's replica id, when one is known.
+        leader: Option<crate::raft::ReplicaId>,
+        /// The address the leader is reached at, when known.
+        address: Option<String>,
+    },
+    /// Raft stopped (the hub is shutting down) before the write was answered; it may or may not
+    /// have been committed.
+    #[error(
+        "hub store: the hub is shutting down; the write was not answered and may not have been applied"
+    )]
+    Stopped,
+    /// Raft failed (its log or state machine); the replica stops.
+    #[error("hub store: replication failed: {0}")]
+    Replication(String),
 }
 
 macro_rules! db_err {
@@ -219,6 +239,8 @@ pub struct HubStore {
     db: Arc<Database>,
     /// Versions kept per cluster; older ones are pruned when a new one is committed.
     retention: u64,
+    /// Where writes go when this is a Raft replica's applied state; `None` applies them here.
+    proposer: Option<replicated::Proposer>,
 }
 
 /// A digest and its bytes, or `None` when the caller may not read it.
@@ -376,6 +398,9 @@ impl HubStore {
     /// Applies one command in its own write transaction, the one way anything is written; a refusal
     /// writes nothing.
     pub fn execute(&self, command: &Command) -> Result<Outcome, StoreError> {
+        if let Some(proposer) = &self.proposer {
+            return proposer.propose(command);
+        }
         let txn = self.db.begin_write()?;
         let outcome = command::apply(&txn, command)?;
         if outcome.wrote() {
@@ -424,7 +449,20 @@ impl HubStore {
         Ok(HubStore {
             db,
             retention: u64::MAX,
+            proposer: None,
         })
+    }
+
+    /// The same store writing through `raft`: each command is proposed to the leader and answered
+    /// once applied here, waiting on `runtime` (so writes must be called off its async workers).
+    /// The store must be `raft`'s state machine's database.
+    pub fn with_proposer(
+        mut self,
+        raft: openraft::Raft<crate::raft::TypeConfig>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        self.proposer = Some(replicated::Proposer { raft, runtime });
+        self
     }
 
     /// The same store, keeping only the newest `versions` ClusterStates per cluster from the

@@ -587,3 +587,60 @@ async fn store_commands_replicate_survive_a_leader_loss_and_reach_a_new_replica_
     );
     fleet.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_writes_through_the_leader_and_a_follower_or_a_stopped_replica_says_why_not() {
+    use flotilla_hub::store::{HubStore, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = store_fleet(fast_config(), dir.path());
+    fleet.start_all(3).await;
+    let leader = fleet.leader(None).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let proposing = |id: ReplicaId| {
+        store_of(&fleet, id).with_proposer(
+            fleet.replicas[&id].raft.clone(),
+            tokio::runtime::Handle::current(),
+        )
+    };
+    let (on_leader, on_follower) = (proposing(leader), proposing(follower));
+    // Writes block on Raft, so they run off the async workers, as the hub's do.
+    let blocking = |store: HubStore, value: u64| {
+        tokio::task::spawn_blocking(move || store.set_meta("hub_epoch", value))
+    };
+
+    blocking(on_leader.clone(), 7).await.unwrap().unwrap();
+    let written = fleet.replicas[&leader].raft.metrics().borrow().last_applied;
+    fleet.replicas[&follower]
+        .raft
+        .wait(Some(WAIT))
+        .applied_index_at_least(written.map(|l| l.index), "the follower applied the write")
+        .await
+        .unwrap();
+    assert_eq!(
+        on_follower.meta("hub_epoch").unwrap(),
+        Some(7),
+        "reads are the applied state"
+    );
+
+    let refused = blocking(on_follower, 8).await.unwrap().unwrap_err();
+    let leader_addr = fleet.replicas[&leader].addr.to_string();
+    match &refused {
+        StoreError::NotLeader {
+            leader: Some(named),
+            address: Some(addr),
+        } => assert_eq!((*named, addr.as_str()), (leader, leader_addr.as_str())),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        refused
+            .to_string()
+            .contains(&format!("the leader is replica {leader} at {leader_addr}")),
+        "{refused}"
+    );
+
+    fleet.stop(leader).await;
+    let stopped = blocking(on_leader, 9).await.unwrap().unwrap_err();
+    assert!(matches!(stopped, StoreError::Stopped), "{stopped:?}");
+    assert!(stopped.to_string().contains("shutting down"), "{stopped}");
+    fleet.shut_down().await;
+}

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::registration::token_hash;
-use super::{ApiState, caller, internal, wire};
+use super::{ApiState, caller, internal, store_error, wire};
 use crate::controller::{RolloutAction, RolloutActionError, unix_now};
 use crate::events::Event;
 use crate::pki::PeerIdentity;
@@ -146,7 +146,7 @@ fn last_error(report: &flotilla_common::status::StatusReport) -> String {
 fn update_error(e: ClusterUpdateError) -> Status {
     match e {
         ClusterUpdateError::NotFound(_) => Status::not_found(e.to_string()),
-        ClusterUpdateError::Store(e) => internal(e),
+        ClusterUpdateError::Store(e) => store_error(e),
     }
 }
 
@@ -206,7 +206,7 @@ impl Admin for AdminService {
         })
         .await
         .map_err(internal)?
-        .map_err(internal)?;
+        .map_err(store_error)?;
         info!(admin = %admin, expires_at, name = name.as_deref().unwrap_or(""), "bootstrap token created");
         Ok(Response::new(pb::CreateTokenResponse { token, expires_at }))
     }

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
 use super::limits::StreamKind;
-use super::{ApiState, caller, internal, wire};
+use super::{ApiState, caller, internal, store_error, wire};
 use crate::controller::unix_now;
 use crate::pki::PeerIdentity;
 
@@ -374,7 +374,7 @@ impl Agent for AgentService {
                         }
                         Ok(pb::Ack { seq })
                     }
-                    Ok(Err(e)) => Err(internal(e)),
+                    Ok(Err(e)) => Err(store_error(e)),
                     Err(e) => Err(internal(e)),
                 };
                 let stop = ack.is_err();
@@ -414,7 +414,7 @@ impl Agent for AgentService {
                 crate::store::ClusterUpdateError::NotFound(_) => {
                     Status::permission_denied(format!("cluster {cluster} is not registered"))
                 }
-                crate::store::ClusterUpdateError::Store(e) => internal(e),
+                crate::store::ClusterUpdateError::Store(e) => store_error(e),
             })?;
         info!(cluster = %cluster, expires_at, "cluster certificate renewed");
         Ok(Response::new(pb::RenewResponse {
@@ -442,7 +442,7 @@ impl Agent for AgentService {
                 crate::store::ClusterUpdateError::NotFound(_) => {
                     Status::permission_denied(format!("cluster {cluster} is not registered"))
                 }
-                crate::store::ClusterUpdateError::Store(e) => internal(e),
+                crate::store::ClusterUpdateError::Store(e) => store_error(e),
             })?;
         if changed {
             info!(

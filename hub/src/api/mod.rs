@@ -96,3 +96,54 @@ fn internal(e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "internal error serving a request");
     Status::internal("internal error; see the hub log")
 }
+
+/// A failed store write as the caller sees it: a replica that is not the leader, or a hub shutting
+/// down, is Unavailable with the reason (the caller retries, elsewhere or later; nothing to log);
+/// anything else is internal.
+fn store_error(e: crate::store::StoreError) -> Status {
+    use crate::store::StoreError;
+    match e {
+        StoreError::NotLeader { .. } | StoreError::Stopped => Status::unavailable(e.to_string()),
+        other => internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::store_error;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_write_a_replica_cannot_make_is_unavailable_with_the_reason() {
+        let not_leader = store_error(StoreError::NotLeader {
+            leader: Some(2),
+            address: Some("10.0.0.2:7444".into()),
+        });
+        assert_eq!(not_leader.code(), Code::Unavailable);
+        assert!(
+            not_leader
+                .message()
+                .contains("not the leader; the leader is replica 2 at 10.0.0.2:7444"),
+            "{not_leader:?}"
+        );
+        let electing = store_error(StoreError::NotLeader {
+            leader: None,
+            address: None,
+        });
+        assert!(
+            electing.message().contains("no leader is elected yet"),
+            "{electing:?}"
+        );
+        let stopping = store_error(StoreError::Stopped);
+        assert_eq!(stopping.code(), Code::Unavailable);
+        assert!(stopping.message().contains("shutting down"), "{stopping:?}");
+        let failed = store_error(StoreError::Replication("disk full".into()));
+        assert_eq!(failed.code(), Code::Internal);
+        assert!(
+            !failed.message().contains("disk full"),
+            "details stay in the log"
+        );
+    }
+}

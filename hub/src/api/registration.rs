@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::{ApiState, internal, wire};
+use super::{ApiState, internal, store_error, wire};
 use crate::controller::unix_now;
 use crate::store::{RegisterError, Registration as NewCluster};
 
@@ -119,7 +119,7 @@ impl Registration for RegistrationService {
             Err(e @ RegisterError::NamePinned { .. }) => {
                 return Err(Status::permission_denied(e.to_string()));
             }
-            Err(RegisterError::Store(e)) => return Err(internal(e)),
+            Err(RegisterError::Store(e)) => return Err(store_error(e)),
         };
         info!(
             cluster = %cluster.id,

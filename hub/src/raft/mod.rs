@@ -4,8 +4,8 @@
 //! This module holds the Raft type configuration shared by the log store, the state machine and the
 //! peer network (`network`: the replicas' mTLS peer channel); [`log_store`] (the log and vote on their
 //! own redb file) and [`state_machine`] (the applied state and snapshots in the application's redb
-//! database) are the storage openraft needs. Nothing runs Raft yet: the hub still writes its store
-//! directly.
+//! database) are the storage openraft needs. The hub runs on it as replica 1 of a one-node cluster
+//! (`server.rs`); more replicas need the peer listener and replica configuration.
 
 pub mod network;
 
@@ -16,8 +16,15 @@ pub type ReplicaId = u64;
 
 /// A store command as the log carries it: its canonical serialized form, decided by the leader (times,
 /// random ids and signatures included) so every replica applies identical bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal(pub Vec<u8>);
+
+/// Only the size: a command may carry Secret objects' data, which never goes to a log (invariant 8).
+impl std::fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Proposal({} bytes)", self.0.len())
+    }
+}
 
 /// What applying a command answered (its serialized outcome), returned to the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

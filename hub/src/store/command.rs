@@ -157,8 +157,9 @@ pub enum Refusal {
     },
 }
 
-/// What applying a command gave back (adjacently tagged: some variants hold a number, a list or an
-/// option, which an internally tagged enum cannot).
+/// What applying a command gave back. Adjacently tagged: an internal tag cannot carry a count, an
+/// `Option` or a list (`Swept`, `Report`, `Events`), and the outcome travels back from the state
+/// machine as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "outcome", content = "value")]
 pub enum Outcome {
