@@ -51,6 +51,8 @@ struct Fleet<LS, SM> {
     shutdown: CancellationToken,
     replicas: BTreeMap<ReplicaId, Replica<SM>>,
     storage: Storage<LS, SM>,
+    /// Log index of the newest write the fleet made.
+    written: u64,
 }
 
 /// Replicas on the in-memory store.
@@ -85,6 +87,7 @@ where
             shutdown: CancellationToken::new(),
             replicas: BTreeMap::new(),
             storage,
+            written: 0,
         }
     }
 
@@ -176,12 +179,13 @@ where
     }
 
     /// Writes through `leader` and waits until every running replica applied it; returns the answer.
-    async fn propose(&self, leader: ReplicaId, bytes: &[u8]) -> Vec<u8> {
+    async fn propose(&mut self, leader: ReplicaId, bytes: &[u8]) -> Vec<u8> {
         let written = self.replicas[&leader]
             .raft
             .client_write(Proposal(bytes.to_vec()))
             .await
             .unwrap();
+        self.written = self.written.max(written.log_id.index);
         for r in self.replicas.values() {
             r.raft
                 .wait(Some(WAIT))
@@ -193,12 +197,13 @@ where
     }
 
     /// Writes through `leader` and waits until every running replica applied it.
-    async fn write(&self, leader: ReplicaId, bytes: &[u8]) {
+    async fn write(&mut self, leader: ReplicaId, bytes: &[u8]) {
         let written = self.replicas[&leader]
             .raft
             .client_write(Proposal(bytes.to_vec()))
             .await
             .unwrap();
+        self.written = self.written.max(written.log_id.index);
         assert_eq!(
             written.data.0, bytes,
             "the leader answers with what it applied"
@@ -232,16 +237,12 @@ where
             .add_learner(id, learner, true)
             .await
             .unwrap();
-        let newest = self.replicas[&leader]
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .unwrap();
+        // The newest write's index from its answer: the leader's metrics may lag behind it.
+        let newest = self.written;
         self.replicas[&id]
             .raft
             .wait(Some(WAIT))
-            .applied_index_at_least(Some(newest.index), "the learner caught up")
+            .applied_index_at_least(Some(newest), "the learner caught up")
             .await
             .unwrap();
     }
@@ -476,7 +477,7 @@ fn store_of(fleet: &StoreFleet, id: ReplicaId) -> flotilla_hub::store::HubStore 
 }
 
 async fn command(
-    fleet: &StoreFleet,
+    fleet: &mut StoreFleet,
     leader: ReplicaId,
     command: &flotilla_hub::store::Command,
 ) -> flotilla_hub::store::Outcome {
@@ -519,7 +520,7 @@ async fn store_commands_replicate_survive_a_leader_loss_and_reach_a_new_replica_
     };
     assert_eq!(
         command(
-            &fleet,
+            &mut fleet,
             leader,
             &Command::PutToken {
                 hash: [7; 32],
@@ -530,12 +531,12 @@ async fn store_commands_replicate_survive_a_leader_loss_and_reach_a_new_replica_
         Outcome::Done
     );
     assert!(matches!(
-        command(&fleet, leader, &register("c-1", "edge-1")).await,
+        command(&mut fleet, leader, &register("c-1", "edge-1")).await,
         Outcome::Cluster(_)
     ));
     // The token is single-use on every replica: the second registration is refused by all alike.
     assert_eq!(
-        command(&fleet, leader, &register("c-2", "edge-2")).await,
+        command(&mut fleet, leader, &register("c-2", "edge-2")).await,
         Outcome::Refused(Refusal::BadToken)
     );
     let clusters = store_of(&fleet, leader).clusters().unwrap();
@@ -552,7 +553,7 @@ async fn store_commands_replicate_survive_a_leader_loss_and_reach_a_new_replica_
     fleet.stop(leader).await;
     let next = fleet.leader(Some(leader)).await;
     let relabelled = command(
-        &fleet,
+        &mut fleet,
         next,
         &Command::LabelCluster {
             cluster: "edge-1".into(),
@@ -567,7 +568,7 @@ async fn store_commands_replicate_survive_a_leader_loss_and_reach_a_new_replica_
     assert_eq!(record.labels.len(), 2);
     for _ in 0..4 {
         command(
-            &fleet,
+            &mut fleet,
             next,
             &Command::SetMeta {
                 key: "hub_epoch".into(),
@@ -609,18 +610,17 @@ async fn a_store_writes_through_the_leader_and_a_follower_or_a_stopped_replica_s
     };
 
     blocking(on_leader.clone(), 7).await.unwrap().unwrap();
-    let written = fleet.replicas[&leader].raft.metrics().borrow().last_applied;
-    fleet.replicas[&follower]
-        .raft
-        .wait(Some(WAIT))
-        .applied_index_at_least(written.map(|l| l.index), "the follower applied the write")
-        .await
-        .unwrap();
-    assert_eq!(
-        on_follower.meta("hub_epoch").unwrap(),
-        Some(7),
-        "reads are the applied state"
-    );
+    // The leader answered once it applied the write; the follower shows it once it applied it too
+    // (the leader's metrics may not show the new index yet when the answer arrives, so wait on the
+    // follower's own state).
+    let end = tokio::time::Instant::now() + WAIT;
+    while on_follower.meta("hub_epoch").unwrap() != Some(7) {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the follower never applied the write: reads are its applied state"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let refused = blocking(on_follower, 8).await.unwrap().unwrap_err();
     let leader_addr = fleet.replicas[&leader].addr.to_string();
