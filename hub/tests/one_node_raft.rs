@@ -301,3 +301,59 @@ async fn a_restarted_hub_keeps_its_raft_log_and_applied_index_and_serves_the_sam
     let (_, store) = open_state_machine(&data.store_path()).unwrap();
     assert_eq!(store.clusters().unwrap().len(), 1);
 }
+
+/// A hub whose store or Raft log is damaged refuses to start, naming the file, and never serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_truncated_store_or_log_is_refused_at_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path().join("hub"));
+    data.init().unwrap();
+    // One run writes both files.
+    let hub = Hub::start(&data).await;
+    hub.shutdown.cancel();
+    hub.server.await.unwrap().unwrap();
+    let files = [data.store_path(), data.raft_log_path()];
+    for path in &files {
+        let original = std::fs::read(path).unwrap();
+        let mut damaged = original.clone();
+        for b in damaged.iter_mut().skip(original.len() / 3).take(4096) {
+            *b ^= 0xa5;
+        }
+        let cases = [
+            ("damaged", damaged),
+            ("truncated", original[..original.len() / 2].to_vec()),
+        ];
+        for (what, bytes) in cases {
+            std::fs::write(path, &bytes).unwrap();
+            let (listening_tx, mut listening_rx) = tokio::sync::oneshot::channel();
+            let run = flotilla_hub::server::run(
+                data.clone(),
+                HubConfig::parse("listen: 127.0.0.1:0\n").unwrap(),
+                CancellationToken::new(),
+                move |a| {
+                    let _ = listening_tx.send(a);
+                },
+            );
+            let err = tokio::time::timeout(Duration::from_secs(60), run)
+                .await
+                .unwrap_or_else(|_| panic!("a hub on a {what} {} kept running", path.display()))
+                .expect_err("a damaged file must not start");
+            assert!(
+                listening_rx.try_recv().is_err(),
+                "a hub on a {what} file listened"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains(&path.display().to_string()),
+                "{what} {}: {message}",
+                path.display()
+            );
+            assert!(!message.contains("{ "), "not a Debug dump: {message}");
+        }
+        std::fs::write(path, &original).unwrap();
+    }
+    // With both files back, the hub starts again.
+    let hub = Hub::start(&data).await;
+    hub.shutdown.cancel();
+    hub.server.await.unwrap().unwrap();
+}
