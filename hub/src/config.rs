@@ -73,6 +73,15 @@ struct RawConfig {
     event_retention: u64,
     #[serde(default)]
     rollouts: RawRollouts,
+    #[serde(default)]
+    replication: Option<RawReplication>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawReplication {
+    listen: String,
+    advertise: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -401,6 +410,64 @@ pub struct HubConfig {
     pub rollouts: RolloutSettings,
     /// Service limits.
     pub rpc: RpcLimits,
+    /// The replicas' peer channel (`replication:`); absent, the hub is a one-node cluster that
+    /// serves no peer listener.
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// Where this replica serves the peer channel and the address the other replicas dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// The peer listener's bind address; port 0 picks a free port (only useful with a matching
+    /// `advertise` in tests).
+    pub listen: SocketAddr,
+    /// `HOST:PORT` other replicas dial; its host goes into this replica's certificate and the
+    /// address into the Raft membership.
+    pub advertise: String,
+}
+
+impl ReplicationConfig {
+    /// The advertised host (DNS name or IP, without brackets).
+    pub fn advertise_host(&self) -> &str {
+        let (host, _) = self
+            .advertise
+            .rsplit_once(':')
+            .expect("validated as HOST:PORT");
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// Checks `replication:` and builds it.
+fn replication(raw: RawReplication) -> Result<ReplicationConfig, ConfigError> {
+    let invalid = |field: &str, message: String| ConfigError::Invalid {
+        field: format!("replication.{field}"),
+        message,
+    };
+    let listen = raw
+        .listen
+        .parse()
+        .map_err(|e| invalid("listen", format!("{:?}: {e}", raw.listen)))?;
+    let not_host_port = || {
+        invalid(
+            "advertise",
+            format!("{:?} is not HOST:PORT with a port 1..=65535", raw.advertise),
+        )
+    };
+    let (host, port) = raw.advertise.rsplit_once(':').ok_or_else(not_host_port)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = !host.is_empty()
+        && (host.parse::<std::net::IpAddr>().is_ok()
+            || host.split('.').all(|l| {
+                !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }));
+    if !port_ok || !host_ok {
+        return Err(not_host_port());
+    }
+    Ok(ReplicationConfig {
+        listen,
+        advertise: raw.advertise,
+    })
 }
 
 /// A whole number in `min..=max`, or an error naming the field and the range.
@@ -671,6 +738,7 @@ impl HubConfig {
             });
         }
         Ok(HubConfig {
+            replication: raw.replication.map(replication).transpose()?,
             event_retention: raw.event_retention,
             rollouts: RolloutSettings {
                 offline_after: duration("rollouts.offlineAfter", &raw.rollouts.offline_after)?,
@@ -706,6 +774,54 @@ impl HubConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replication_is_optional_and_checked() {
+        assert_eq!(HubConfig::parse("{}").unwrap().replication, None);
+        let c = HubConfig::parse(
+            "replication: {listen: 0.0.0.0:7444, advertise: hub-1.example.internal:7444}\n",
+        )
+        .unwrap();
+        let r = c.replication.unwrap();
+        assert_eq!(r.listen, "0.0.0.0:7444".parse().unwrap());
+        assert_eq!(r.advertise_host(), "hub-1.example.internal");
+        let v6 =
+            HubConfig::parse("replication: {listen: '[::]:7444', advertise: '[fd00::5]:7444'}")
+                .unwrap();
+        assert_eq!(v6.replication.unwrap().advertise_host(), "fd00::5");
+        let cases = [
+            (
+                "replication: {listen: nowhere, advertise: a:1}",
+                "replication.listen",
+            ),
+            (
+                "replication: {listen: 0.0.0.0:1, advertise: a}",
+                "replication.advertise",
+            ),
+            (
+                "replication: {listen: 0.0.0.0:1, advertise: 'a:0'}",
+                "replication.advertise",
+            ),
+            (
+                "replication: {listen: 0.0.0.0:1, advertise: ':7444'}",
+                "replication.advertise",
+            ),
+            (
+                "replication: {listen: 0.0.0.0:1, advertise: 'a b:7444'}",
+                "replication.advertise",
+            ),
+        ];
+        for (text, want) in cases {
+            match HubConfig::parse(text) {
+                Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, want, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            HubConfig::parse("replication: {listen: 0.0.0.0:1}"),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
 
     #[test]
     fn full_config() {

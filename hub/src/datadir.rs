@@ -10,6 +10,8 @@
 //! D/raft-log.redb                 the Raft log, vote and last purged log id
 //! D/mirrors/<source>/             bare Git mirrors
 //! D/hub.addr                      the address `run` listens on
+//! D/replica-id                    this replica's Raft node id: 1 from `init`, the next free id from
+//!                                 `join` (absent in a directory from before: replica 1)
 //! ```
 //!
 //! Directories the hub creates are mode 0700 and secret files and the store 0600, so no other local
@@ -45,6 +47,9 @@ pub enum DataDirError {
     /// Certificate problem.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// The replica id file does not hold a whole number ≥ 1.
+    #[error("{0}: not a replica id (a whole number from 1)")]
+    ReplicaId(PathBuf),
     /// Signing key file malformed (the content is never echoed).
     #[error("{0}: not a 32-byte hex Ed25519 seed")]
     SigningKey(PathBuf),
@@ -150,6 +155,24 @@ impl DataDir {
         self.root.join("hub.addr")
     }
 
+    /// The file holding this replica's Raft node id.
+    pub fn replica_id_path(&self) -> PathBuf {
+        self.root.join("replica-id")
+    }
+
+    /// This replica's Raft node id: what `init` or `join` wrote, 1 for a directory from before.
+    pub fn replica_id(&self) -> Result<u64, DataDirError> {
+        let path = self.replica_id_path();
+        match fs::read_to_string(&path) {
+            Ok(text) => match text.trim().parse::<u64>() {
+                Ok(id) if id >= 1 => Ok(id),
+                _ => Err(DataDirError::ReplicaId(path)),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
+            Err(source) => Err(DataDirError::Io { path, source }),
+        }
+    }
+
     fn pki(&self, name: &str) -> PathBuf {
         self.root.join("pki").join(name)
     }
@@ -189,6 +212,7 @@ impl DataDir {
             &self.admin_dir().join("admin-key.pem"),
             admin.key_pem.as_bytes(),
         )?;
+        write_public(&self.replica_id_path(), b"1\n")?;
         // ca.pem last: its presence marks a complete init.
         write_public(&self.pki("ca.pem"), ca.cert_pem().as_bytes())?;
         Ok(())
@@ -228,6 +252,16 @@ mod tests {
         ));
         d.init().unwrap();
         let keys = d.load_keys().unwrap();
+        assert_eq!(d.replica_id().unwrap(), 1);
+        fs::remove_file(d.replica_id_path()).unwrap();
+        assert_eq!(
+            d.replica_id().unwrap(),
+            1,
+            "a directory from before is replica 1"
+        );
+        fs::write(d.replica_id_path(), "0\n").unwrap();
+        assert!(matches!(d.replica_id(), Err(DataDirError::ReplicaId(_))));
+        fs::write(d.replica_id_path(), "1\n").unwrap();
         let pub_hex = fs::read_to_string(d.pki("signing.pub")).unwrap();
         assert_eq!(
             pub_hex,

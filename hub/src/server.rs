@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::{BasicNode, Raft};
+use openraft::{BasicNode, ChangeMembers, Raft};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,15 +20,14 @@ use crate::datadir::HubKeys;
 use crate::datadir::{DataDir, DataDirError};
 use crate::listener::{TlsSetupError, accept_tls, server_tls_config};
 use crate::pki::{CertificateAuthority, PkiError};
-use crate::raft::network::{ReplicaNetwork, ReplicaTls, with_peer_channel_limits};
+use crate::raft::network::{
+    ReplicaNetwork, ReplicaTls, serve_replication, with_peer_channel_limits,
+};
 use crate::raft::{LogStore, LogStoreError, ReplicaId, TypeConfig};
 use crate::store::{HubStore, OpenError, StoreError, open_state_machine};
 
 /// Server certificates are re-issued at every start; this bounds their life.
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// This hub's replica id: until replicas are configured, the hub is replica 1 of a one-node cluster.
-const LOCAL_REPLICA: ReplicaId = 1;
 
 /// How long a starting hub waits to lead its one-node cluster (an election timeout, at most).
 const LEADER_WAIT: Duration = Duration::from_secs(30);
@@ -87,7 +86,9 @@ pub async fn run(
         .cloned()
         .partition(|n| n.parse::<IpAddr>().is_err());
     let ips: Vec<IpAddr> = ips.iter().filter_map(|s| s.parse().ok()).collect();
-    let (raft, store, database) = start_replica(&data_dir, &keys.ca, &dns, &ips).await?;
+    let peers = PeerListener::new();
+    let (raft, store, database) =
+        start_replica(&data_dir, &keys.ca, &config, (&dns, &ips), &peers).await?;
     let result = serve(
         data_dir,
         config,
@@ -99,6 +100,7 @@ pub async fn run(
     )
     .await;
     // Last, after every task that writes through it ended: the Raft never outlives the hub.
+    peers.stop().await;
     stop_replica(&raft, database).await;
     info!("hub stopped");
     result
@@ -137,42 +139,99 @@ async fn stop_replica(raft: &Raft<TypeConfig>, database: Arc<redb::Database>) {
     }
 }
 
-/// Opens the store as the Raft state machine and the Raft log, starts this hub's Raft, initializes
-/// the one-node cluster on first start and waits until this replica leads it; returns the Raft, the
+/// The peer listener's task and its stop signal (nothing runs in it without `replication:`).
+struct PeerListener {
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl PeerListener {
+    fn new() -> Self {
+        PeerListener {
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Stops accepting peer RPCs and waits for the listener's tasks to end.
+    async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Opens the store as the Raft state machine and the Raft log, starts this hub's Raft as the data
+/// directory's replica, serves the peer channel when `replication:` is set, initializes the
+/// one-node cluster on first start and waits until this replica leads it; returns the Raft, the
 /// store writing through it and the store's database, for closing it when the Raft stopped.
 async fn start_replica(
     data_dir: &DataDir,
     ca: &CertificateAuthority,
-    dns: &[String],
-    ips: &[IpAddr],
+    config: &HubConfig,
+    (dns, ips): (&[String], &[IpAddr]),
+    peers: &PeerListener,
 ) -> Result<(Raft<TypeConfig>, HubStore, Arc<redb::Database>), HubError> {
+    let id: ReplicaId = data_dir.replica_id()?;
     let (machine, store) = open_state_machine(&data_dir.store_path())?;
     let database = machine.database().clone();
     let log = LogStore::open(&data_dir.raft_log_path())?;
-    // A one-node cluster dials nobody, but the network is the same one more replicas will use.
-    let cert = ca.issue_replica_cert(LOCAL_REPLICA, dns, ips, SERVER_CERT_VALIDITY)?;
+    let (mut dns, mut ips) = (dns.to_vec(), ips.to_vec());
+    if let Some(replication) = &config.replication {
+        // The other replicas check this certificate against the address they dial.
+        let host = replication.advertise_host();
+        match host.parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) if !dns.iter().any(|d| d == host) => dns.push(host.to_string()),
+            Err(_) => {}
+        }
+    }
+    let cert = ca.issue_replica_cert(id, &dns, &ips, SERVER_CERT_VALIDITY)?;
     let tls = ReplicaTls {
         cert_pem: cert.cert_pem,
         key_pem: cert.key_pem,
         ca_pem: ca.cert_pem(),
     };
-    let config = with_peer_channel_limits(openraft::Config {
+    let raft_config = with_peer_channel_limits(openraft::Config {
         cluster_name: "flotilla".into(),
         ..Default::default()
     })
     .validate()
     .map_err(|e| HubError::Raft(format!("configuration: {e}")))?;
     let raft = Raft::new(
-        LOCAL_REPLICA,
-        Arc::new(config),
-        ReplicaNetwork::new(LOCAL_REPLICA, &tls),
+        id,
+        Arc::new(raft_config),
+        ReplicaNetwork::new(id, &tls),
         log,
         machine,
     )
     .await
-    .map_err(|e| HubError::Raft(format!("starting replica {LOCAL_REPLICA}: {e}")))?;
-    if let Err(e) = lead_one_node_cluster(&raft).await {
+    .map_err(|e| HubError::Raft(format!("starting replica {id}: {e}")))?;
+    let led = async {
+        if let Some(replication) = &config.replication {
+            let listener = TcpListener::bind(replication.listen)
+                .await
+                .map_err(|source| HubError::Io {
+                    what: format!("cannot listen for replicas on {}", replication.listen),
+                    source,
+                })?;
+            serve_replication(
+                listener,
+                raft.clone(),
+                &tls,
+                &config.transport,
+                peers.shutdown.clone(),
+                &peers.tasks,
+            )?;
+            info!(replica = id, listen = %replication.listen, advertise = %replication.advertise, "serving the peer channel");
+        }
+        let advertise = config.replication.as_ref().map(|r| r.advertise.as_str());
+        lead_one_node_cluster(&raft, id, advertise).await
+    };
+    if let Err(e) = led.await {
         drop(store);
+        peers.stop().await;
         stop_replica(&raft, database).await;
         return Err(e);
     }
@@ -180,36 +239,58 @@ async fn start_replica(
     Ok((raft, store, database))
 }
 
-/// Initializes the one-node membership on first start and waits until this replica leads it.
-async fn lead_one_node_cluster(raft: &Raft<TypeConfig>) -> Result<(), HubError> {
+/// Initializes the one-node membership on first start, waits until this replica leads it, and
+/// makes the membership's address of this replica the advertised one (through Raft) when it
+/// changed.
+async fn lead_one_node_cluster(
+    raft: &Raft<TypeConfig>,
+    id: ReplicaId,
+    advertise: Option<&str>,
+) -> Result<(), HubError> {
     let fatal = |e: openraft::error::Fatal<ReplicaId>| HubError::Raft(e.to_string());
     if !raft.is_initialized().await.map_err(fatal)? {
-        // No peer address yet: a one-node cluster has no peer listener; add-replica will set it.
-        let members = BTreeMap::from([(LOCAL_REPLICA, BasicNode::default())]);
+        // Without `replication:` nobody dials this replica: its address stays empty until set.
+        let node = advertise.map(BasicNode::new).unwrap_or_default();
+        let members = BTreeMap::from([(id, node)]);
         raft.initialize(members)
             .await
             .map_err(|e| HubError::Raft(format!("initializing the one-node cluster: {e}")))?;
-        info!(
-            replica = LOCAL_REPLICA,
-            "initialized a one-node Raft cluster"
-        );
+        info!(replica = id, "initialized a one-node Raft cluster");
     }
     let metrics = raft
         .wait(Some(LEADER_WAIT))
-        .current_leader(LOCAL_REPLICA, "this replica leads its one-node cluster")
+        .current_leader(id, "this replica leads its one-node cluster")
         .await
         .map_err(|e| {
             HubError::Raft(format!(
-                "replica {LOCAL_REPLICA} did not become the leader of its one-node cluster: {e}"
+                "replica {id} did not become the leader of its one-node cluster: {e}"
             ))
         })?;
     info!(
-        replica = LOCAL_REPLICA,
+        replica = id,
         term = metrics.current_term,
         last_log_index = metrics.last_log_index.unwrap_or_default(),
         last_applied_index = metrics.last_applied.map(|l| l.index).unwrap_or_default(),
         "raft replica leads its one-node cluster"
     );
+    let recorded = metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.addr.clone());
+    if let Some(advertise) = advertise
+        && recorded.as_deref() != Some(advertise)
+    {
+        let nodes = BTreeMap::from([(id, BasicNode::new(advertise))]);
+        raft.change_membership(ChangeMembers::SetNodes(nodes), true)
+            .await
+            .map_err(|e| {
+                HubError::Raft(format!(
+                    "recording replica {id}'s advertised address {advertise}: {e}"
+                ))
+            })?;
+        info!(replica = id, from = ?recorded, to = advertise, "recorded this replica's new peer address");
+    }
     Ok(())
 }
 

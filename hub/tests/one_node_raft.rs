@@ -31,7 +31,10 @@ struct Hub {
 
 impl Hub {
     async fn start(data: &DataDir) -> Hub {
-        let config = HubConfig::parse("listen: 127.0.0.1:0\n").unwrap();
+        Hub::start_with(data, HubConfig::parse("listen: 127.0.0.1:0\n").unwrap()).await
+    }
+
+    async fn start_with(data: &DataDir, config: HubConfig) -> Hub {
         let shutdown = CancellationToken::new();
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
         let server = tokio::spawn(flotilla_hub::server::run(
@@ -356,4 +359,60 @@ async fn a_damaged_or_truncated_store_or_log_is_refused_at_start_naming_the_file
     let hub = Hub::start(&data).await;
     hub.shutdown.cancel();
     hub.server.await.unwrap().unwrap();
+}
+
+/// A port free a moment ago, for a peer listener whose advertised address must be known first.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The address the stopped hub's applied membership records for replica 1.
+async fn recorded_address(data: &DataDir) -> Option<String> {
+    let (mut machine, _store) = open_state_machine(&data.store_path()).unwrap();
+    let (_applied, membership) = machine.applied_state().await.unwrap();
+    membership.membership().get_node(&1).map(|n| n.addr.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replication_set_the_hub_serves_the_peer_channel_and_records_its_advertised_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path().join("hub"));
+    data.init().unwrap();
+    assert_eq!(data.replica_id().unwrap(), 1);
+    let config = |port: u16| {
+        HubConfig::parse(&format!(
+            "listen: 127.0.0.1:0\nreplication: {{listen: 127.0.0.1:{port}, advertise: 127.0.0.1:{port}}}\n"
+        ))
+        .unwrap()
+    };
+    let first = free_port();
+    let hub = Hub::start_with(&data, config(first)).await;
+    tokio::net::TcpStream::connect(("127.0.0.1", first))
+        .await
+        .expect("the peer listener accepts");
+    hub.stop().await;
+    assert_eq!(
+        recorded_address(&data).await.as_deref(),
+        Some(format!("127.0.0.1:{first}").as_str())
+    );
+
+    // Moved: the restarted replica records its new address through Raft.
+    let second = free_port();
+    let hub = Hub::start_with(&data, config(second)).await;
+    assert_eq!(hub.clusters().await, vec![]);
+    hub.stop().await;
+    assert_eq!(
+        recorded_address(&data).await.as_deref(),
+        Some(format!("127.0.0.1:{second}").as_str())
+    );
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", second))
+            .await
+            .is_err(),
+        "the stopped hub's peer listener is closed"
+    );
 }
