@@ -349,6 +349,8 @@ impl Controller {
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.stop = shutdown.clone();
         let mut jobs: JoinSet<JobDone> = JoinSet::new();
+        // When the rollouts step on the reports gathered so far (see REPORT_BATCH).
+        let mut reports_due: Option<Instant> = None;
         loop {
             let now = Instant::now();
             for i in 0..self.sources.len() {
@@ -362,7 +364,10 @@ impl Controller {
                     self.start_rerender(i, &mut jobs);
                 }
             }
-            self.advance().await;
+            if reports_due.is_none_or(|due| due <= now) {
+                reports_due = None;
+                self.advance().await;
+            }
             let next = self
                 .sources
                 .iter()
@@ -375,6 +380,9 @@ impl Controller {
             if let Some(at) = self.rollout_wake {
                 let wait = (at - unix_now()).max(0) as u64;
                 next = next.min(Instant::now() + Duration::from_secs(wait));
+            }
+            if let Some(due) = reports_due {
+                next = next.min(due);
             }
             let status = self.status.clone();
             tokio::select! {
@@ -395,8 +403,9 @@ impl Controller {
                 },
                 _ = status.notified() => {
                     // Reports come in bursts (a stage of clusters applying at once): take them as one
-                    // step of the rollouts rather than one store scan each.
-                    tokio::time::sleep(REPORT_BATCH).await;
+                    // step of the rollouts rather than one store scan each, without holding up jobs
+                    // and commands meanwhile.
+                    reports_due.get_or_insert_with(|| Instant::now() + REPORT_BATCH);
                 }
                 Some(command) = self.commands.recv() => self.handle_command(command).await,
             }
