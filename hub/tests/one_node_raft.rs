@@ -3,7 +3,6 @@
 //! same clusters. Each hub runs in the test process; reopening its files after it stopped also checks
 //! that it left no store or log open behind.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use flotilla_common::cluster_state::{ClusterState, StateBody, StateHeader};
@@ -13,68 +12,22 @@ use flotilla_hub::datadir::DataDir;
 use flotilla_hub::raft::{LogStore, ReplicaId};
 use flotilla_hub::store::{HubStore, NewState, Registration, TokenRecord, open_state_machine};
 use flotilla_proto::v1 as pb;
-use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::registration_client::RegistrationClient;
 use openraft::LogId;
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-struct Hub {
-    addr: SocketAddr,
-    ca_pem: String,
-    admin_dir: std::path::PathBuf,
-    shutdown: CancellationToken,
-    server: JoinHandle<Result<(), flotilla_hub::server::HubError>>,
+#[path = "support/in_process_hub.rs"]
+mod in_process_hub;
+
+use in_process_hub::Hub;
+
+/// What these tests ask of a hub besides the shared harness.
+trait Clusters {
+    async fn clusters(&self) -> Vec<pb::Cluster>;
 }
 
-impl Hub {
-    async fn start(data: &DataDir) -> Hub {
-        Hub::start_with(data, HubConfig::parse("listen: 127.0.0.1:0\n").unwrap()).await
-    }
-
-    async fn start_with(data: &DataDir, config: HubConfig) -> Hub {
-        let shutdown = CancellationToken::new();
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let server = tokio::spawn(flotilla_hub::server::run(
-            data.clone(),
-            config,
-            shutdown.clone(),
-            move |a| {
-                let _ = addr_tx.send(a);
-            },
-        ));
-        let addr = addr_rx.await.expect("the hub starts");
-        Hub {
-            addr,
-            ca_pem: std::fs::read_to_string(data.admin_dir().join("ca.pem")).unwrap(),
-            admin_dir: data.admin_dir(),
-            shutdown,
-            server,
-        }
-    }
-
-    async fn channel(&self, identity: Option<(&str, &str)>) -> Channel {
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
-        if let Some((cert, key)) = identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        Channel::from_shared(format!("https://{}", self.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn admin(&self) -> AdminClient<Channel> {
-        let read = |f: &str| std::fs::read_to_string(self.admin_dir.join(f)).unwrap();
-        let (cert, key) = (read("admin.pem"), read("admin-key.pem"));
-        AdminClient::new(self.channel(Some((&cert, &key))).await)
-    }
-
+impl Clusters for Hub {
     async fn clusters(&self) -> Vec<pb::Cluster> {
         let mut clusters = self
             .admin()
@@ -89,15 +42,6 @@ impl Hub {
             c.last_contact = 0;
         }
         clusters
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.server)
-            .await
-            .expect("the hub stops within 30 s")
-            .unwrap()
-            .unwrap();
     }
 }
 

@@ -2,61 +2,28 @@
 //! connections than the cap, oversized messages, registration floods and capabilities over the
 //! limits, against a real hub on loopback.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use flotilla_hub::config::HubConfig;
-use flotilla_hub::datadir::DataDir;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::admin_client::AdminClient;
 use flotilla_proto::v1::agent_client::AgentClient;
 use flotilla_proto::v1::registration_client::RegistrationClient;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-struct Hub {
-    _dir: tempfile::TempDir,
-    data: DataDir,
-    addr: SocketAddr,
-    ca_pem: String,
-    admin_dir: std::path::PathBuf,
-    shutdown: CancellationToken,
-    server: JoinHandle<Result<(), flotilla_hub::server::HubError>>,
+#[path = "support/in_process_hub.rs"]
+mod in_process_hub;
+
+use in_process_hub::Hub;
+
+/// What these tests ask of a hub besides the shared harness.
+trait HubClients {
+    async fn registration(&self) -> Result<RegistrationClient<Channel>, tonic::transport::Error>;
 }
 
-impl Hub {
-    async fn start(extra_config: &str) -> Hub {
-        let dir = tempfile::tempdir().unwrap();
-        let data = DataDir::new(dir.path().join("hub"));
-        data.init().unwrap();
-        let config = HubConfig::parse(&format!("listen: 127.0.0.1:0\n{extra_config}")).unwrap();
-        let shutdown = CancellationToken::new();
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let server = tokio::spawn(flotilla_hub::server::run(
-            data.clone(),
-            config,
-            shutdown.clone(),
-            move |a| {
-                let _ = addr_tx.send(a);
-            },
-        ));
-        let addr = addr_rx.await.unwrap();
-        let ca_pem = std::fs::read_to_string(data.admin_dir().join("ca.pem")).unwrap();
-        Hub {
-            _dir: dir,
-            data: data.clone(),
-            addr,
-            ca_pem,
-            admin_dir: data.admin_dir(),
-            shutdown,
-            server,
-        }
-    }
-
+impl HubClients for Hub {
     async fn registration(&self) -> Result<RegistrationClient<Channel>, tonic::transport::Error> {
         let channel = Channel::from_shared(format!("https://{}", self.addr))
             .unwrap()
@@ -66,36 +33,6 @@ impl Hub {
             .connect()
             .await?;
         Ok(RegistrationClient::new(channel).max_encoding_message_size(64 * 1024 * 1024))
-    }
-
-    /// A channel presenting `identity` (certificate and key PEM), or none.
-    async fn channel(&self, identity: Option<(&str, &str)>) -> Channel {
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
-        if let Some((cert, key)) = identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        Channel::from_shared(format!("https://{}", self.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn admin(&self) -> AdminClient<Channel> {
-        let read = |f: &str| std::fs::read_to_string(self.admin_dir.join(f)).unwrap();
-        let (cert, key) = (read("admin.pem"), read("admin-key.pem"));
-        AdminClient::new(self.channel(Some((&cert, &key))).await)
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.server)
-            .await
-            .expect("the hub stops within 30 s")
-            .unwrap()
-            .unwrap();
     }
 }
 
@@ -124,7 +61,7 @@ async fn closed_within(stream: &mut TcpStream, deadline: Duration) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_handshakes_is_dropped_after_the_timeout() {
-    let hub = Hub::start("transport: {tlsHandshakeTimeout: 300ms}\n").await;
+    let hub = Hub::start_fresh("transport: {tlsHandshakeTimeout: 300ms}\n").await;
     let mut silent = TcpStream::connect(hub.addr).await.unwrap();
     let took = closed_within(&mut silent, Duration::from_secs(20)).await;
     assert!(
@@ -146,7 +83,7 @@ async fn a_client_that_never_handshakes_is_dropped_after_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_closed_at_once() {
     // The handshake timeout is long, so only the cap can close the third connection quickly.
-    let hub = Hub::start("transport: {maxConnections: 2, tlsHandshakeTimeout: 60s}\n").await;
+    let hub = Hub::start_fresh("transport: {maxConnections: 2, tlsHandshakeTimeout: 60s}\n").await;
     let first = TcpStream::connect(hub.addr).await.unwrap();
     let second = TcpStream::connect(hub.addr).await.unwrap();
     let mut third = TcpStream::connect(hub.addr).await.unwrap();
@@ -174,7 +111,7 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_refused_naming_the_limit() {
-    let hub = Hub::start("transport: {maxRecvMessageBytes: 65536}\n").await;
+    let hub = Hub::start_fresh("transport: {maxRecvMessageBytes: 65536}\n").await;
     let mut client = hub.registration().await.unwrap();
     let err = client.register(bad_registration(70_000)).await.unwrap_err();
     assert!(
@@ -190,7 +127,7 @@ async fn an_oversized_message_is_refused_naming_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_attempts_beyond_the_rate_are_shed() {
-    let hub = Hub::start("rpc: {registrationsPerMinute: 1, registrationBurst: 3}\n").await;
+    let hub = Hub::start_fresh("rpc: {registrationsPerMinute: 1, registrationBurst: 3}\n").await;
     let mut client = hub.registration().await.unwrap();
     for attempt in 0..3 {
         let err = client.register(bad_registration(10)).await.unwrap_err();
@@ -218,7 +155,7 @@ fn capabilities(kube_version: &str, api_versions: &[String]) -> Option<pb::Capab
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_over_the_limits_are_refused_naming_the_limit() {
-    let hub = Hub::start("rpc: {capabilityReportsPerMinute: 3}\n").await;
+    let hub = Hub::start_fresh("rpc: {capabilityReportsPerMinute: 3}\n").await;
     let mut admin = hub.admin().await;
     let token = admin
         .create_token(pb::CreateTokenRequest {
@@ -342,7 +279,7 @@ async fn capabilities_over_the_limits_are_refused_naming_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_certificate_is_neither_a_cluster_nor_an_admin() {
-    let hub = Hub::start("").await;
+    let hub = Hub::start_fresh("").await;
     let ca = hub.data.load_keys().unwrap().ca;
     let replica = ca
         .issue_replica_cert(
