@@ -82,6 +82,8 @@ struct RawConfig {
 struct RawReplication {
     listen: String,
     advertise: String,
+    #[serde(default)]
+    join: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -424,6 +426,10 @@ pub struct ReplicationConfig {
     /// `HOST:PORT` other replicas dial; its host goes into this replica's certificate and the
     /// address into the Raft membership.
     pub advertise: String,
+    /// Peer addresses (`HOST:PORT`) of replicas already in the hub that this replica, made by
+    /// `flotilla-hub join` and not yet a member, asks to add it; empty waits for `flotilla hub
+    /// add-replica`.
+    pub join: Vec<String>,
 }
 
 impl ReplicationConfig {
@@ -464,9 +470,27 @@ fn replication(raw: RawReplication) -> Result<ReplicationConfig, ConfigError> {
     if !port_ok || !host_ok {
         return Err(not_host_port());
     }
+    for (i, peer) in raw.join.iter().enumerate() {
+        let ok = peer
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+        if !ok {
+            return Err(invalid(
+                &format!("join[{i}]"),
+                format!("{peer:?} is not HOST:PORT with a port 1..=65535"),
+            ));
+        }
+        if *peer == raw.advertise {
+            return Err(invalid(
+                &format!("join[{i}]"),
+                format!("{peer:?} is this replica's own advertised address"),
+            ));
+        }
+    }
     Ok(ReplicationConfig {
         listen,
         advertise: raw.advertise,
+        join: raw.join,
     })
 }
 

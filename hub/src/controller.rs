@@ -31,22 +31,11 @@ use crate::render::{
 };
 use crate::source::charts::{ChartCache, ChartRepoAccess, ChartRequest};
 use crate::source::{FetchAuth, GitMirror, read_tree};
-use crate::store::{ClusterRecord, HubStore, NewState, SourceRecord, StoreError};
+use crate::store::{ClusterRecord, HubStore, NewState, Notice, SourceRecord, StoreError};
 
 mod rollouts;
 
 pub use rollouts::{RolloutAction, RolloutActionError, RolloutCommand};
-
-/// A new ClusterState version is ready for a cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Announcement {
-    /// Cluster.
-    pub cluster_id: String,
-    /// Version.
-    pub version: u64,
-    /// Header digest.
-    pub digest: Digest,
-}
 
 /// Object bytes by digest, shared between clusters that render the same object.
 pub(crate) type Blobs = Vec<(Digest, Arc<Vec<u8>>)>;
@@ -158,21 +147,14 @@ impl SourceRuntime {
     }
 }
 
-/// Handle to wake the controller (e.g. after a cluster registered).
+/// Handle to the running controller, for operators' rollout actions. It hears of registrations,
+/// relabelled clusters and status reports from its store's notices, whichever replica took them.
 #[derive(Clone)]
 pub struct ControllerHandle {
-    wake: mpsc::Sender<()>,
-    announcements: broadcast::Sender<Announcement>,
-    status: Arc<tokio::sync::Notify>,
     commands: mpsc::Sender<RolloutCommand>,
 }
 
 impl ControllerHandle {
-    /// Tells the controller a status report arrived (rollouts read it).
-    pub fn status_changed(&self) {
-        self.status.notify_one();
-    }
-
     /// Asks the controller task, which alone changes rollouts, to do an operator's action.
     pub async fn rollout_action(
         &self,
@@ -193,17 +175,6 @@ impl ControllerHandle {
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
-
-    /// Asks the controller to re-evaluate clusters now.
-    pub fn clusters_changed(&self) {
-        // A full channel already holds a pending wake-up, which is all we need.
-        let _ = self.wake.try_send(());
-    }
-
-    /// Subscribes to new-version announcements.
-    pub fn subscribe(&self) -> broadcast::Receiver<Announcement> {
-        self.announcements.subscribe()
-    }
 }
 
 /// The controller task's state.
@@ -222,8 +193,9 @@ pub struct Controller {
     pub(crate) chart_cache: PathBuf,
     mirrors_dir: PathBuf,
     sources: Vec<SourceRuntime>,
-    wake: mpsc::Receiver<()>,
-    announcements: broadcast::Sender<Announcement>,
+    /// What the store applied: reports, registrations and relabelled clusters, whichever replica
+    /// took them.
+    notices: broadcast::Receiver<Notice>,
     /// Each app's newest rollout record (its first Release's, when no rollout has run).
     rollouts: BTreeMap<String, crate::rollout::RolloutRecord>,
     next_rollout_id: u64,
@@ -232,7 +204,6 @@ pub struct Controller {
     contacts: Arc<std::sync::Mutex<HashMap<String, i64>>>,
     /// Unix seconds the controller started.
     started_at: i64,
-    status: Arc<tokio::sync::Notify>,
     commands: mpsc::Receiver<RolloutCommand>,
     /// Unix seconds the running rollouts next need a look without an event.
     rollout_wake: Option<i64>,
@@ -258,10 +229,9 @@ impl Controller {
         config: &HubConfig,
         mirrors_dir: PathBuf,
     ) -> Result<(Self, ControllerHandle), StoreError> {
-        let (wake_tx, wake) = mpsc::channel(1);
+        // Subscribed before anything is read, so nothing applied after the reads is missed.
+        let notices = store.subscribe();
         let (commands_tx, commands) = mpsc::channel(16);
-        let status = Arc::new(tokio::sync::Notify::new());
-        let (announcements, _) = broadcast::channel(1024);
         let rollouts = store
             .latest_rollouts()?
             .into_iter()
@@ -284,9 +254,6 @@ impl Controller {
             });
         }
         let handle = ControllerHandle {
-            wake: wake_tx,
-            announcements: announcements.clone(),
-            status: status.clone(),
             commands: commands_tx,
         };
         Ok((
@@ -308,14 +275,12 @@ impl Controller {
                 chart_cache: mirrors_dir.parent().unwrap_or(&mirrors_dir).join("charts"),
                 mirrors_dir,
                 sources,
-                wake,
-                announcements,
+                notices,
                 rollouts,
                 next_rollout_id,
                 offline_after: config.rollouts.offline_after,
                 contacts: Default::default(),
                 started_at: unix_now(),
-                status,
                 commands,
                 rollout_wake: None,
             },
@@ -332,6 +297,14 @@ impl Controller {
     /// Records commits going into force and failed renders in `events`.
     pub fn with_events(mut self, events: crate::events::EventLog) -> Self {
         self.events = Some(events);
+        self
+    }
+
+    /// Renders with `tools` and takes `slots`, shared with plans and with the controllers of this
+    /// replica's later terms as leader, so all of them together keep to `render.parallelism`.
+    pub fn with_shared_renders(mut self, tools: Arc<Tools>, slots: Arc<RenderSlots>) -> Self {
+        self.tools = tools;
+        self.render_slots = slots;
         self
     }
 
@@ -384,7 +357,6 @@ impl Controller {
             if let Some(due) = reports_due {
                 next = next.min(due);
             }
-            let status = self.status.clone();
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     // Jobs end by their own time boxes (fetch, render); wait so none outlives the hub.
@@ -392,21 +364,31 @@ impl Controller {
                     return;
                 }
                 _ = tokio::time::sleep_until(next) => {}
-                Some(()) = self.wake.recv() => {
-                    for src in &mut self.sources {
-                        src.rerender = true;
+                notice = self.notices.recv() => match notice {
+                    Ok(Notice::Report { .. }) => {
+                        // Reports come in bursts (a stage of clusters applying at once): take them
+                        // as one step of the rollouts rather than one store scan each, without
+                        // holding up jobs and commands meanwhile.
+                        reports_due.get_or_insert_with(|| Instant::now() + REPORT_BATCH);
                     }
-                }
+                    // A cluster registered, relabelled, deleted or with new capabilities: render
+                    // again; a new state follows only if a cluster's objects change.
+                    Ok(Notice::Clusters | Notice::Restored) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for src in &mut self.sources {
+                            src.rerender = true;
+                        }
+                        reports_due.get_or_insert_with(|| Instant::now() + REPORT_BATCH);
+                    }
+                    Ok(Notice::State { .. } | Notice::Events(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        warn!("the store's notices ended; the controller stops");
+                        return;
+                    }
+                },
                 Some(done) = jobs.join_next() => match done {
                     Ok(done) => self.finish_job(done).await,
                     Err(e) => warn!(error = %e, "a source job failed"),
                 },
-                _ = status.notified() => {
-                    // Reports come in bursts (a stage of clusters applying at once): take them as one
-                    // step of the rollouts rather than one store scan each, without holding up jobs
-                    // and commands meanwhile.
-                    reports_due.get_or_insert_with(|| Instant::now() + REPORT_BATCH);
-                }
                 Some(command) = self.commands.recv() => self.handle_command(command).await,
             }
         }
@@ -798,12 +780,8 @@ impl Controller {
         let fenced_any = !fenced.is_empty();
         self.fences_stored(fenced);
         for state in batch {
+            // Watches hear of it from the store of the replica they are on, once applied there.
             info!(cluster = %state.cluster_id, version = state.version, "issued ClusterState");
-            let _ = self.announcements.send(Announcement {
-                cluster_id: state.cluster_id,
-                version: state.version,
-                digest: state.signed.digest(),
-            });
         }
         Ok(fenced_any)
     }

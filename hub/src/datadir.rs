@@ -173,6 +173,72 @@ impl DataDir {
         }
     }
 
+    /// Present in a directory made by `join`: this replica waits to be added to a hub and never
+    /// starts a Raft cluster of its own.
+    pub fn joined_marker(&self) -> PathBuf {
+        self.root.join("joined")
+    }
+
+    /// Whether this replica starts a one-node Raft cluster when it has none yet (`init`), rather
+    /// than wait to be added to one (`join`).
+    pub fn bootstraps(&self) -> bool {
+        !self.joined_marker().exists()
+    }
+
+    /// Makes a data directory for another replica of an existing hub: the hub CA and the signing
+    /// key copied from `from` (another replica's data directory, or a directory holding `ca.pem`,
+    /// `ca-key.pem`, `signing.key` and `signing.pub`, as a mounted Secret does), replica id `id`, and
+    /// the marker that it joins rather than starts a hub. With `if_missing`, a directory already
+    /// made for the same id is left as it is.
+    pub fn join(&self, from: &Path, id: u64, if_missing: bool) -> Result<(), DataDirError> {
+        if id == 0 {
+            return Err(DataDirError::ReplicaId(self.replica_id_path()));
+        }
+        if self.is_initialized() {
+            if if_missing && self.replica_id()? == id {
+                return Ok(());
+            }
+            return Err(DataDirError::AlreadyInitialized(self.root.clone()));
+        }
+        let source = if from.join("pki").join("ca.pem").exists() {
+            from.join("pki")
+        } else {
+            from.to_path_buf()
+        };
+        let read = |name: &str| {
+            let p = source.join(name);
+            fs::read(&p).map_err(io(&p))
+        };
+        let (ca, ca_key, signing, signing_pub) = (
+            read("ca.pem")?,
+            read("ca-key.pem")?,
+            read("signing.key")?,
+            read("signing.pub")?,
+        );
+        // Refuse a mismatched pair before writing anything.
+        let text = |b: &[u8], name: &str| {
+            String::from_utf8(b.to_vec()).map_err(|_| DataDirError::SigningKey(source.join(name)))
+        };
+        CertificateAuthority::from_pem(&text(&ca, "ca.pem")?, &text(&ca_key, "ca-key.pem")?)?;
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(text(&signing, "signing.key")?.trim(), &mut seed)
+            .map_err(|_| DataDirError::SigningKey(source.join("signing.key")))?;
+        for dir in [self.root.join("pki"), self.mirrors_dir()] {
+            create_private_dir_all(&dir).map_err(io(&dir))?;
+        }
+        write_private(&self.pki("ca-key.pem"), &ca_key)?;
+        write_private(&self.pki("signing.key"), &signing)?;
+        write_public(&self.pki("signing.pub"), &signing_pub)?;
+        write_public(&self.replica_id_path(), format!("{id}\n").as_bytes())?;
+        write_public(
+            &self.joined_marker(),
+            b"made by flotilla-hub join: this replica waits to be added to a hub\n",
+        )?;
+        // ca.pem last: its presence marks a complete directory.
+        write_public(&self.pki("ca.pem"), &ca)?;
+        Ok(())
+    }
+
     fn pki(&self, name: &str) -> PathBuf {
         self.root.join("pki").join(name)
     }

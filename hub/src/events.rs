@@ -8,7 +8,6 @@
 
 use flotilla_common::status::{AppHealth, AppPhase, StatusReport};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 use tracing::warn;
 
 use crate::store::HubStore;
@@ -179,12 +178,12 @@ pub fn report_events(
     out
 }
 
-/// Records events and streams them to followers.
+/// Records events; followers hear them from the store's notices ([`crate::store::Notice::Events`]),
+/// on whichever replica they follow.
 #[derive(Clone)]
 pub struct EventLog {
     store: HubStore,
     retention: u64,
-    followers: broadcast::Sender<Event>,
 }
 
 impl EventLog {
@@ -193,23 +192,17 @@ impl EventLog {
         EventLog {
             store,
             retention: retention.max(1),
-            followers: broadcast::channel(1024).0,
         }
     }
 
-    /// Stores the events and sends them to followers. Blocking (a redb transaction); a failure is
-    /// logged here, once, and loses only the events.
+    /// Stores the events. Blocking (a redb transaction); a failure is logged here, once, and loses
+    /// only the events.
     pub fn record_blocking(&self, events: Vec<NewEvent>) {
         if events.is_empty() {
             return;
         }
-        match self.store.append_events(&events, self.retention) {
-            Ok(stored) => {
-                for e in stored {
-                    let _ = self.followers.send(e);
-                }
-            }
-            Err(e) => warn!(error = %e, count = events.len(), "recording events failed"),
+        if let Err(e) = self.store.append_events(&events, self.retention) {
+            warn!(error = %e, count = events.len(), "recording events failed");
         }
     }
 
@@ -220,11 +213,6 @@ impl EventLog {
         }
         let log = self.clone();
         let _ = tokio::task::spawn_blocking(move || log.record_blocking(events)).await;
-    }
-
-    /// New events as they are recorded.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.followers.subscribe()
     }
 }
 

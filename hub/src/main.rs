@@ -34,6 +34,29 @@ enum Command {
         #[arg(long)]
         if_missing: bool,
     },
+    /// Make the data directory of another replica of an existing hub: the hub CA and signing key
+    /// copied from FROM, the replica id, and no Raft cluster of its own. Run it with
+    /// `replication: {listen, advertise}` in hub.yaml, then `flotilla hub add-replica ADVERTISE`
+    /// (or list the existing replicas under `replication.join`).
+    Join {
+        /// Data directory to create.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Another replica's data directory, or a directory holding its `ca.pem`, `ca-key.pem`,
+        /// `signing.key` and `signing.pub` (a mounted Secret).
+        #[arg(long)]
+        from: PathBuf,
+        /// This replica's id: unique in the hub, never one a removed replica had.
+        #[arg(long, conflicts_with = "replica_id_from_hostname")]
+        replica_id: Option<u64>,
+        /// Take the id from the host name's trailing ordinal plus one (`hub-2` is replica 3), as
+        /// a StatefulSet's pods are named.
+        #[arg(long)]
+        replica_id_from_hostname: bool,
+        /// Succeed without changing anything when the directory was already made for this id.
+        #[arg(long)]
+        if_missing: bool,
+    },
     /// Serve gRPC over mTLS and keep clusters on the state declared in Git.
     Run {
         /// Data directory made by `init`.
@@ -70,6 +93,43 @@ async fn main() -> anyhow::Result<()> {
             println!("admin bundle: {}", dir.admin_dir().display());
             Ok(())
         }
+        Command::Join {
+            data_dir,
+            from,
+            replica_id,
+            replica_id_from_hostname,
+            if_missing,
+        } => {
+            let id = match (replica_id, replica_id_from_hostname) {
+                (Some(id), _) => id,
+                (None, true) => replica_id_from_hostname_now()?,
+                (None, false) => {
+                    anyhow::bail!(
+                        "give the new replica's id: --replica-id N or --replica-id-from-hostname"
+                    )
+                }
+            };
+            anyhow::ensure!(
+                id >= 1,
+                "--replica-id must be at least 1; replica ids start at 1"
+            );
+            let dir = DataDir::new(&data_dir);
+            let existed = dir.is_initialized();
+            dir.join(&from, id, if_missing)
+                .with_context(|| format!("join failed for {}", data_dir.display()))?;
+            if existed {
+                println!(
+                    "{} is already replica {id}'s data directory; nothing changed",
+                    data_dir.display()
+                );
+            } else {
+                println!(
+                    "made {} for replica {id}; start it with `replication:` set, then add it with `flotilla hub add-replica ADVERTISE`",
+                    data_dir.display()
+                );
+            }
+            Ok(())
+        }
         Command::Run {
             data_dir,
             config,
@@ -89,4 +149,20 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Replica id from the host name's trailing `-N` (a StatefulSet pod's ordinal), plus one.
+fn replica_id_from_hostname_now() -> anyhow::Result<u64> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .context("reading the host name")?;
+    let name = name.trim();
+    name.rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .map(|ordinal| ordinal + 1)
+        .with_context(|| {
+            format!(
+                "host name {name:?} does not end in -N (a StatefulSet ordinal); give --replica-id"
+            )
+        })
 }

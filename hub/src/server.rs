@@ -1,9 +1,10 @@
-//! Starting and stopping a hub: keys, the store as replica 1 of a one-node Raft cluster, controller
-//! and the gRPC listener.
+//! Starting and stopping a hub replica: keys, the store as the Raft state machine, the peer
+//! listener, the gRPC listener, and the controller, which runs only while this replica leads (one
+//! controller per term, its writes fenced to that term).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers, Raft};
@@ -13,16 +14,18 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
-use crate::api::{ApiLimits, ApiState, PlanEnv, services};
+use crate::api::{ApiLimits, ApiState, LeaderSlot, PlanEnv, ReplicaHandle, services};
 use crate::config::HubConfig;
-use crate::controller::Controller;
+use crate::controller::{Controller, RenderSlots};
 use crate::datadir::HubKeys;
 use crate::datadir::{DataDir, DataDirError};
 use crate::listener::{TlsSetupError, accept_tls, server_tls_config};
 use crate::pki::{CertificateAuthority, PkiError};
 use crate::raft::network::{
-    ReplicaNetwork, ReplicaTls, serve_replication, with_peer_channel_limits,
+    CATCH_UP_TIMEOUT, ReplicaNetwork, ReplicaTls, ReplicationService, serve_replication_service,
+    with_peer_channel_limits,
 };
+use crate::raft::peers::{ContactBook, Contacts, Members, MembershipChange, PeerDialer};
 use crate::raft::{LogStore, LogStoreError, ReplicaId, TypeConfig};
 use crate::store::{HubStore, OpenError, StoreError, open_state_machine};
 
@@ -87,13 +90,33 @@ pub async fn run(
         .partition(|n| n.parse::<IpAddr>().is_err());
     let ips: Vec<IpAddr> = ips.iter().filter_map(|s| s.parse().ok()).collect();
     let peers = PeerListener::new();
-    let (raft, store, database) =
-        start_replica(&data_dir, &keys.ca, &config, (&dns, &ips), &peers).await?;
+    let replica = start_replica(
+        &data_dir,
+        &keys.ca,
+        &config,
+        (&dns, &ips),
+        &peers,
+        &shutdown,
+    )
+    .await?;
+    let Replica {
+        raft,
+        store,
+        database,
+        dialer,
+        contacts,
+        heard,
+    } = replica;
+    let handle = ReplicaHandle {
+        raft: raft.clone(),
+        dialer,
+        heard,
+    };
     let result = serve(
         data_dir,
         config,
         keys,
-        store,
+        (store, handle, contacts),
         (dns, ips),
         shutdown,
         on_listening,
@@ -104,6 +127,18 @@ pub async fn run(
     stop_replica(&raft, database).await;
     info!("hub stopped");
     result
+}
+
+/// A started replica: its Raft, the store writing through it, the store's database (closed when
+/// the Raft stopped), the dialer for other replicas and the agents' contacts, which other replicas
+/// add to.
+struct Replica {
+    raft: Raft<TypeConfig>,
+    store: HubStore,
+    database: Arc<redb::Database>,
+    dialer: PeerDialer,
+    contacts: ContactBook,
+    heard: crate::raft::network::Heard,
 }
 
 /// Stops the Raft, waits until its state machine let go of the store and closes the store here, so
@@ -162,17 +197,25 @@ impl PeerListener {
 }
 
 /// Opens the store as the Raft state machine and the Raft log, starts this hub's Raft as the data
-/// directory's replica, serves the peer channel when `replication:` is set, initializes the
-/// one-node cluster on first start and waits until this replica leads it; returns the Raft, the
-/// store writing through it and the store's database, for closing it when the Raft stopped.
+/// directory's replica and serves the peer channel when `replication:` is set. A directory made by
+/// `init` starts a one-node cluster on first start and waits to lead it while it is alone; one made
+/// by `join` waits until it is added (asking the `replication.join` peers, if any). Either then
+/// waits until a leader is known and the membership that names it is applied.
 async fn start_replica(
     data_dir: &DataDir,
     ca: &CertificateAuthority,
     config: &HubConfig,
     (dns, ips): (&[String], &[IpAddr]),
     peers: &PeerListener,
-) -> Result<(Raft<TypeConfig>, HubStore, Arc<redb::Database>), HubError> {
+    shutdown: &CancellationToken,
+) -> Result<Replica, HubError> {
     let id: ReplicaId = data_dir.replica_id()?;
+    if !data_dir.bootstraps() && config.replication.is_none() {
+        return Err(HubError::Raft(format!(
+            "{} was made by `flotilla-hub join`, so it joins a hub of several replicas: hub.yaml needs `replication: {{listen, advertise}}` so the other replicas can reach it",
+            data_dir.root().display()
+        )));
+    }
     let (machine, store) = open_state_machine(&data_dir.store_path())?;
     let database = machine.database().clone();
     let log = LogStore::open(&data_dir.raft_log_path())?;
@@ -199,15 +242,13 @@ async fn start_replica(
     })
     .validate()
     .map_err(|e| HubError::Raft(format!("configuration: {e}")))?;
-    let raft = Raft::new(
-        id,
-        Arc::new(raft_config),
-        ReplicaNetwork::new(id, &tls),
-        log,
-        machine,
-    )
-    .await
-    .map_err(|e| HubError::Raft(format!("starting replica {id}: {e}")))?;
+    let network = ReplicaNetwork::new(id, &tls);
+    let heard = network.heard();
+    let raft = Raft::new(id, Arc::new(raft_config), network, log, machine)
+        .await
+        .map_err(|e| HubError::Raft(format!("starting replica {id}: {e}")))?;
+    let dialer = PeerDialer::new(&tls);
+    let contacts = ContactBook::default();
     let led = async {
         if let Some(replication) = &config.replication {
             let listener = TcpListener::bind(replication.listen)
@@ -216,9 +257,11 @@ async fn start_replica(
                     what: format!("cannot listen for replicas on {}", replication.listen),
                     source,
                 })?;
-            serve_replication(
+            serve_replication_service(
                 listener,
-                raft.clone(),
+                ReplicationService::new(raft.clone())
+                    .with_contacts(contacts.clone())
+                    .with_heard(heard.clone()),
                 &tls,
                 &config.transport,
                 peers.shutdown.clone(),
@@ -227,7 +270,21 @@ async fn start_replica(
             info!(replica = id, listen = %replication.listen, advertise = %replication.advertise, "serving the peer channel");
         }
         let advertise = config.replication.as_ref().map(|r| r.advertise.as_str());
-        lead_one_node_cluster(&raft, id, advertise).await
+        let fatal = |e: openraft::error::Fatal<ReplicaId>| HubError::Raft(e.to_string());
+        if !raft.is_initialized().await.map_err(fatal)? {
+            if data_dir.bootstraps() {
+                initialize_one_node_cluster(&raft, id, advertise).await?;
+            } else {
+                let replication = config.replication.as_ref().expect("checked above");
+                wait_until_added(&raft, id, replication, &dialer, shutdown).await?;
+            }
+        }
+        let members = Members::of(&raft);
+        if members.voters.len() == 1 && members.voters.contains_key(&id) {
+            lead_one_node_cluster(&raft, id, advertise).await
+        } else {
+            wait_for_leader(&raft, id, shutdown).await
+        }
     };
     if let Err(e) = led.await {
         drop(store);
@@ -235,28 +292,142 @@ async fn start_replica(
         stop_replica(&raft, database).await;
         return Err(e);
     }
-    let store = store.with_proposer(raft.clone(), tokio::runtime::Handle::current());
-    Ok((raft, store, database))
+    let store = store
+        .with_proposer(raft.clone(), tokio::runtime::Handle::current())
+        .forwarding(dialer.clone());
+    Ok(Replica {
+        raft,
+        store,
+        database,
+        dialer,
+        contacts,
+        heard,
+    })
 }
 
-/// Initializes the one-node membership on first start, waits until this replica leads it, and
-/// makes the membership's address of this replica the advertised one (through Raft) when it
-/// changed.
+/// How often a joining replica asks its `replication.join` peers to add it.
+const JOIN_RETRY: Duration = Duration::from_secs(5);
+
+/// How often a replica waiting to be added or for a leader says so.
+const WAITING_NOTE: Duration = Duration::from_secs(30);
+
+/// Waits until this replica is in the membership: asks each `replication.join` peer in turn to add
+/// it (the peer takes it to the leader), or, without any, waits for an operator's `flotilla hub
+/// add-replica`.
+async fn wait_until_added(
+    raft: &Raft<TypeConfig>,
+    id: ReplicaId,
+    replication: &crate::config::ReplicationConfig,
+    dialer: &PeerDialer,
+    shutdown: &CancellationToken,
+) -> Result<(), HubError> {
+    let stopped = || HubError::Raft(format!("replica {id} stopped before it was added to a hub"));
+    let mut metrics = raft.metrics();
+    let mut next_note = tokio::time::Instant::now();
+    let change = MembershipChange::Add {
+        id,
+        address: replication.advertise.clone(),
+    };
+    loop {
+        if Members::of(raft).contains(id) {
+            info!(replica = id, "this replica was added to the hub");
+            return Ok(());
+        }
+        for peer in &replication.join {
+            let asked = tokio::select! {
+                _ = shutdown.cancelled() => return Err(stopped()),
+                asked = dialer.change_membership_via(peer, &change, CATCH_UP_TIMEOUT + Duration::from_secs(10)) => asked,
+            };
+            match asked {
+                Ok(members) => {
+                    info!(replica = id, via = %peer, members = %crate::raft::peers::describe(&members), "asked to be added to the hub; added");
+                    break;
+                }
+                Err(e) => {
+                    warn!(replica = id, via = %peer, error = %e, "asking to be added to the hub failed; will ask again")
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= next_note {
+            if replication.join.is_empty() {
+                info!(replica = id, advertise = %replication.advertise, "waiting to be added: run `flotilla hub add-replica {}` against the hub", replication.advertise);
+            } else {
+                info!(replica = id, "waiting to be added to the hub");
+            }
+            next_note = tokio::time::Instant::now() + WAITING_NOTE;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(stopped()),
+            changed = metrics.changed() => if changed.is_err() { return Err(stopped()) },
+            _ = tokio::time::sleep(JOIN_RETRY) => {}
+        }
+    }
+}
+
+/// Waits until a leader is known and this replica applied the membership in force, so it serves
+/// agents from the hub's state rather than from an empty or far-behind store.
+async fn wait_for_leader(
+    raft: &Raft<TypeConfig>,
+    id: ReplicaId,
+    shutdown: &CancellationToken,
+) -> Result<(), HubError> {
+    let mut metrics = raft.metrics();
+    let mut next_note = tokio::time::Instant::now() + WAITING_NOTE;
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            let membership_index = m.membership_config.log_id().map(|l| l.index);
+            let applied = m.last_applied.map(|l| l.index);
+            if let Some(leader) = m.current_leader
+                && applied >= membership_index
+            {
+                info!(
+                    replica = id,
+                    leader,
+                    term = m.current_term,
+                    applied_index = applied.unwrap_or_default(),
+                    "raft replica follows the hub's leader"
+                );
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= next_note {
+            info!(replica = id, members = %crate::raft::peers::describe(&Members::of(raft)), "waiting for a leader: a majority of the voters must be up and reach each other");
+            next_note = tokio::time::Instant::now() + WAITING_NOTE;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(HubError::Raft(format!("replica {id} stopped before a leader was elected"))),
+            changed = metrics.changed() => if changed.is_err() {
+                return Err(HubError::Raft(format!("replica {id}'s Raft stopped")));
+            },
+            _ = tokio::time::sleep(WAITING_NOTE) => {}
+        }
+    }
+}
+
+/// Initializes the one-node membership of a replica made by `init`.
+async fn initialize_one_node_cluster(
+    raft: &Raft<TypeConfig>,
+    id: ReplicaId,
+    advertise: Option<&str>,
+) -> Result<(), HubError> {
+    // Without `replication:` nobody dials this replica: its address stays empty until set.
+    let node = advertise.map(BasicNode::new).unwrap_or_default();
+    let members = BTreeMap::from([(id, node)]);
+    raft.initialize(members)
+        .await
+        .map_err(|e| HubError::Raft(format!("initializing the one-node cluster: {e}")))?;
+    info!(replica = id, "initialized a one-node Raft cluster");
+    Ok(())
+}
+
+/// Waits until this replica leads the cluster it is the only voter of, and makes the membership's
+/// address of this replica the advertised one (through Raft) when it changed.
 async fn lead_one_node_cluster(
     raft: &Raft<TypeConfig>,
     id: ReplicaId,
     advertise: Option<&str>,
 ) -> Result<(), HubError> {
-    let fatal = |e: openraft::error::Fatal<ReplicaId>| HubError::Raft(e.to_string());
-    if !raft.is_initialized().await.map_err(fatal)? {
-        // Without `replication:` nobody dials this replica: its address stays empty until set.
-        let node = advertise.map(BasicNode::new).unwrap_or_default();
-        let members = BTreeMap::from([(id, node)]);
-        raft.initialize(members)
-            .await
-            .map_err(|e| HubError::Raft(format!("initializing the one-node cluster: {e}")))?;
-        info!(replica = id, "initialized a one-node Raft cluster");
-    }
     let metrics = raft
         .wait(Some(LEADER_WAIT))
         .current_leader(id, "this replica leads its one-node cluster")
@@ -299,7 +470,7 @@ async fn serve(
     data_dir: DataDir,
     config: HubConfig,
     keys: HubKeys,
-    store: HubStore,
+    (store, replica, contacts): (HubStore, ReplicaHandle, ContactBook),
     (dns, ips): (Vec<String>, Vec<IpAddr>),
     shutdown: CancellationToken,
     on_listening: impl FnOnce(SocketAddr),
@@ -308,7 +479,8 @@ async fn serve(
     let epoch = match store.meta("hub_epoch")? {
         Some(e) => e,
         None => {
-            // A write proposes through Raft and waits for it: off the async workers.
+            // A write proposes through Raft (a follower's goes to the leader) and waits for it: off
+            // the async workers. Every replica writes the same value, so a race is harmless.
             let writer = store.clone();
             tokio::task::spawn_blocking(move || writer.set_meta("hub_epoch", 1))
                 .await
@@ -338,41 +510,56 @@ async fn serve(
     let signing = Arc::new(keys.signing);
     let signing_public_key = signing.verifying_key().to_bytes();
     let events = crate::events::EventLog::new(store.clone(), config.event_retention);
-    let (controller, handle) = Controller::new(
-        store.clone(),
-        signing,
-        epoch,
-        &config,
-        data_dir.mirrors_dir(),
-    )?;
-    let last_contact = Arc::new(Mutex::new(HashMap::new()));
-    let controller = controller
-        .with_events(events.clone())
-        .with_contacts(last_contact.clone());
-    // Plans render with the controller's tools and render slots, so they share its bound on renders.
+    // One set of render tools and slots for plans and for every term's controller on this replica.
+    let tools = Arc::new(crate::render::Tools {
+        timeout: config.render.timeout,
+        ..crate::render::Tools::discover()
+    });
+    let render_slots = Arc::new(RenderSlots::new(config.render.parallelism));
     let plan = Arc::new(PlanEnv::new(
         &config,
         data_dir.mirrors_dir(),
-        controller.tools.clone(),
-        controller.render_slots.clone(),
-        controller.chart_cache.clone(),
+        tools.clone(),
+        render_slots.clone(),
+        data_dir.root().join("charts"),
         shutdown.clone(),
     ));
     let tracker = TaskTracker::new();
-    tracker.spawn(controller.run(shutdown.clone()));
+    let leader_slot: LeaderSlot = Arc::new(tokio::sync::watch::Sender::new(None));
+    let heartbeat = (config.rollouts.offline_after / 3)
+        .clamp(Duration::from_millis(500), Duration::from_secs(15));
+    let leading = Leading {
+        raft: replica.raft.clone(),
+        store: store.clone(),
+        signing,
+        epoch,
+        config: config.clone(),
+        mirrors_dir: data_dir.mirrors_dir(),
+        events: events.clone(),
+        contacts: contacts.clone(),
+        tools,
+        render_slots,
+        slot: leader_slot.clone(),
+    };
+    tracker.spawn(leading.run(shutdown.clone()));
+    tracker.spawn(send_contacts(
+        replica.clone(),
+        contacts.clone(),
+        heartbeat,
+        shutdown.clone(),
+    ));
 
     let state = ApiState {
         store,
         ca: Arc::new(keys.ca),
         signing_public_key,
-        controller: handle,
-        last_contact,
+        controller: leader_slot,
+        replica,
+        last_contact: contacts,
         // Heartbeats are the contact of a connected agent: keep them well inside the offline threshold.
-        heartbeat: (config.rollouts.offline_after / 3)
-            .clamp(Duration::from_millis(500), Duration::from_secs(15)),
+        heartbeat,
         sources: Arc::new(config.sources.clone()),
         cluster_cert_ttl: config.cluster_cert_ttl,
-        revocations: Arc::new(tokio::sync::watch::Sender::new(0)),
         shutdown: shutdown.clone(),
         tasks: tracker.clone(),
         limits: Arc::new(ApiLimits::new(&config)),
@@ -402,4 +589,169 @@ async fn serve(
     tracker.close();
     tracker.wait().await;
     result.map_err(HubError::from)
+}
+
+/// What the controller of each term this replica leads is made from.
+struct Leading {
+    raft: Raft<TypeConfig>,
+    store: HubStore,
+    signing: Arc<ed25519_dalek::SigningKey>,
+    epoch: u64,
+    config: HubConfig,
+    mirrors_dir: std::path::PathBuf,
+    events: crate::events::EventLog,
+    contacts: ContactBook,
+    tools: Arc<crate::render::Tools>,
+    render_slots: Arc<RenderSlots>,
+    slot: LeaderSlot,
+}
+
+/// How long a replica waits before trying again to start a controller that failed to start.
+const CONTROLLER_RETRY: Duration = Duration::from_secs(1);
+
+impl Leading {
+    /// Runs a controller for each term this replica leads, from the moment every entry of earlier
+    /// terms is applied here until the term ends; its writes are fenced to the term, so a deposed
+    /// controller cannot issue a version even before it hears that it was deposed.
+    async fn run(self, shutdown: CancellationToken) {
+        let id = self.raft.metrics().borrow().id;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let term = loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    if m.state == openraft::ServerState::Leader && m.current_leader == Some(id) {
+                        break m.current_term;
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = metrics.changed() => if changed.is_err() { return },
+                }
+            };
+            // The term's first entry applied: the store holds everything earlier leaders committed,
+            // so this controller starts from their last decision.
+            let caught_up = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.raft.ensure_linearizable() => r,
+            };
+            if let Err(e) = caught_up {
+                info!(replica = id, term, error = %e, "lost the lead before catching up; not starting the controller");
+                continue;
+            }
+            let store = self.store.clone().fenced_to(term);
+            let started = Controller::new(
+                store,
+                self.signing.clone(),
+                self.epoch,
+                &self.config,
+                self.mirrors_dir.clone(),
+            );
+            let (controller, handle) = match started {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(replica = id, term, error = %e, "the controller did not start; trying again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(CONTROLLER_RETRY) => continue,
+                    }
+                }
+            };
+            let controller = controller
+                .with_events(self.events.clone())
+                .with_contacts(self.contacts.clone())
+                .with_shared_renders(self.tools.clone(), self.render_slots.clone());
+            let stop = shutdown.child_token();
+            let tasks = TaskTracker::new();
+            tasks.spawn(controller.run(stop.clone()));
+            tasks.close();
+            self.slot.send_replace(Some(handle));
+            info!(
+                replica = id,
+                term, "this replica leads the hub: its controller runs"
+            );
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    if m.state != openraft::ServerState::Leader || m.current_term != term {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tasks.wait() => break,
+                    changed = metrics.changed() => if changed.is_err() { break },
+                }
+            }
+            self.slot.send_replace(None);
+            stop.cancel();
+            tasks.wait().await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            info!(
+                replica = id,
+                term, "this replica no longer leads the term; its controller stopped"
+            );
+        }
+    }
+}
+
+/// Sends the leader, every `every`, when agents last reached this replica, so the leader's rollouts
+/// do not count a cluster offline because it is connected to a follower.
+async fn send_contacts(
+    replica: ReplicaHandle,
+    contacts: ContactBook,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Entries at or after this time were not sent yet (unix seconds; contacts have that grain).
+    let mut sent_up_to = i64::MIN;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let (id, leader_address) = {
+            let m = replica.raft.metrics().borrow().clone();
+            let address = m.current_leader.filter(|l| *l != m.id).and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            });
+            (m.id, address)
+        };
+        let Some(address) = leader_address else {
+            continue;
+        };
+        let entries: Vec<(String, i64)> = contacts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, at)| **at >= sent_up_to)
+            .map(|(c, at)| (c.clone(), *at))
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let newest = entries
+            .iter()
+            .map(|(_, at)| *at)
+            .max()
+            .unwrap_or(sent_up_to);
+        match replica
+            .dialer
+            .send_contacts(&address, &Contacts { entries }, every)
+            .await
+        {
+            // The newest second may still gain entries: send it again next time.
+            Ok(()) => sent_up_to = newest,
+            Err(e) => {
+                tracing::debug!(replica = id, error = %e, "sending agents' contacts to the leader failed; will send them again")
+            }
+        }
+    }
 }

@@ -89,6 +89,32 @@ pub enum StoreError {
     /// Raft failed (its log or state machine); the replica stops.
     #[error("hub store: replication failed: {0}")]
     Replication(String),
+    /// This replica follows and the leader did not take the write it forwarded.
+    #[error("hub store: this hub replica follows and could not hand the write to the leader: {0}")]
+    Forwarding(String),
+    /// A write fenced to a Raft term reached the log in a later term: this replica's controller
+    /// no longer leads (invariant: a deposed leader never issues a version).
+    #[error(
+        "hub store: refused a write decided as the leader of Raft term {term}; the log is at term {entry_term}, so another leader was elected since"
+    )]
+    Deposed {
+        /// The term the write was decided in.
+        term: u64,
+        /// The term of the entry that carried it.
+        entry_term: u64,
+    },
+    /// A ClusterState version not above the cluster's stored one was offered.
+    #[error(
+        "hub store: refused ClusterState version {version} for cluster {cluster}: version {latest} is already stored, and a version is never reused or lowered"
+    )]
+    StaleVersion {
+        /// Cluster id.
+        cluster: String,
+        /// Offered.
+        version: u64,
+        /// Stored.
+        latest: u64,
+    },
 }
 
 macro_rules! db_err {
@@ -241,7 +267,15 @@ pub struct HubStore {
     retention: u64,
     /// Where writes go when this is a Raft replica's applied state; `None` applies them here.
     proposer: Option<replicated::Proposer>,
+    /// Changes applied to this database, announced once committed.
+    notices: tokio::sync::broadcast::Sender<Notice>,
+    /// The Raft term this store's writes are fenced to (the leader's controller's store).
+    fence: Option<u64>,
 }
+
+/// How many applied changes a slow subscriber may fall behind before it is told it lagged (and
+/// reads the store afresh).
+const NOTICE_BACKLOG: usize = 4096;
 
 /// A digest and its bytes, or `None` when the caller may not read it.
 pub type MaybeBlob = (Digest, Option<Vec<u8>>);
@@ -387,6 +421,26 @@ fn find_cluster_in(
 }
 
 /// An outcome a write method did not expect from its own command: a bug, reported as corruption.
+/// The refusals no caller can act on but by giving up the write: a deposed controller's, and a
+/// version that is not new.
+fn refusal_as_error(outcome: Outcome) -> Result<Outcome, StoreError> {
+    match outcome {
+        Outcome::Refused(Refusal::Deposed { term, entry_term }) => {
+            Err(StoreError::Deposed { term, entry_term })
+        }
+        Outcome::Refused(Refusal::StaleVersion {
+            cluster,
+            version,
+            latest,
+        }) => Err(StoreError::StaleVersion {
+            cluster,
+            version,
+            latest,
+        }),
+        other => Ok(other),
+    }
+}
+
 fn unexpected(command: &str, outcome: &Outcome) -> StoreError {
     StoreError::Corrupt {
         table: "commands",
@@ -398,17 +452,43 @@ impl HubStore {
     /// Applies one command in its own write transaction, the one way anything is written; a refusal
     /// writes nothing.
     pub fn execute(&self, command: &Command) -> Result<Outcome, StoreError> {
+        let fenced;
+        let command = match self.fence {
+            Some(term) => {
+                fenced = Command::Fenced {
+                    term,
+                    inner: Box::new(command.clone()),
+                };
+                &fenced
+            }
+            None => command,
+        };
         if let Some(proposer) = &self.proposer {
-            return proposer.propose(command);
+            return proposer.propose(command).and_then(refusal_as_error);
         }
         let txn = self.db.begin_write()?;
-        let outcome = command::apply(&txn, command)?;
+        let outcome = command::apply(&txn, None, command)?;
         if outcome.wrote() {
             txn.commit()?;
+            for notice in command::notices(command, &outcome) {
+                let _ = self.notices.send(notice);
+            }
         } else {
             txn.abort()?;
         }
-        Ok(outcome)
+        refusal_as_error(outcome)
+    }
+
+    /// Hears every change applied to this store from now on, once committed.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// The same store with every write fenced to Raft `term`: applied from a log entry of another
+    /// term, a write is refused ([`StoreError::Deposed`]). The leader's controller writes through it.
+    pub fn fenced_to(mut self, term: u64) -> Self {
+        self.fence = Some(term);
+        self
     }
 
     /// Opens (or creates) the database file and its tables.
@@ -425,6 +505,15 @@ impl HubStore {
     /// The store over a database someone else opened (the Raft state machine's), its tables created
     /// if missing.
     pub fn from_database(db: Arc<Database>) -> Result<Self, StoreError> {
+        Self::with_notices(db, tokio::sync::broadcast::channel(NOTICE_BACKLOG).0)
+    }
+
+    /// [`HubStore::from_database`] announcing on `notices`, the channel the database's Raft state
+    /// machine announces what it applied on.
+    pub(crate) fn with_notices(
+        db: Arc<Database>,
+        notices: tokio::sync::broadcast::Sender<Notice>,
+    ) -> Result<Self, StoreError> {
         let txn = db.begin_write()?;
         {
             txn.open_table(META)?;
@@ -450,6 +539,8 @@ impl HubStore {
             db,
             retention: u64::MAX,
             proposer: None,
+            notices,
+            fence: None,
         })
     }
 
@@ -461,7 +552,20 @@ impl HubStore {
         raft: openraft::Raft<crate::raft::TypeConfig>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
-        self.proposer = Some(replicated::Proposer { raft, runtime });
+        self.proposer = Some(replicated::Proposer {
+            raft,
+            runtime,
+            forward: None,
+        });
+        self
+    }
+
+    /// The same store sending writes this replica cannot propose (it follows) to the leader through
+    /// `dialer`; without it they fail with [`StoreError::NotLeader`]. Needs a proposer.
+    pub fn forwarding(mut self, dialer: crate::raft::peers::PeerDialer) -> Self {
+        if let Some(p) = &mut self.proposer {
+            p.forward = Some(dialer);
+        }
         self
     }
 
@@ -1099,6 +1203,6 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub use command::{Command, Outcome, Refusal, Registration};
+pub use command::{Command, Notice, Outcome, Refusal, Registration};
 pub use replicated::{OpenError, StoreCommands, encode as encode_command, open_state_machine};
 pub use snapshot::SnapshotError;

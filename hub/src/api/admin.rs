@@ -17,7 +17,7 @@ use super::{ApiState, caller, internal, store_error, wire};
 use crate::controller::{RolloutAction, RolloutActionError, unix_now};
 use crate::events::Event;
 use crate::pki::PeerIdentity;
-use crate::store::{ClusterSnapshot, ClusterUpdateError, TokenRecord};
+use crate::store::{ClusterSnapshot, ClusterUpdateError, Notice, TokenRecord};
 
 /// Name and labels of every cluster, for rollout messages.
 fn rollout_names(
@@ -311,8 +311,8 @@ impl Admin for AdminService {
                 ),
             )])
             .await;
-        // Re-target at once: a new ClusterState follows if the cluster's apps change.
-        self.0.controller.clusters_changed();
+        // The leader's controller re-targets when the change reaches its store: a new
+        // ClusterState follows if the cluster's apps change.
         let snap = self
             .0
             .store
@@ -395,7 +395,7 @@ impl Admin for AdminService {
         })?;
         let record = self
             .0
-            .controller
+            .leader_controller("rollout actions")?
             .rollout_action(&req.app, action, &who)
             .await
             .map_err(|e| match e {
@@ -414,6 +414,36 @@ impl Admin for AdminService {
             &names,
             unix_now(),
         )))
+    }
+
+    async fn add_replica(
+        &self,
+        request: Request<pb::AddReplicaRequest>,
+    ) -> Result<Response<pb::ReplicaSet>, Status> {
+        let who = self.admin(&request)?;
+        let address = request.into_inner().address;
+        let set = super::replicas::add(&self.0, &address).await?;
+        info!(admin = %who, replica = set.added, %address, "replica added to the hub");
+        Ok(Response::new(set))
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<pb::RemoveReplicaRequest>,
+    ) -> Result<Response<pb::ReplicaSet>, Status> {
+        let who = self.admin(&request)?;
+        let id = request.into_inner().id;
+        let set = super::replicas::remove(&self.0, id).await?;
+        info!(admin = %who, replica = id, "replica removed from the hub");
+        Ok(Response::new(set))
+    }
+
+    async fn hub_status(
+        &self,
+        request: Request<pb::HubStatusRequest>,
+    ) -> Result<Response<pb::HubStatusResponse>, Status> {
+        self.admin(&request)?;
+        Ok(Response::new(super::replicas::status(&self.0).await))
     }
 
     async fn plan(
@@ -441,7 +471,7 @@ impl Admin for AdminService {
                 && (req.cluster.is_empty() || e.event.cluster == req.cluster)
         };
         // Subscribe before reading what is stored so nothing recorded in between is missed.
-        let mut live = self.0.events.subscribe();
+        let mut live = self.0.store.subscribe();
         let store = self.0.store.clone();
         let after = req.after_seq;
         let stored = tokio::task::spawn_blocking(move || store.events_after(after, usize::MAX))
@@ -471,9 +501,10 @@ impl Admin for AdminService {
                     _ = tx.closed() => return,
                     _ = shutdown.cancelled() => return,
                     msg = live.recv() => match msg {
-                        Ok(e) => vec![e],
-                        // Fell behind: what was missed is in the store.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        Ok(Notice::Events(events)) => events,
+                        Ok(Notice::State { .. } | Notice::Report { .. } | Notice::Clusters) => continue,
+                        // Fell behind, or a snapshot replaced the store: what was missed is in it.
+                        Ok(Notice::Restored) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             let store = store.clone();
                             match tokio::task::spawn_blocking(move || store.events_after(last, usize::MAX)).await {
                                 Ok(Ok(events)) => events,
@@ -511,13 +542,11 @@ impl Admin for AdminService {
             .map_err(internal)?
             .map_err(update_error)?;
         // Open streams of the cluster re-check it and end.
-        self.0.revocations.send_modify(|n| *n += 1);
         self.0
             .last_contact
             .lock()
             .expect("last_contact lock")
             .remove(&record.id);
-        self.0.controller.clusters_changed();
         info!(admin = %admin, cluster = %record.id, name = %record.name, "cluster deleted; its certificate is refused from now on");
         self.0
             .events

@@ -18,6 +18,7 @@ use super::limits::StreamKind;
 use super::{ApiState, caller, internal, store_error, wire};
 use crate::controller::unix_now;
 use crate::pki::PeerIdentity;
+use crate::store::Notice;
 
 /// Most digests one FetchObjects call may ask for.
 const MAX_DIGESTS_PER_FETCH: usize = 20_000;
@@ -59,7 +60,8 @@ impl AgentService {
     /// Resolves with the status to end a stream with when `cluster` is deleted (checked now
     /// and after every deletion) or the hub stops.
     fn stream_end(&self, cluster: String) -> impl Future<Output = Status> + Send + 'static {
-        let mut revocations = self.0.revocations.subscribe();
+        // Deleted on any replica, the deletion reaches this one's store as a notice.
+        let mut notices = self.0.store.subscribe();
         let store = self.0.store.clone();
         let shutdown = self.0.shutdown.clone();
         let deleted = async move {
@@ -67,8 +69,15 @@ impl AgentService {
                 if let Ok(None) = store.cluster(&cluster) {
                     return;
                 }
-                if revocations.changed().await.is_err() {
-                    std::future::pending::<()>().await;
+                loop {
+                    match notices.recv().await {
+                        Ok(Notice::Clusters | Notice::Restored)
+                        | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
                 }
             }
         };
@@ -120,8 +129,9 @@ impl Agent for AgentService {
         let cluster = self.cluster(&request)?;
         let slot = self.0.limits.open_stream(&cluster, StreamKind::Watch)?;
         let have = request.into_inner().have_version;
-        // Subscribe before reading the latest version so nothing issued in between is missed.
-        let mut announcements = self.0.controller.subscribe();
+        // Subscribe before reading the latest version so nothing applied in between is missed. A
+        // version is announced once this replica applied it, leader or follower.
+        let mut announcements = self.0.store.subscribe();
         let initial = self.latest(&cluster)?;
         let (tx, rx) = mpsc::channel(16);
         let response = self.until_deleted(&cluster, Box::pin(ReceiverStream::new(rx)));
@@ -148,16 +158,16 @@ impl Agent for AgentService {
                         Some(pb::Announce { version: current, digest: Vec::new(), heartbeat: true })
                     }
                     msg = announcements.recv() => match msg {
-                        Ok(a) if a.cluster_id == cluster => Some(pb::Announce {
-                            version: a.version,
-                            digest: a.digest.0.to_vec(),
+                        Ok(Notice::State { cluster_id, version, digest }) if cluster_id == cluster => Some(pb::Announce {
+                            version,
+                            digest: digest.0.to_vec(),
                             heartbeat: false,
                         }),
-                        Ok(_) => None,
-                        Err(broadcast::error::RecvError::Lagged(_)) => match this.latest(&cluster) {
-                            Ok(a) => a,
+                        Ok(Notice::Restored) | Err(broadcast::error::RecvError::Lagged(_)) => match this.latest(&cluster) {
+                            Ok(a) => a.filter(|a| a.version > current),
                             Err(e) => { let _ = tx.send(Err(e)).await; return; }
                         },
+                        Ok(_) => None,
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                 };
@@ -354,7 +364,6 @@ impl Agent for AgentService {
                 let saved = tokio::task::spawn_blocking(move || {
                     let recorded =
                         store.record_report_with_previous(&cluster_id, &report, received_at)?;
-                    let fresh = recorded.as_ref().is_some_and(|r| r.fresh);
                     if let Some(r) = recorded.filter(|r| r.fresh) {
                         events.record_blocking(crate::events::report_events(
                             &r.cluster_name,
@@ -363,17 +372,13 @@ impl Agent for AgentService {
                             received_at,
                         ));
                     }
-                    Ok::<_, crate::store::StoreError>(fresh)
+                    Ok::<_, crate::store::StoreError>(())
                 })
                 .await;
+                // Rollouts move on reports: the leader's controller hears of this one from its store
+                // once applied there.
                 let ack = match saved {
-                    Ok(Ok(fresh)) => {
-                        if fresh {
-                            // Rollouts move on reports.
-                            state.controller.status_changed();
-                        }
-                        Ok(pb::Ack { seq })
-                    }
+                    Ok(Ok(())) => Ok(pb::Ack { seq }),
                     Ok(Err(e)) => Err(store_error(e)),
                     Err(e) => Err(internal(e)),
                 };
@@ -451,9 +456,8 @@ impl Agent for AgentService {
                 api_versions = capabilities.api_versions.len(),
                 "cluster capabilities changed; re-rendering"
             );
-            // Templates may branch on them: render again; a new state follows only if the
-            // cluster's objects change.
-            self.0.controller.clusters_changed();
+            // Templates may branch on them: the leader's controller renders again when it hears
+            // of the change; a new state follows only if the cluster's objects change.
         }
         Ok(Response::new(pb::ReportCapabilitiesResponse { changed }))
     }

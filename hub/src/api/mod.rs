@@ -6,6 +6,7 @@ mod agent;
 mod limits;
 mod plan;
 mod registration;
+mod replicas;
 mod rollouts;
 mod wire;
 
@@ -33,8 +34,10 @@ pub struct ApiState {
     pub ca: Arc<CertificateAuthority>,
     /// Ed25519 public key agents pin.
     pub signing_public_key: [u8; 32],
-    /// Wakes the controller and carries announcements.
-    pub controller: ControllerHandle,
+    /// The controller of this replica's current term as leader; `None` while it follows.
+    pub controller: LeaderSlot,
+    /// This replica's Raft and its dialer for the others.
+    pub replica: ReplicaHandle,
     /// Last RPC per cluster, unix seconds (in memory: contact is frequent and
     /// loses nothing important on restart; reports carry durable timestamps).
     pub last_contact: Arc<Mutex<HashMap<String, i64>>>,
@@ -44,8 +47,6 @@ pub struct ApiState {
     pub sources: Arc<Vec<crate::config::SourceConfig>>,
     /// Lifetime of cluster certificates.
     pub cluster_cert_ttl: std::time::Duration,
-    /// Bumped after every cluster deletion, so open streams re-check their cluster.
-    pub revocations: Arc<tokio::sync::watch::Sender<u64>>,
     /// Cancelled when the hub stops: open streams end, so a graceful stop does not wait for
     /// agents to hang up.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -57,6 +58,39 @@ pub struct ApiState {
     pub limits: Arc<ApiLimits>,
     /// What `Admin.Plan` reads and renders with.
     pub plan: Arc<PlanEnv>,
+}
+
+/// The controller of the term this replica leads, if it leads.
+pub type LeaderSlot = Arc<tokio::sync::watch::Sender<Option<ControllerHandle>>>;
+
+/// A replica's Raft and the dialer it reaches the other replicas with.
+#[derive(Clone)]
+pub struct ReplicaHandle {
+    /// The Raft.
+    pub raft: openraft::Raft<crate::raft::TypeConfig>,
+    /// Dials other replicas' peer listeners.
+    pub dialer: crate::raft::peers::PeerDialer,
+    /// When the other replicas last answered this one.
+    pub heard: crate::raft::network::Heard,
+}
+
+impl ApiState {
+    /// The running controller, or Unavailable naming the leader when this replica follows: `what`
+    /// (e.g. "rollout actions") only the leader's controller takes.
+    pub fn leader_controller(&self, what: &str) -> Result<ControllerHandle, Status> {
+        if let Some(handle) = self.controller.borrow().clone() {
+            return Ok(handle);
+        }
+        let m = self.replica.raft.metrics().borrow().clone();
+        let leader = match m.current_leader.filter(|l| *l != m.id) {
+            Some(l) => format!("replica {l}"),
+            None => "a leader, once one is elected,".to_string(),
+        };
+        Err(Status::unavailable(format!(
+            "hub replica {} does not lead the hub; {what} are taken by {leader}: give the CLI every hub address (--hub A,B,C or FLOTILLA_HUB) and it moves on to the next",
+            m.id
+        )))
+    }
 }
 
 /// The three services, ready to add to a tonic router.
@@ -103,7 +137,10 @@ fn internal(e: impl std::fmt::Display) -> Status {
 fn store_error(e: crate::store::StoreError) -> Status {
     use crate::store::StoreError;
     match e {
-        StoreError::NotLeader { .. } | StoreError::Stopped => Status::unavailable(e.to_string()),
+        StoreError::NotLeader { .. }
+        | StoreError::Stopped
+        | StoreError::Forwarding(_)
+        | StoreError::Deposed { .. } => Status::unavailable(e.to_string()),
         other => internal(other),
     }
 }

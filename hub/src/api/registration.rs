@@ -142,7 +142,6 @@ impl Registration for RegistrationService {
                 ),
             )])
             .await;
-        self.0.controller.clusters_changed();
         Ok(Response::new(pb::RegisterResponse {
             cluster_id: cluster.id,
             certificate_pem: cert,

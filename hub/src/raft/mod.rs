@@ -8,6 +8,7 @@
 //! (`server.rs`); more replicas need the peer listener and replica configuration.
 
 pub mod network;
+pub mod peers;
 
 use serde::{Deserialize, Serialize};
 

@@ -38,6 +38,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Request, Response, Status};
 use tracing::error;
 
+use super::peers::{self, ContactBook, Contacts, MembershipChange, ReplicaView, encode_reply};
 use super::{ReplicaId, TypeConfig};
 use crate::config::TransportLimits;
 use crate::listener::{TlsSetupError, accept_tls, peer_tls_config};
@@ -90,12 +91,39 @@ impl fmt::Debug for ReplicaTls {
 /// The Replication gRPC service: each RPC goes to the local Raft.
 pub struct ReplicationService {
     raft: Raft<TypeConfig>,
+    /// Where agents' contacts with the other replicas are merged.
+    contacts: ContactBook,
+    /// How long adding a replica waits for it to catch up.
+    catch_up: Duration,
+    /// When the other replicas last answered this one.
+    heard: Heard,
 }
+
+/// How long adding a replica waits for its log to catch up before it is left a learner.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl ReplicationService {
     /// A service answering for `raft`.
     pub fn new(raft: Raft<TypeConfig>) -> Self {
-        ReplicationService { raft }
+        ReplicationService {
+            raft,
+            contacts: ContactBook::default(),
+            catch_up: CATCH_UP_TIMEOUT,
+            heard: Heard::default(),
+        }
+    }
+
+    /// Reports in its status when the other replicas last answered this one (the network's).
+    pub fn with_heard(mut self, heard: Heard) -> Self {
+        self.heard = heard;
+        self
+    }
+
+    /// Merges the contacts other replicas send into `contacts` (the API's, which the leader's
+    /// controller reads).
+    pub fn with_contacts(mut self, contacts: ContactBook) -> Self {
+        self.contacts = contacts;
+        self
     }
 
     /// The tonic server for this service, with the peer channel's message limits.
@@ -181,6 +209,50 @@ impl Replication for ReplicationService {
         rpc.data = chunk.data;
         reply(&self.raft.install_snapshot(rpc).await)
     }
+
+    async fn propose(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        replica_caller(&request)?;
+        let bytes: Vec<u8> = decode("proposal", &request.get_ref().json)?;
+        Ok(Response::new(encode_reply(
+            &peers::propose_here(&self.raft, bytes).await,
+        )))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let caller = replica_caller(&request)?;
+        let change: MembershipChange = decode("membership change", &request.get_ref().json)?;
+        tracing::info!(caller, ?change, "a replica asked to change the replica set");
+        Ok(Response::new(encode_reply(
+            &peers::change_membership(&self.raft, change, self.catch_up).await,
+        )))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        replica_caller(&request)?;
+        Ok(Response::new(encode_reply(&ReplicaView::of(
+            &self.raft,
+            &self.heard,
+        ))))
+    }
+
+    async fn contacts(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        replica_caller(&request)?;
+        let contacts: Contacts = decode("contacts", &request.get_ref().json)?;
+        peers::merge_contacts(&self.contacts, &contacts.entries);
+        Ok(Response::new(encode_reply(&())))
+    }
 }
 
 /// Serves the Replication service for `raft` on `listener` with mutual TLS (the replica's own
@@ -194,6 +266,25 @@ pub fn serve_replication(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<(), TlsSetupError> {
+    serve_replication_service(
+        listener,
+        ReplicationService::new(raft),
+        tls,
+        limits,
+        shutdown,
+        tracker,
+    )
+}
+
+/// [`serve_replication`] for a service set up by the caller.
+pub fn serve_replication_service(
+    listener: TcpListener,
+    service: ReplicationService,
+    tls: &ReplicaTls,
+    limits: &TransportLimits,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(), TlsSetupError> {
     let config = peer_tls_config(&tls.cert_pem, &tls.key_pem, &tls.ca_pem)?;
     let incoming = accept_tls(listener, config, limits, shutdown.clone(), tracker);
     let router = Server::builder()
@@ -201,7 +292,7 @@ pub fn serve_replication(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .timeout(limits.request_timeout)
-        .add_service(ReplicationService::new(raft).into_server());
+        .add_service(service.into_server());
     tracker.spawn(async move {
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
@@ -213,11 +304,15 @@ pub fn serve_replication(
     Ok(())
 }
 
+/// When this replica last had an answer from each other replica (any RPC openraft made).
+pub type Heard = Arc<std::sync::Mutex<std::collections::HashMap<ReplicaId, std::time::Instant>>>;
+
 /// openraft's network factory for the peer channel: connects to other replicas as `id`.
 #[derive(Clone)]
 pub struct ReplicaNetwork {
     id: ReplicaId,
     tls: ClientTlsConfig,
+    heard: Heard,
 }
 
 impl fmt::Debug for ReplicaNetwork {
@@ -234,7 +329,16 @@ impl ReplicaNetwork {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&tls.ca_pem))
             .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
-        ReplicaNetwork { id, tls }
+        ReplicaNetwork {
+            id,
+            tls,
+            heard: Heard::default(),
+        }
+    }
+
+    /// When each other replica last answered this one.
+    pub fn heard(&self) -> Heard {
+        self.heard.clone()
     }
 }
 
@@ -265,6 +369,7 @@ impl RaftNetworkFactory<TypeConfig> for ReplicaNetwork {
             target,
             node: node.clone(),
             client,
+            heard: self.heard.clone(),
         }
     }
 }
@@ -280,6 +385,7 @@ pub struct ReplicaConnection {
     target: ReplicaId,
     node: BasicNode,
     client: Result<ReplicationClient<Channel>, Arc<PeerError>>,
+    heard: Heard,
 }
 
 impl fmt::Debug for ReplicaConnection {
@@ -332,6 +438,10 @@ impl ReplicaConnection {
             Ok(Err(status)) => return Err(self.status_error(action, &status)),
             Ok(Ok(answer)) => answer.into_inner(),
         };
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.target, std::time::Instant::now());
         serde_json::from_slice(&answer.json).map_err(|e| {
             RPCError::Network(NetworkError::new(&PeerError(format!(
                 "replica {} sent a malformed {action} reply: {e}",
@@ -487,6 +597,7 @@ mod tests {
             target: 2,
             node: BasicNode::new("127.0.0.1:1"),
             client: Err(Arc::new(PeerError("unused".into()))),
+            heard: Heard::default(),
         };
         let cases = [
             (Status::unavailable("connection refused"), "Unreachable"),

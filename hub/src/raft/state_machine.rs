@@ -65,8 +65,24 @@ type Membership = StoredMembership<ReplicaId, openraft::BasicNode>;
 pub trait ReplicatedData: Send + Sync + 'static {
     /// Applies one command inside `txn`. Deterministic: the same bytes on the same data give the
     /// same writes and the same answer on every replica (times, ids and signatures come in the
-    /// command). The answer is returned to the proposer as [`Applied`].
-    fn apply(&self, txn: &redb::WriteTransaction, command: &[u8]) -> Result<Vec<u8>, ApplyError>;
+    /// command). `term` is the Raft term of the entry that carries it, for commands fenced to the term
+    /// their proposer led in. The answer is returned to the proposer as [`Applied`].
+    fn apply(
+        &self,
+        txn: &redb::WriteTransaction,
+        term: u64,
+        command: &[u8],
+    ) -> Result<Vec<u8>, ApplyError>;
+
+    /// The transaction of the batch being applied was abandoned (to rerun it without a refused
+    /// command): whatever [`Self::apply`] noted for after the commit is void.
+    fn batch_aborted(&self) {}
+
+    /// The batch's transaction committed: its writes are visible to readers now.
+    fn batch_committed(&self) {}
+
+    /// A snapshot replaced every table.
+    fn restored(&self) {}
 
     /// Writes every application table, as `txn` sees it, to `out`.
     fn dump(&self, txn: &redb::ReadTransaction, out: &mut dyn Write) -> io::Result<()>;
@@ -364,14 +380,16 @@ impl<D: ReplicatedData> Shared<D> {
                             answers.push(Applied(refusal.clone()));
                             continue;
                         }
-                        match self.data.apply(&txn, command) {
+                        match self.data.apply(&txn, entry.log_id.leader_id.term, command) {
                             Ok(answer) => answers.push(Applied(answer)),
                             Err(ApplyError::Refused(refusal)) => {
                                 refused.insert(i, refusal);
                                 txn.abort().map_err(self.db_error())?;
+                                self.data.batch_aborted();
                                 continue 'batch;
                             }
                             Err(ApplyError::Storage(source)) => {
+                                self.data.batch_aborted();
                                 return Err(StateMachineError::Apply {
                                     path: self.path.clone(),
                                     index: entry.log_id.index,
@@ -383,8 +401,15 @@ impl<D: ReplicatedData> Shared<D> {
                 }
             }
             let last = entries.last().map(|e| e.log_id);
-            self.write_meta(&txn, last, membership.as_ref())?;
-            txn.commit().map_err(self.db_error())?;
+            if let Err(e) = self.write_meta(&txn, last, membership.as_ref()) {
+                self.data.batch_aborted();
+                return Err(e);
+            }
+            if let Err(e) = txn.commit() {
+                self.data.batch_aborted();
+                return Err(self.db_error()(e));
+            }
+            self.data.batch_committed();
             return Ok(answers);
         }
     }
@@ -529,7 +554,9 @@ impl<D: ReplicatedData> Shared<D> {
             snapshot.meta.last_log_id,
             Some(&snapshot.meta.last_membership),
         )?;
-        txn.commit().map_err(self.db_error())
+        txn.commit().map_err(self.db_error())?;
+        self.data.restored();
+        Ok(())
     }
 }
 

@@ -23,7 +23,12 @@ const KV: TableDefinition<&str, &str> = TableDefinition::new("kv");
 struct Kv;
 
 impl ReplicatedData for Kv {
-    fn apply(&self, txn: &redb::WriteTransaction, command: &[u8]) -> Result<Vec<u8>, ApplyError> {
+    fn apply(
+        &self,
+        txn: &redb::WriteTransaction,
+        _term: u64,
+        command: &[u8],
+    ) -> Result<Vec<u8>, ApplyError> {
         let command = String::from_utf8_lossy(command);
         let mut table = txn.open_table(KV)?;
         match command.split(' ').collect::<Vec<_>>()[..] {

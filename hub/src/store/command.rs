@@ -111,6 +111,15 @@ pub enum Command {
         /// The records.
         rollouts: Vec<crate::rollout::RolloutRecord>,
     },
+    /// A command of the leader's controller, valid only in the Raft term it led in when it decided
+    /// it: applied from a log entry of another term (its proposer was deposed, perhaps re-elected
+    /// since) it is refused, so a controller that lost the lead can never issue a version.
+    Fenced {
+        /// The term the proposer led in.
+        term: u64,
+        /// The command.
+        inner: Box<Command>,
+    },
 }
 
 /// A registration, decided before it is applied: the id and the certificate's expiry come from the
@@ -155,6 +164,23 @@ pub enum Refusal {
         /// What was asked for.
         cluster: String,
     },
+    /// A fenced command reached the log in another term than the one its proposer led in.
+    Deposed {
+        /// The term the proposer led in.
+        term: u64,
+        /// The term of the log entry that carried it.
+        entry_term: u64,
+    },
+    /// A ClusterState version is not newer than the cluster's stored one: a version is never
+    /// reused nor lowered.
+    StaleVersion {
+        /// Cluster id.
+        cluster: String,
+        /// The offered version.
+        version: u64,
+        /// The newest stored version.
+        latest: u64,
+    },
 }
 
 /// What applying a command gave back. Adjacently tagged: an internal tag cannot carry a count, an
@@ -192,8 +218,20 @@ impl Outcome {
 }
 
 /// Applies `command` inside `txn`. Deterministic: no clock, no randomness, no IO but the transaction.
-pub fn apply(txn: &WriteTransaction, command: &Command) -> Result<Outcome, StoreError> {
+/// Outside Raft (`entry_term` `None`) a fenced command is applied as its inner command.
+pub fn apply(
+    txn: &WriteTransaction,
+    entry_term: Option<u64>,
+    command: &Command,
+) -> Result<Outcome, StoreError> {
     match command {
+        Command::Fenced { term, inner } => match entry_term {
+            Some(entry_term) if entry_term != *term => Ok(Outcome::Refused(Refusal::Deposed {
+                term: *term,
+                entry_term,
+            })),
+            _ => apply(txn, entry_term, inner),
+        },
         Command::SetMeta { key, value } => {
             txn.open_table(META)?.insert(key.as_str(), *value)?;
             Ok(Outcome::Done)
@@ -224,6 +262,9 @@ pub fn apply(txn: &WriteTransaction, command: &Command) -> Result<Outcome, Store
             rollouts,
             retention,
         } => {
+            if let Some(refusal) = stale_version(txn, states)? {
+                return Ok(Outcome::Refused(refusal));
+            }
             put_rollouts_in(txn, rollouts)?;
             commit_states_in(txn, states, *retention).map(Outcome::Committed)
         }
@@ -349,6 +390,97 @@ fn update_cluster(
     change(&mut record);
     table.insert(record.id.as_str(), json(&record).as_slice())?;
     Ok(Outcome::Cluster(record))
+}
+
+/// The first state whose version is not above its cluster's newest stored one (nor above an
+/// earlier state of the same command).
+fn stale_version(
+    txn: &WriteTransaction,
+    states: &[NewState],
+) -> Result<Option<Refusal>, StoreError> {
+    let headers = txn.open_table(HEADERS)?;
+    let mut newest: std::collections::BTreeMap<&str, u64> = Default::default();
+    for state in states {
+        let latest = match newest.get(state.cluster_id.as_str()) {
+            Some(v) => Some(*v),
+            None => headers
+                .range((state.cluster_id.as_str(), 0)..=(state.cluster_id.as_str(), u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map(|(k, _)| k.value().1),
+        };
+        if let Some(latest) = latest
+            && state.version <= latest
+        {
+            return Ok(Some(Refusal::StaleVersion {
+                cluster: state.cluster_id.clone(),
+                version: state.version,
+                latest,
+            }));
+        }
+        newest.insert(state.cluster_id.as_str(), state.version);
+    }
+    Ok(None)
+}
+
+/// What readers on this replica should hear of once `command`'s writes are committed.
+pub fn notices(command: &Command, outcome: &Outcome) -> Vec<Notice> {
+    match (command, outcome) {
+        (Command::Fenced { inner, .. }, outcome) => notices(inner, outcome),
+        (Command::CommitStates { states, .. }, Outcome::Committed(_)) => states
+            .iter()
+            .map(|s| Notice::State {
+                cluster_id: s.cluster_id.clone(),
+                version: s.version,
+                digest: s.signed.digest(),
+            })
+            .collect(),
+        (Command::AppendEvents { .. }, Outcome::Events(stored)) => {
+            vec![Notice::Events(stored.clone())]
+        }
+        (Command::RecordReport { cluster_id, .. }, Outcome::Report(Some(_))) => {
+            vec![Notice::Report {
+                cluster_id: cluster_id.clone(),
+            }]
+        }
+        (
+            Command::Register(_)
+            | Command::LabelCluster { .. }
+            | Command::DeleteCluster { .. }
+            | Command::RecordRenewal { .. },
+            Outcome::Cluster(_),
+        )
+        | (Command::SetCapabilities { .. }, Outcome::Capabilities { changed: true }) => {
+            vec![Notice::Clusters]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A change this replica applied, for the tasks that serve it (a Watch announcing a version, the
+/// leader's controller reading a report): sent after the transaction that wrote it committed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// A ClusterState version is stored.
+    State {
+        /// Cluster id.
+        cluster_id: String,
+        /// Version.
+        version: u64,
+        /// Header digest.
+        digest: flotilla_common::digest::Digest,
+    },
+    /// A status report is stored.
+    Report {
+        /// Cluster id.
+        cluster_id: String,
+    },
+    /// Events were recorded.
+    Events(Vec<crate::events::Event>),
+    /// A cluster registered, was relabelled, renewed or deleted, or its capabilities changed.
+    Clusters,
+    /// A snapshot replaced every table: anything may have changed.
+    Restored,
 }
 
 fn commit_states_in(

@@ -6,25 +6,47 @@
 
 use std::io::{self, Read, Write};
 
+use std::sync::{Arc, Mutex};
+
 use redb::{ReadTransaction, WriteTransaction};
+use tokio::sync::broadcast;
 
 use openraft::error::{ClientWriteError, Fatal, RaftError};
 
-use super::{Command, HubStore, Outcome, StoreError, command, snapshot};
+use super::{Command, HubStore, Notice, Outcome, StoreError, command, snapshot};
+use crate::raft::peers::PeerDialer;
 use crate::raft::state_machine::{ApplyError, ReplicatedData};
 use crate::raft::{Proposal, ReplicaId, StateMachineStore, TypeConfig};
 
-/// The hub store's commands, applied by the Raft state machine.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StoreCommands;
+/// The hub store's commands, applied by the Raft state machine. What a batch changed is announced
+/// on the store's notice channel once the batch's transaction committed.
+#[derive(Debug, Clone)]
+pub struct StoreCommands {
+    notices: broadcast::Sender<Notice>,
+    pending: Arc<Mutex<Vec<Notice>>>,
+}
+
+impl StoreCommands {
+    fn new(notices: broadcast::Sender<Notice>) -> Self {
+        StoreCommands {
+            notices,
+            pending: Arc::default(),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Notice>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Opens the hub store as a Raft state machine at `path`, its tables created if missing, and the store
 /// that reads its applied state.
 pub fn open_state_machine(
     path: &std::path::Path,
 ) -> Result<(StateMachineStore<StoreCommands>, HubStore), OpenError> {
-    let machine = StateMachineStore::open(path, StoreCommands)?;
-    let store = HubStore::from_database(machine.database().clone())?;
+    let (notices, _) = broadcast::channel(super::NOTICE_BACKLOG);
+    let machine = StateMachineStore::open(path, StoreCommands::new(notices.clone()))?;
+    let store = HubStore::with_notices(machine.database().clone(), notices)?;
     Ok((machine, store))
 }
 
@@ -44,29 +66,47 @@ pub fn encode(command: &Command) -> Vec<u8> {
     serde_json::to_vec(command).expect("commands always serialize")
 }
 
+/// How long a follower waits for the leader to answer a command it forwarded.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A store's way to the Raft leader: a command is proposed with `client_write` and its outcome is
-/// what the state machine answered once it applied it.
+/// what the state machine answered once it applied it. On a follower with a [`PeerDialer`], the
+/// command's bytes go to the leader over the peer channel and the leader proposes them unchanged.
 #[derive(Clone)]
 pub(super) struct Proposer {
     pub(super) raft: openraft::Raft<TypeConfig>,
     pub(super) runtime: tokio::runtime::Handle,
+    pub(super) forward: Option<PeerDialer>,
 }
 
 impl Proposer {
-    /// Proposes `command` and waits for its outcome. Blocking: `Handle::block_on` panics on an async
-    /// worker thread, so callers run it in `spawn_blocking`, as every store write already is.
+    /// Proposes `command` and waits for its outcome; a fenced command is never forwarded (it is the
+    /// leader's own, and a leader that lost the lead must not write). Blocking: `Handle::block_on`
+    /// panics on an async worker thread, so callers run it in `spawn_blocking`, as every store write
+    /// already is.
     pub(super) fn propose(&self, command: &Command) -> Result<Outcome, StoreError> {
-        let proposal = Proposal(encode(command));
+        let bytes = encode(command);
         let written = self
             .runtime
-            .block_on(self.raft.client_write(proposal))
-            .map_err(proposal_error)?;
-        serde_json::from_slice(&written.data.0).map_err(|e| StoreError::Corrupt {
+            .block_on(self.raft.client_write(Proposal(bytes.clone())));
+        let (index, applied) = match written {
+            Ok(written) => (written.log_id.index, written.data),
+            Err(e) => match (proposal_error(e), &self.forward) {
+                (StoreError::NotLeader { .. }, Some(dialer))
+                    if !matches!(command, Command::Fenced { .. }) =>
+                {
+                    let proposed = self
+                        .runtime
+                        .block_on(dialer.propose_on_leader(&self.raft, &bytes, FORWARD_TIMEOUT))
+                        .map_err(|e| StoreError::Forwarding(e.to_string()))?;
+                    (proposed.index, proposed.applied)
+                }
+                (e, _) => return Err(e),
+            },
+        };
+        serde_json::from_slice(&applied.0).map_err(|e| StoreError::Corrupt {
             table: "commands",
-            detail: format!(
-                "the outcome of log entry {} does not decode: {e}",
-                written.log_id
-            ),
+            detail: format!("the outcome of log entry {index} does not decode: {e}"),
         })
     }
 }
@@ -103,7 +143,12 @@ fn corrupted(message: String) -> ApplyError {
 }
 
 impl ReplicatedData for StoreCommands {
-    fn apply(&self, txn: &WriteTransaction, bytes: &[u8]) -> Result<Vec<u8>, ApplyError> {
+    fn apply(
+        &self,
+        txn: &WriteTransaction,
+        term: u64,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, ApplyError> {
         // A replica that cannot read a command must stop, not skip it: skipping would let replicas
         // of different versions diverge.
         let command: Command = serde_json::from_slice(bytes).map_err(|e| {
@@ -111,11 +156,27 @@ impl ReplicatedData for StoreCommands {
                 "a replicated store command does not decode ({e}); this replica cannot apply the log (is it older than the leader?)"
             ))
         })?;
-        let outcome = command::apply(txn, &command).map_err(|e| match e {
+        let outcome = command::apply(txn, Some(term), &command).map_err(|e| match e {
             StoreError::Db(e) => ApplyError::Storage(e),
             other => corrupted(other.to_string()),
         })?;
+        self.pending().extend(command::notices(&command, &outcome));
         Ok(serde_json::to_vec(&outcome).expect("outcomes always serialize"))
+    }
+
+    fn batch_aborted(&self) {
+        self.pending().clear();
+    }
+
+    fn batch_committed(&self) {
+        for notice in self.pending().drain(..) {
+            let _ = self.notices.send(notice);
+        }
+    }
+
+    fn restored(&self) {
+        self.pending().clear();
+        let _ = self.notices.send(Notice::Restored);
     }
 
     fn dump(&self, txn: &ReadTransaction, out: &mut dyn Write) -> io::Result<()> {
