@@ -194,25 +194,51 @@ pub struct LocalHub {
 impl LocalHub {
     /// Runs `flotilla-hub init` in `dir/hub` and writes `config` as its hub.yaml.
     pub async fn init(bins: &Binaries, dir: &Path, config: &str) -> Result<Self, FleetError> {
-        let data_dir = dir.join("hub");
+        Self::made_by(bins, dir, "hub", &["init"], config).await
+    }
+
+    /// Runs `flotilla-hub join` in `dir/<name>` for replica `id` with `from`'s keys, and writes
+    /// `config` as `dir/<name>.yaml`: another replica of `from`'s hub.
+    pub async fn join(
+        bins: &Binaries,
+        dir: &Path,
+        name: &str,
+        from: &LocalHub,
+        id: u64,
+        config: &str,
+    ) -> Result<Self, FleetError> {
+        let from = from.data_dir.display().to_string();
+        let id = id.to_string();
+        let args = ["join", "--from", from.as_str(), "--replica-id", id.as_str()];
+        Self::made_by(bins, dir, name, &args, config).await
+    }
+
+    async fn made_by(
+        bins: &Binaries,
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        config: &str,
+    ) -> Result<Self, FleetError> {
+        let data_dir = dir.join(name);
         let out = Command::new(&bins.hub)
-            .arg("init")
+            .args(args)
             .arg("--data-dir")
             .arg(&data_dir)
             .output()
             .await
-            .map_err(io("running flotilla-hub init"))?;
+            .map_err(io(format!("running flotilla-hub {}", args[0])))?;
         if !out.status.success() {
             return Err(FleetError::Command {
-                command: "flotilla-hub init".into(),
+                command: format!("flotilla-hub {}", args.join(" ")),
                 output: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
-        let config_path = dir.join("hub.yaml");
+        let config_path = dir.join(format!("{name}.yaml"));
         std::fs::write(&config_path, config).map_err(io("writing hub.yaml"))?;
         Ok(LocalHub {
             bins: bins.clone(),
-            log_path: dir.join("hub.log"),
+            log_path: dir.join(format!("{name}.log")),
             data_dir,
             config_path,
             addr: None,
@@ -221,8 +247,16 @@ impl LocalHub {
         })
     }
 
-    /// Starts the hub; on a restart it listens on the same address as before.
+    /// Starts the hub and waits until it listens; on a restart it listens on the same address as
+    /// before.
     pub async fn start(&mut self) -> Result<SocketAddr, FleetError> {
+        self.launch()?;
+        self.wait_listening(Duration::from_secs(30)).await
+    }
+
+    /// Starts the hub process without waiting (a replica waiting to be added listens only once it
+    /// was); [`LocalHub::wait_listening`] waits.
+    pub fn launch(&mut self) -> Result<(), FleetError> {
         let addr_file = self.data_dir.join("hub.addr");
         let _ = std::fs::remove_file(&addr_file);
         let listen = self
@@ -230,7 +264,7 @@ impl LocalHub {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "127.0.0.1:0".into());
         let (out, err) = log_file(&self.log_path)?;
-        let mut child = Command::new(&self.bins.hub)
+        let child = Command::new(&self.bins.hub)
             .arg("run")
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -244,7 +278,13 @@ impl LocalHub {
             .kill_on_drop(true)
             .spawn()
             .map_err(io("starting flotilla-hub"))?;
-        let deadline = Duration::from_secs(30);
+        self.child.set(child);
+        Ok(())
+    }
+
+    /// Waits up to `deadline` until the launched hub wrote its listen address.
+    pub async fn wait_listening(&mut self, deadline: Duration) -> Result<SocketAddr, FleetError> {
+        let addr_file = self.data_dir.join("hub.addr");
         let end = tokio::time::Instant::now() + deadline;
         let addr = loop {
             if let Some(addr) = std::fs::read_to_string(&addr_file)
@@ -253,7 +293,7 @@ impl LocalHub {
             {
                 break addr;
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(status) = self.child.exited() {
                 return Err(FleetError::Exited {
                     what: "flotilla-hub".into(),
                     status: status.to_string(),
@@ -270,8 +310,12 @@ impl LocalHub {
             tokio::time::sleep(Duration::from_millis(25)).await;
         };
         self.addr = Some(addr);
-        self.child.set(child);
         Ok(addr)
+    }
+
+    /// Whether the hub process has ended, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.exited()
     }
 
     /// `https://127.0.0.1:PORT` of the running hub.

@@ -8,4 +8,5 @@ pub mod fleet;
 pub mod output;
 pub mod plan;
 pub mod render;
+pub mod replicas;
 pub mod rollout;

@@ -81,6 +81,11 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: OutputFormat,
     },
+    /// The hub's replicas: status, and adding or removing one.
+    Hub {
+        #[command(subcommand)]
+        command: HubCommand,
+    },
     /// Staged rollouts: list, status, watch, and approve, pause, resume or roll back.
     Rollout {
         #[command(subcommand)]
@@ -165,6 +170,40 @@ enum TokenCommand {
         /// The name the registering cluster gets; an agent asking for another name is refused.
         #[arg(long)]
         name: Option<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum HubCommand {
+    /// Each replica: id, peer address, role, term, last log index, applied index, lag and last
+    /// contact, as the replica that answers sees them.
+    Status {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Add the replica whose peer listener is at ADDRESS (made by `flotilla-hub join` and
+    /// running): a learner until it caught up with the leader's log, then a voter.
+    AddReplica {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// HOST:PORT, the new replica's `replication.advertise`.
+        address: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Remove replica ID from the hub. Its id is never used again.
+    RemoveReplica {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Replica id.
+        id: u64,
         /// Output format.
         #[arg(long, short, value_enum, default_value = "table")]
         output: OutputFormat,
@@ -342,11 +381,60 @@ async fn rollout_command(command: RolloutCommand) -> anyhow::Result<()> {
         RolloutCommand::Resume(args) => (Action::Resume, args),
         RolloutCommand::Rollback(args) => (Action::Rollback, args),
     };
-    let mut admin = client::connect_admin(&args.hub.hub, &args.hub.admin_dir).await?;
-    let r = rollout::act(&mut admin, &args.name, action).await?;
+    // A follower refuses an action as Unavailable before taking it: the next hub is asked.
+    let r = rollout::act_on_any(&args.hub.hub, &args.hub.admin_dir, &args.name, action).await?;
     match args.output {
         OutputFormat::Json => print_json(&r),
         OutputFormat::Table => println!("{}", rollout::format::action_summary(action, &r)),
+    }
+    Ok(())
+}
+
+async fn hub_command(command: HubCommand) -> anyhow::Result<()> {
+    use flotilla_cli::replicas;
+    match command {
+        HubCommand::Status { hub, output } => {
+            let status = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                replicas::status(admin).await
+            })
+            .await?;
+            match output {
+                OutputFormat::Json => print_json(&status),
+                OutputFormat::Table => println!("{}", replicas::status_table(&status)),
+            }
+        }
+        HubCommand::AddReplica {
+            hub,
+            address,
+            output,
+        } => {
+            let set = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                replicas::add(admin, &address).await
+            })
+            .await?;
+            match output {
+                OutputFormat::Json => print_json(&set),
+                OutputFormat::Table => {
+                    if let Some(id) = set.added {
+                        println!("replica {id} at {address} added");
+                    }
+                    println!("{}", replicas::set_summary(&set));
+                }
+            }
+        }
+        HubCommand::RemoveReplica { hub, id, output } => {
+            let set = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
+                replicas::remove(admin, id).await
+            })
+            .await?;
+            match output {
+                OutputFormat::Json => print_json(&set),
+                OutputFormat::Table => {
+                    println!("replica {id} removed");
+                    println!("{}", replicas::set_summary(&set));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -469,6 +557,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         }
         Command::Rollout { command } => rollout_command(command).await?,
+        Command::Hub { command } => hub_command(command).await?,
         Command::Status { hub, output } => {
             let status = client::with_admin(&hub.hub, &hub.admin_dir, async |admin| {
                 client::status(admin).await

@@ -22,7 +22,7 @@ pub fn print_json<T: Serialize>(value: &T) {
     );
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
     t.set_header(header.to_vec());

@@ -320,21 +320,28 @@ pub async fn get(
     Ok(resp.into())
 }
 
-/// Applies `action` to the active rollout of `app`; the rollout as it is afterwards.
-pub async fn act(
-    client: &mut AdminClient<Channel>,
+/// Applies `action` to the active rollout of `app` on the first of `hubs` that takes it, and returns the
+/// rollout as it is afterwards: a follower answers Unavailable before acting, and
+/// the next hub is asked.
+pub async fn act_on_any(
+    hubs: &str,
+    admin_dir: &std::path::Path,
     app: &str,
     action: Action,
 ) -> Result<RolloutView, RolloutError> {
-    let resp = client
-        .rollout_action(pb::RolloutActionRequest {
-            app: app.to_string(),
-            action: action.as_wire().to_string(),
-        })
-        .await
-        .map_err(|s| RolloutError::from_status(app, Some(action), s))?
-        .into_inner();
-    Ok(resp.into())
+    let request = pb::RolloutActionRequest {
+        app: app.to_string(),
+        action: action.as_wire().to_string(),
+    };
+    match crate::client::with_admin(hubs, admin_dir, async |client| {
+        Ok(client.rollout_action(request.clone()).await?.into_inner())
+    })
+    .await
+    {
+        Ok(resp) => Ok(resp.into()),
+        Err(ClientError::Rpc(status)) => Err(RolloutError::from_status(app, Some(action), status)),
+        Err(other) => Err(RolloutError::Client(other)),
+    }
 }
 
 /// How a watched rollout ended, and the exit code of `flotilla rollout watch` for it.

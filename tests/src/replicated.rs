@@ -1,0 +1,309 @@
+//! A replicated hub for tests: 3 (or 5) real `flotilla-hub` processes on loopback, each with its own
+//! data directory and peer listener, plus agents given every replica's address. Replica 1 is made by
+//! `init`, the others by `flotilla-hub join` with its keys; every replica but the last joins through
+//! `replication.join`, the last through `flotilla hub add-replica`, so both ways are exercised.
+
+use std::time::Duration;
+
+use flotilla_cli::client::{self, StatusView};
+use flotilla_cli::fleet::{Binaries, LocalAgent, LocalHub};
+use flotilla_cli::replicas::HubStatusView;
+use flotilla_common::labels::parse_labels;
+
+use crate::fixture::{CONVERGE, GitRepo};
+
+/// Hub replicas, agents and the Git source in one temporary directory.
+pub struct ReplicatedHub {
+    /// Temporary directory holding everything.
+    pub dir: tempfile::TempDir,
+    /// Binaries under test.
+    pub bins: Binaries,
+    /// Replica `i + 1` at index `i`.
+    pub replicas: Vec<LocalHub>,
+    /// Each replica's peer address, `127.0.0.1:PORT`.
+    pub peers: Vec<String>,
+    /// Agents, in the order added.
+    pub agents: Vec<LocalAgent>,
+    /// The Git source.
+    pub repo: GitRepo,
+}
+
+/// A free loopback port (bound, then released for the replica to bind).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl ReplicatedHub {
+    /// Starts `n` replicas polling a repository filled by `fill` every 200 ms, with `extra_config`
+    /// appended to every hub.yaml, and waits until every one is a voter and listens.
+    pub async fn start(n: usize, fill: impl FnOnce(&GitRepo), extra_config: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("flotilla-replicas-")
+            .tempdir()
+            .expect("tempdir");
+        let bins = Binaries::locate().expect("binaries built (cargo build --workspace --bins)");
+        let repo = GitRepo::init(&dir.path().join("repo"));
+        fill(&repo);
+        let peers: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let config = |i: usize, join: &[String]| {
+            let join = if join.is_empty() {
+                String::new()
+            } else {
+                format!("\n  join: [{}]", join.join(", "))
+            };
+            format!(
+                "listen: 127.0.0.1:0\nserverNames: [localhost, 127.0.0.1]\nsources:\n  - name: main\n    url: {}\n    branch: main\n    interval: 200ms\nreplication:\n  listen: {peer}\n  advertise: {peer}{join}\n{extra_config}",
+                repo.url(),
+                peer = peers[i],
+            )
+        };
+        let mut first = LocalHub::init(&bins, dir.path(), &config(0, &[]))
+            .await
+            .expect("init replica 1");
+        first.start().await.expect("start replica 1");
+        let mut replicas = vec![first];
+        for i in 1..n {
+            // The last replica waits for an operator's add-replica; the others ask replica 1.
+            let join = if i + 1 == n {
+                Vec::new()
+            } else {
+                vec![peers[0].clone()]
+            };
+            let mut r = LocalHub::join(
+                &bins,
+                dir.path(),
+                &format!("hub-{}", i + 1),
+                &replicas[0],
+                (i + 1) as u64,
+                &config(i, &join),
+            )
+            .await
+            .expect("join replica");
+            r.launch().expect("launch replica");
+            if !join.is_empty() {
+                r.wait_listening(CONVERGE).await.expect("replica joined");
+            }
+            replicas.push(r);
+        }
+        let mut hub = ReplicatedHub {
+            dir,
+            bins,
+            replicas,
+            peers,
+            agents: Vec::new(),
+            repo,
+        };
+        if n > 1 {
+            let last = hub.peers[n - 1].clone();
+            // The replica to add listens for peers as soon as its process is up.
+            let reachable = flotilla_cli::fleet::wait_for(CONVERGE, || {
+                std::net::TcpStream::connect(&last).ok().map(|_| ())
+            })
+            .await;
+            assert!(
+                reachable.is_some(),
+                "replica {n}'s peer listener {last} never came up"
+            );
+            let added = hub.cli_json(&["hub", "add-replica", &last]);
+            assert_eq!(added["added"], serde_json::json!(n), "{added}");
+            hub.replicas[n - 1]
+                .wait_listening(CONVERGE)
+                .await
+                .expect("added replica listens");
+        }
+        hub.wait_hub_status("every replica a voter", |s| {
+            s.replicas.len() == n && s.replicas.iter().all(|r| r.voter)
+        })
+        .await;
+        hub
+    }
+
+    /// `https://` addresses of the replicas that listen, in replica order.
+    pub fn urls(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .filter(|r| r.addr.is_some())
+            .map(LocalHub::url)
+            .collect()
+    }
+
+    /// Every replica's address, comma-separated, for `--hub` / `FLOTILLA_HUB`.
+    pub fn hub_arg(&self) -> String {
+        self.urls().join(",")
+    }
+
+    /// The operator's admin bundle (made by `init` on replica 1).
+    pub fn admin_dir(&self) -> std::path::PathBuf {
+        self.replicas[0].admin_dir()
+    }
+
+    /// Runs the real `flotilla` binary against every replica with `-o json`.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = std::process::Command::new(&self.bins.cli)
+            .args(args)
+            .args(["-o", "json"])
+            .env("FLOTILLA_HUB", self.hub_arg())
+            .env("FLOTILLA_ADMIN_DIR", self.admin_dir())
+            .output()
+            .expect("run flotilla");
+        assert!(
+            out.status.success(),
+            "flotilla {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    /// `flotilla hub status` through the admin API, from the first replica that answers.
+    pub async fn hub_status(&self) -> Option<HubStatusView> {
+        client::with_admin(&self.hub_arg(), &self.admin_dir(), async |admin| {
+            flotilla_cli::replicas::status(admin).await
+        })
+        .await
+        .ok()
+    }
+
+    /// Waits until `check` holds for the hub status.
+    pub async fn wait_hub_status(
+        &self,
+        what: &str,
+        check: impl Fn(&HubStatusView) -> bool,
+    ) -> HubStatusView {
+        let end = tokio::time::Instant::now() + CONVERGE;
+        let mut last = None;
+        loop {
+            if let Some(status) = self.hub_status().await {
+                if check(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            if tokio::time::Instant::now() >= end {
+                panic!("timed out waiting for {what}; last hub status: {last:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader's replica id, once one replica says it leads and the others that answer agree.
+    pub async fn leader(&self) -> u64 {
+        let status = self
+            .wait_hub_status("a leader", |s| {
+                let leaders: Vec<u64> = s
+                    .replicas
+                    .iter()
+                    .filter(|r| r.role == "leader")
+                    .map(|r| r.id)
+                    .collect();
+                leaders.len() == 1
+                    && s.replicas
+                        .iter()
+                        .filter(|r| r.role == "follower")
+                        .all(|r| r.leader == Some(leaders[0]))
+            })
+            .await;
+        status
+            .replicas
+            .iter()
+            .find(|r| r.role == "leader")
+            .map(|r| r.id)
+            .expect("a leader")
+    }
+
+    /// Starts an agent registering as `name` with `labels`, given every replica's address starting
+    /// with replica `first` (1-based), so agents spread over the replicas.
+    pub async fn add_agent(&mut self, name: &str, labels: &str, first: usize) -> usize {
+        let token = client::with_admin(&self.hub_arg(), &self.admin_dir(), async |admin| {
+            client::create_token(
+                admin,
+                Duration::from_secs(600),
+                &parse_labels(labels).expect("labels"),
+                None,
+            )
+            .await
+        })
+        .await
+        .expect("create token")
+        .token;
+        let mut agent =
+            LocalAgent::new(&self.bins, self.dir.path(), name, &token, &self.replicas[0])
+                .expect("agent dir");
+        let mut urls = self.urls();
+        let shift = (first - 1) % urls.len();
+        urls.rotate_left(shift);
+        agent.set_hub_urls(urls);
+        agent.start().expect("agent start");
+        self.agents.push(agent);
+        self.agents.len() - 1
+    }
+
+    /// The fleet status from the first replica that answers.
+    pub async fn status(&self) -> Option<StatusView> {
+        client::with_admin(&self.hub_arg(), &self.admin_dir(), async |admin| {
+            client::status(admin).await
+        })
+        .await
+        .ok()
+    }
+
+    /// Waits until every agent's cluster applied `commit`.
+    pub async fn wait_converged(&self, commit: &str) -> StatusView {
+        let n = self.agents.len();
+        let end = tokio::time::Instant::now() + CONVERGE;
+        let mut last = None;
+        loop {
+            if let Some(s) = self.status().await {
+                if s.clusters.len() == n && s.converged_at(commit) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            if tokio::time::Instant::now() >= end {
+                panic!(
+                    "timed out waiting for {n} clusters on {commit}; last status: {}",
+                    serde_json::to_string_pretty(&last).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every log line the processes wrote.
+    pub fn all_logs(&self) -> String {
+        let mut out = String::new();
+        for r in &self.replicas {
+            out.push_str(&std::fs::read_to_string(&r.log_path).unwrap_or_default());
+        }
+        for a in &self.agents {
+            out.push_str(&std::fs::read_to_string(&a.log_path).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Stops every process.
+    pub async fn shutdown(mut self) {
+        for a in &mut self.agents {
+            a.stop().await;
+        }
+        for r in &mut self.replicas {
+            r.stop().await;
+        }
+        // A replica killed or cut off is an outage the others handle: it may log warnings, never
+        // an error (STYLE: tests fail on unexpected ERROR logs) — but openraft's own, which it logs
+        // at ERROR for every peer it cannot reach.
+        let logs = self.all_logs();
+        let errors: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(" ERROR "))
+            .filter(|l| !(l.contains(" openraft::") && l.contains("Unreachable node")))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "unexpected ERROR log lines:\n{}",
+            errors.join("\n")
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! End-to-end: a hub of three real replica processes (issue 15). Replicas join through
+//! `replication.join` and through `flotilla hub add-replica`; agents are spread over the replicas,
+//! so followers serve Watches from what they applied; the leader is killed with SIGKILL while a
+//! commit lands, and the fleet converges through the new leader without any cluster seeing its
+//! version go backwards or a version reused.
+
+use std::time::Instant;
+
+use flotilla_tests::fixture::GitRepo;
+use flotilla_tests::replicated::ReplicatedHub;
+
+const MANIFEST: &str = "apps:\n  - name: base\n    path: apps/base\n    namespace: web\n";
+const BASE: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  color: blue\n";
+
+fn fill(repo: &GitRepo) {
+    repo.write("flotilla.yaml", MANIFEST)
+        .write("apps/base/objects.yaml", BASE);
+    repo.commit("initial");
+}
+
+fn agent_log(hub: &ReplicatedHub, agent: usize) -> String {
+    std::fs::read_to_string(&hub.agents[agent].log_path).unwrap_or_default()
+}
+
+/// The (version, digest) pairs the agent logged as accepted, in order.
+fn accepted(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.split("accepted version=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_serve_agents_and_survive_the_leaders_kill() {
+    let mut hub = ReplicatedHub::start(3, fill, "").await;
+    let status = hub.hub_status().await.expect("hub status");
+    assert_eq!(status.replicas.len(), 3, "{status:#?}");
+    let leader = hub.leader().await;
+    // The real CLI shows the same replicas.
+    let shown = hub.cli_json(&["hub", "status"]);
+    assert_eq!(
+        shown["replicas"].as_array().map(Vec::len),
+        Some(3),
+        "{shown}"
+    );
+
+    for i in 0..3 {
+        hub.add_agent(&format!("edge-{}", i + 1), "tier=edge", i + 1)
+            .await;
+    }
+    let first = hub.repo.git(&["rev-parse", "HEAD"]);
+    hub.wait_converged(&first).await;
+    // Each agent talks to the replica its list starts with: two of them to followers.
+    for (i, agent) in hub.agents.iter().enumerate() {
+        let log = std::fs::read_to_string(&agent.log_path).unwrap_or_default();
+        let url = hub.replicas[i].url();
+        assert!(log.contains(&format!("connected to hub {url}")), "{log}");
+    }
+
+    // Every replica's store holds the same fleet: each answers with every cluster.
+    for r in &hub.replicas {
+        let out = std::process::Command::new(&hub.bins.cli)
+            .args(["clusters", "-o", "json"])
+            .env("FLOTILLA_HUB", r.url())
+            .env("FLOTILLA_ADMIN_DIR", hub.admin_dir())
+            .output()
+            .expect("run flotilla");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let clusters: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(clusters.as_array().map(Vec::len), Some(3), "{clusters}");
+    }
+
+    // Kill the leader, then commit: a new leader must render and issue it.
+    let killed = Instant::now();
+    hub.replicas[(leader - 1) as usize].kill().await;
+    hub.repo
+        .write("apps/base/objects.yaml", &BASE.replace("blue", "green"));
+    let second = hub.repo.commit("green");
+    hub.wait_converged(&second).await;
+    let took = killed.elapsed();
+    let new_leader = hub.leader().await;
+    assert_ne!(new_leader, leader);
+    println!(
+        "leader {leader} killed -> {} clusters on the next commit through leader {new_leader}: {:.2}s",
+        hub.agents.len(),
+        took.as_secs_f64()
+    );
+
+    // No cluster ever saw a version go backwards or accepted one twice.
+    for i in 0..hub.agents.len() {
+        let log = agent_log(&hub, i);
+        let versions = accepted(&log);
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "agent {i} accepted {versions:?}\n{log}"
+        );
+        assert!(!log.contains("Forked"), "{log}");
+        assert_eq!(log.matches("registered with hub").count(), 1, "{log}");
+    }
+
+    // The killed replica comes back as a follower and catches up.
+    hub.replicas[(leader - 1) as usize]
+        .start()
+        .await
+        .expect("restart the old leader");
+    let status = hub
+        .wait_hub_status("the old leader back and caught up", |s| {
+            s.replicas
+                .iter()
+                .all(|r| r.role == "leader" || r.role == "follower")
+                && s.replicas.iter().all(|r| r.lag == 0)
+        })
+        .await;
+    let back = status
+        .replicas
+        .iter()
+        .find(|r| r.id == leader)
+        .expect("old leader listed");
+    assert_eq!(back.role, "follower", "{status:#?}");
+
+    // Removing a replica leaves two voters; the hub still converges on a new commit.
+    let removed = hub.cli_json(&["hub", "remove-replica", &leader.to_string()]);
+    let members = removed["members"].as_array().cloned().unwrap_or_default();
+    assert_eq!(members.len(), 2, "{removed}");
+    assert!(members.iter().all(|m| m["id"] != leader), "{removed}");
+    hub.replicas[(leader - 1) as usize].stop().await;
+    hub.repo
+        .write("apps/base/objects.yaml", &BASE.replace("blue", "red"));
+    let third = hub.repo.commit("red");
+    hub.wait_converged(&third).await;
+    hub.shutdown().await;
+}
