@@ -84,6 +84,12 @@ struct RawReplication {
     advertise: String,
     #[serde(default)]
     join: Vec<String>,
+    #[serde(default = "default_snapshot_every")]
+    snapshot_every: u64,
+}
+
+fn default_snapshot_every() -> u64 {
+    5000
 }
 
 #[derive(Debug, Deserialize)]
@@ -430,6 +436,10 @@ pub struct ReplicationConfig {
     /// `flotilla-hub join` and not yet a member, asks to add it; empty waits for `flotilla hub
     /// add-replica`.
     pub join: Vec<String>,
+    /// A snapshot of the store is taken after this many log entries, and the log before it is
+    /// purged but for the newest `min(1000, snapshotEvery)` entries: a replica further behind
+    /// catches up by snapshot.
+    pub snapshot_every: u64,
 }
 
 impl ReplicationConfig {
@@ -487,10 +497,17 @@ fn replication(raw: RawReplication) -> Result<ReplicationConfig, ConfigError> {
             ));
         }
     }
+    let snapshot_every = bounded(
+        "replication.snapshotEvery",
+        raw.snapshot_every,
+        10,
+        10_000_000,
+    )?;
     Ok(ReplicationConfig {
         listen,
         advertise: raw.advertise,
         join: raw.join,
+        snapshot_every,
     })
 }
 

@@ -35,6 +35,12 @@ const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long a starting hub waits to lead its one-node cluster (an election timeout, at most).
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 
+/// How often the leader sends heartbeats to the other replicas.
+const HEARTBEAT_MILLIS: u64 = 100;
+
+/// A follower that hears no heartbeat for a random time in this range campaigns.
+const ELECTION_TIMEOUT_MILLIS: (u64, u64) = (1000, 2000);
+
 /// How long a stopping hub waits for Raft's last tasks to close the store.
 const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
@@ -236,18 +242,37 @@ async fn start_replica(
         key_pem: cert.key_pem,
         ca_pem: ca.cert_pem(),
     };
-    let raft_config = with_peer_channel_limits(openraft::Config {
+    let mut raft_config = openraft::Config {
         cluster_name: "flotilla".into(),
+        // etcd's defaults rather than openraft's (50 ms, 150–300 ms): a loaded or distant peer
+        // must not cost an election, and a dead leader is replaced within about two seconds.
+        heartbeat_interval: HEARTBEAT_MILLIS,
+        election_timeout_min: ELECTION_TIMEOUT_MILLIS.0,
+        election_timeout_max: ELECTION_TIMEOUT_MILLIS.1,
         ..Default::default()
-    })
-    .validate()
-    .map_err(|e| HubError::Raft(format!("configuration: {e}")))?;
-    let network = ReplicaNetwork::new(id, &tls);
+    };
+    if let Some(replication) = &config.replication {
+        let every = replication.snapshot_every;
+        raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(every);
+        raft_config.max_in_snapshot_log_to_keep = every.min(1000);
+        // A follower further behind than the log kept gets the snapshot instead.
+        raft_config.replication_lag_threshold = every.min(1000) + every;
+    }
+    let raft_config = with_peer_channel_limits(raft_config)
+        .validate()
+        .map_err(|e| HubError::Raft(format!("configuration: {e}")))?;
+    // Peers are dialed from the address peers are served on, when it names one.
+    let source = config
+        .replication
+        .as_ref()
+        .map(|r| r.listen.ip())
+        .filter(|ip| !ip.is_unspecified());
+    let network = ReplicaNetwork::new(id, &tls).with_source(source);
     let heard = network.heard();
     let raft = Raft::new(id, Arc::new(raft_config), network, log, machine)
         .await
         .map_err(|e| HubError::Raft(format!("starting replica {id}: {e}")))?;
-    let dialer = PeerDialer::new(&tls);
+    let dialer = PeerDialer::new(&tls).with_source(source);
     let contacts = ContactBook::default();
     let led = async {
         if let Some(replication) = &config.replication {
@@ -549,7 +574,10 @@ async fn serve(
         shutdown.clone(),
     ));
 
+    let (reports, batching) = crate::api::ReportBatcher::new(store.clone(), shutdown.clone());
+    tracker.spawn(batching);
     let state = ApiState {
+        reports,
         store,
         ca: Arc::new(keys.ca),
         signing_public_key,

@@ -421,6 +421,26 @@ fn find_cluster_in(
 }
 
 /// An outcome a write method did not expect from its own command: a bug, reported as corruption.
+impl StoreError {
+    /// The same error for another caller of one failed write (a batch's): the kinds callers tell
+    /// apart are kept, the others become their sentence.
+    pub fn clone_for_caller(&self) -> StoreError {
+        match self {
+            StoreError::NotLeader { leader, address } => StoreError::NotLeader {
+                leader: *leader,
+                address: address.clone(),
+            },
+            StoreError::Stopped => StoreError::Stopped,
+            StoreError::Forwarding(m) => StoreError::Forwarding(m.clone()),
+            StoreError::Deposed { term, entry_term } => StoreError::Deposed {
+                term: *term,
+                entry_term: *entry_term,
+            },
+            other => StoreError::Replication(other.to_string()),
+        }
+    }
+}
+
 /// The refusals no caller can act on but by giving up the write: a deposed controller's, and a
 /// version that is not new.
 fn refusal_as_error(outcome: Outcome) -> Result<Outcome, StoreError> {
@@ -937,6 +957,19 @@ impl HubStore {
         }
     }
 
+    /// Stores a batch of status reports in one command (one Raft log entry); each answer is what
+    /// [`HubStore::record_report_with_previous`] would have answered for it, in order.
+    pub fn record_reports(
+        &self,
+        reports: Vec<ReportEntry>,
+    ) -> Result<Vec<Option<RecordedReport>>, StoreError> {
+        let n = reports.len();
+        match self.execute(&Command::RecordReports { reports })? {
+            Outcome::Reports(r) if r.len() == n => Ok(r),
+            other => Err(unexpected("recordReports", &other)),
+        }
+    }
+
     /// Appends events with the next sequence numbers and drops the oldest beyond `retention`, in one
     /// transaction; returns them numbered.
     pub fn append_events(
@@ -1203,6 +1236,6 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub use command::{Command, Notice, Outcome, Refusal, Registration};
+pub use command::{Command, Notice, Outcome, Refusal, Registration, ReportEntry};
 pub use replicated::{OpenError, StoreCommands, encode as encode_command, open_state_machine};
 pub use snapshot::SnapshotError;

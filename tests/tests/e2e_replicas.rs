@@ -135,3 +135,86 @@ async fn three_replicas_serve_agents_and_survive_the_leaders_kill() {
     hub.wait_converged(&third).await;
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purged_log_catches_up_by_snapshot_and_a_full_restart_keeps_the_state()
+ {
+    // A snapshot every 10 entries, and the log purged behind it but for the newest 10.
+    let mut hub = ReplicatedHub::start_with(3, fill, "", "  snapshotEvery: 10").await;
+    hub.add_agent("edge-1", "tier=edge", 1).await;
+    let first = hub.repo.git(&["rev-parse", "HEAD"]);
+    hub.wait_converged(&first).await;
+    let leader = hub.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let f = (follower - 1) as usize;
+    hub.replicas[f].stop().await;
+
+    // While it is down: 60 writes, a new cluster and a new commit, far past the kept log.
+    hub.write_tokens(60).await;
+    hub.add_agent("edge-2", "tier=edge", leader as usize).await;
+    hub.repo
+        .write("apps/base/objects.yaml", &BASE.replace("blue", "green"));
+    let second = hub.repo.commit("green");
+    hub.wait_converged(&second).await;
+
+    hub.replicas[f].start().await.expect("restart the follower");
+    hub.wait_hub_status("the follower caught up", |s| {
+        s.replicas
+            .iter()
+            .all(|r| (r.role == "leader" || r.role == "follower") && r.lag == 0)
+    })
+    .await;
+    let log = std::fs::read_to_string(&hub.replicas[f].log_path).unwrap_or_default();
+    assert!(
+        log.contains("installed a snapshot from the leader"),
+        "replica {follower} did not catch up by snapshot:\n{log}"
+    );
+    // It serves what it missed.
+    let names = |v: &serde_json::Value| {
+        let mut n: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&hub.clusters_on(follower)), ["edge-1", "edge-2"]);
+    let before: Vec<serde_json::Value> = (1..=3).map(|id| hub.clusters_on(id)).collect();
+
+    // Every replica stopped, then all started together: the same state, and the hub goes on.
+    for r in &mut hub.replicas {
+        r.stop().await;
+    }
+    for r in &mut hub.replicas {
+        r.launch().expect("launch");
+    }
+    for r in &mut hub.replicas {
+        r.wait_listening(flotilla_tests::fixture::CONVERGE)
+            .await
+            .expect("replica back");
+    }
+    hub.leader().await;
+    for id in 1..=3u64 {
+        let after = hub.clusters_on(id);
+        let strip = |v: &serde_json::Value| {
+            let mut v = v.clone();
+            for c in v.as_array_mut().into_iter().flatten() {
+                // Contact is the serving replica's memory, not replicated state.
+                c.as_object_mut().map(|o| o.remove("last_contact"));
+            }
+            v
+        };
+        assert_eq!(
+            strip(&after),
+            strip(&before[(id - 1) as usize]),
+            "replica {id}"
+        );
+    }
+    hub.repo
+        .write("apps/base/objects.yaml", &BASE.replace("blue", "red"));
+    let third = hub.repo.commit("red");
+    hub.wait_converged(&third).await;
+    hub.shutdown().await;
+}

@@ -315,7 +315,6 @@ impl Agent for AgentService {
     ) -> Result<Response<Self::ReportStatusStream>, Status> {
         let cluster = self.cluster(&request)?;
         let mut inbound = request.into_inner();
-        let store = self.0.store.clone();
         let state = self.0.clone();
         let (tx, rx) = mpsc::channel(16);
         let response = self.until_deleted(&cluster, Box::pin(ReceiverStream::new(rx)));
@@ -350,7 +349,6 @@ impl Agent for AgentService {
                     }
                 };
                 let seq = report.seq;
-                let store = store.clone();
                 let cluster_id = cluster.clone();
                 // Contact is the hub's clock, never the agent's observed_at.
                 let received_at = unix_now();
@@ -359,28 +357,29 @@ impl Agent for AgentService {
                     .lock()
                     .expect("last_contact lock")
                     .insert(cluster.clone(), received_at);
-                // Ack only after the report is durable (invariant 5).
-                let events = state.events.clone();
-                let saved = tokio::task::spawn_blocking(move || {
-                    let recorded =
-                        store.record_report_with_previous(&cluster_id, &report, received_at)?;
-                    if let Some(r) = recorded.filter(|r| r.fresh) {
-                        events.record_blocking(crate::events::report_events(
-                            &r.cluster_name,
-                            r.previous.as_ref(),
-                            &report,
-                            received_at,
-                        ));
-                    }
-                    Ok::<_, crate::store::StoreError>(())
-                })
-                .await;
+                // Ack only after the report is durable (invariant 5): committed in the next batch.
+                let saved = state
+                    .reports
+                    .record(cluster_id, report.clone(), received_at)
+                    .await;
                 // Rollouts move on reports: the leader's controller hears of this one from its store
                 // once applied there.
                 let ack = match saved {
-                    Ok(Ok(())) => Ok(pb::Ack { seq }),
-                    Ok(Err(e)) => Err(store_error(e)),
-                    Err(e) => Err(internal(e)),
+                    Ok(recorded) => {
+                        if let Some(r) = recorded.filter(|r| r.fresh) {
+                            state
+                                .events
+                                .record(crate::events::report_events(
+                                    &r.cluster_name,
+                                    r.previous.as_ref(),
+                                    &report,
+                                    received_at,
+                                ))
+                                .await;
+                        }
+                        Ok(pb::Ack { seq })
+                    }
+                    Err(e) => Err(store_error(e)),
                 };
                 let stop = ack.is_err();
                 if tx.send(ack).await.is_err() || stop {

@@ -7,6 +7,7 @@ mod limits;
 mod plan;
 mod registration;
 mod replicas;
+mod reports;
 mod rollouts;
 mod wire;
 
@@ -24,6 +25,7 @@ use crate::store::HubStore;
 
 pub use limits::ApiLimits;
 pub use plan::{MAX_PLANS, PlanEnv};
+pub use reports::ReportBatcher;
 
 /// Shared state of the gRPC services.
 #[derive(Clone)]
@@ -38,6 +40,8 @@ pub struct ApiState {
     pub controller: LeaderSlot,
     /// This replica's Raft and its dialer for the others.
     pub replica: ReplicaHandle,
+    /// Commits status reports in batches.
+    pub reports: ReportBatcher,
     /// Last RPC per cluster, unix seconds (in memory: contact is frequent and
     /// loses nothing important on restart; reports carry durable timestamps).
     pub last_contact: Arc<Mutex<HashMap<String, i64>>>,

@@ -313,6 +313,7 @@ pub struct ReplicaNetwork {
     id: ReplicaId,
     tls: ClientTlsConfig,
     heard: Heard,
+    source: Option<std::net::IpAddr>,
 }
 
 impl fmt::Debug for ReplicaNetwork {
@@ -333,7 +334,15 @@ impl ReplicaNetwork {
             id,
             tls,
             heard: Heard::default(),
+            source: None,
         }
+    }
+
+    /// Dials peers from `source` (the address this replica listens for peers on, when it names
+    /// one), so what the other replicas see of it is that address.
+    pub fn with_source(mut self, source: Option<std::net::IpAddr>) -> Self {
+        self.source = source;
+        self
     }
 
     /// When each other replica last answered this one.
@@ -353,6 +362,7 @@ impl RaftNetworkFactory<TypeConfig> for ReplicaNetwork {
                 let channel = e
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
+                    .local_address(self.source)
                     .connect_lazy();
                 ReplicationClient::new(channel)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)

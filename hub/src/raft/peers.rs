@@ -380,6 +380,7 @@ pub enum PeerCallError {
 pub struct PeerDialer {
     tls: ClientTlsConfig,
     clients: Arc<Mutex<HashMap<String, ReplicationClient<Channel>>>>,
+    source: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for PeerDialer {
@@ -396,7 +397,14 @@ impl PeerDialer {
                 .ca_certificate(Certificate::from_pem(&tls.ca_pem))
                 .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
             clients: Arc::default(),
+            source: None,
         }
+    }
+
+    /// Dials from `source`, as [`super::network::ReplicaNetwork::with_source`].
+    pub fn with_source(mut self, source: Option<std::net::IpAddr>) -> Self {
+        self.source = source;
+        self
     }
 
     fn client(&self, address: &str) -> Result<ReplicationClient<Channel>, PeerCallError> {
@@ -412,6 +420,7 @@ impl PeerDialer {
             })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .local_address(self.source)
             .connect_lazy();
         let client = ReplicationClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

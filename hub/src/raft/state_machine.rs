@@ -709,7 +709,17 @@ impl<D: ReplicatedData> RaftStateMachine<TypeConfig> for StateMachineStore<D> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         blocking(subject, ErrorVerb::Write, move || {
             let bytes = snapshot.into_inner();
-            shared.install(&meta, bytes)
+            let size = bytes.len();
+            let started = std::time::Instant::now();
+            shared.install(&meta, bytes)?;
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                bytes = size,
+                last_log_index = meta.last_log_id.map(|l| l.index).unwrap_or_default(),
+                millis = started.elapsed().as_millis() as u64,
+                "installed a snapshot from the leader"
+            );
+            Ok::<_, StateMachineError>(())
         })
         .await
     }

@@ -62,6 +62,12 @@ pub enum Command {
         /// Unix seconds, the hub's clock.
         received_at: i64,
     },
+    /// Stores several status reports, each as [`Command::RecordReport`] would: the hub batches the
+    /// reports that arrive while one batch is being committed into one log entry.
+    RecordReports {
+        /// The reports, in arrival order.
+        reports: Vec<ReportEntry>,
+    },
     /// Appends events and drops the oldest beyond `retention`.
     AppendEvents {
         /// The events.
@@ -120,6 +126,18 @@ pub enum Command {
         /// The command.
         inner: Box<Command>,
     },
+}
+
+/// One report of a [`Command::RecordReports`] batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportEntry {
+    /// Cluster id.
+    pub cluster_id: String,
+    /// The report.
+    pub report: StatusReport,
+    /// Unix seconds, the hub's clock.
+    pub received_at: i64,
 }
 
 /// A registration, decided before it is applied: the id and the certificate's expiry come from the
@@ -206,6 +224,8 @@ pub enum Outcome {
     Committed(Pruned),
     /// The report's effect: `None` for a deleted cluster.
     Report(Option<RecordedReport>),
+    /// Each report's effect, in the batch's order.
+    Reports(Vec<Option<RecordedReport>>),
     /// The events as stored, numbered.
     Events(Vec<crate::events::Event>),
 }
@@ -273,6 +293,11 @@ pub fn apply(
             report,
             received_at,
         } => record_report_in(txn, cluster_id, report, *received_at).map(Outcome::Report),
+        Command::RecordReports { reports } => reports
+            .iter()
+            .map(|r| record_report_in(txn, &r.cluster_id, &r.report, r.received_at))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Outcome::Reports),
         Command::AppendEvents { events, retention } => {
             let mut table = txn.open_table(EVENTS)?;
             let mut seq = table.last()?.map(|(k, _)| k.value()).unwrap_or(0);
@@ -438,6 +463,14 @@ pub fn notices(command: &Command, outcome: &Outcome) -> Vec<Notice> {
         (Command::AppendEvents { .. }, Outcome::Events(stored)) => {
             vec![Notice::Events(stored.clone())]
         }
+        (Command::RecordReports { reports }, Outcome::Reports(recorded)) => reports
+            .iter()
+            .zip(recorded)
+            .filter(|(_, r)| r.is_some())
+            .map(|(e, _)| Notice::Report {
+                cluster_id: e.cluster_id.clone(),
+            })
+            .collect(),
         (Command::RecordReport { cluster_id, .. }, Outcome::Report(Some(_))) => {
             vec![Notice::Report {
                 cluster_id: cluster_id.clone(),

@@ -784,3 +784,163 @@ fn a_snapshot_carries_every_table_of_the_store() {
         .collect();
     assert_eq!(stored, snapshot::table_names());
 }
+
+fn seq_report(seq: u64) -> StatusReport {
+    StatusReport {
+        seq,
+        observed_at: 1,
+        applied_version: seq,
+        apps: Vec::new(),
+        rejection: None,
+    }
+}
+
+#[test]
+fn a_report_batch_answers_each_report_as_one_by_one_would() {
+    let (_a, batched) = store();
+    let (_b, single) = store();
+    for s in [&batched, &single] {
+        registered(s, "c-1", "one");
+        registered(s, "c-2", "two");
+    }
+    let entries = [
+        ("c-1", 2),
+        ("c-2", 1),
+        ("c-1", 1), // older than the one before it in the same batch
+        ("c-9", 1), // no such cluster
+        ("c-1", 3),
+    ];
+    let mut notices = batched.subscribe();
+    let answers = batched
+        .record_reports(
+            entries
+                .iter()
+                .map(|(c, seq)| ReportEntry {
+                    cluster_id: c.to_string(),
+                    report: seq_report(*seq),
+                    received_at: 100,
+                })
+                .collect(),
+        )
+        .unwrap();
+    let one_by_one: Vec<_> = entries
+        .iter()
+        .map(|(c, seq)| {
+            single
+                .record_report_with_previous(c, &seq_report(*seq), 100)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(answers, one_by_one);
+    assert_eq!(
+        answers
+            .iter()
+            .map(|a| a.as_ref().map(|r| r.fresh))
+            .collect::<Vec<_>>(),
+        vec![Some(true), Some(true), Some(false), None, Some(true)]
+    );
+    assert_eq!(batched.report("c-1").unwrap().unwrap().seq, 3);
+    // One notice per report of a known cluster, after the commit.
+    let mut heard = Vec::new();
+    while let Ok(n) = notices.try_recv() {
+        heard.push(n);
+    }
+    assert_eq!(
+        heard,
+        ["c-1", "c-2", "c-1", "c-1"]
+            .iter()
+            .map(|c| Notice::Report {
+                cluster_id: c.to_string()
+            })
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_version_is_never_reused_or_lowered_and_a_refusal_writes_nothing() {
+    let (_d, s) = store();
+    registered(&s, "c-1", "one");
+    registered(&s, "c-2", "two");
+    s.commit_states(&[version("c-1", 1, &[b"a"]), version("c-1", 2, &[b"b"])])
+        .unwrap();
+    for stale in [2, 1] {
+        let err = s
+            .commit_states(&[version("c-2", 1, &[b"x"]), version("c-1", stale, &[b"c"])])
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::StaleVersion { ref cluster, version, latest: 2 } if cluster == "c-1" && version == stale),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "hub store: refused ClusterState version {stale} for cluster c-1: version 2 is already stored, and a version is never reused or lowered"
+            )
+        );
+    }
+    // Nothing of the refused commands was written, c-2's state included.
+    assert!(s.latest_state("c-2").unwrap().is_none());
+    assert!(!s.has_blob(&Digest::of(b"x")).unwrap());
+    // Within one command, versions of a cluster must rise too.
+    let err = s
+        .commit_states(&[version("c-2", 2, &[]), version("c-2", 2, &[])])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StaleVersion { .. }), "{err}");
+    s.commit_states(&[version("c-1", 3, &[])]).unwrap();
+    assert_eq!(s.latest_state("c-1").unwrap().unwrap().0, 3);
+}
+
+#[test]
+fn a_fenced_command_applies_only_in_its_term() {
+    let (_d, s) = store();
+    let fenced = Command::Fenced {
+        term: 4,
+        inner: Box::new(Command::SetMeta {
+            key: "k".into(),
+            value: 1,
+        }),
+    };
+    // Round trip, as the log carries it.
+    let bytes = serde_json::to_vec(&fenced).unwrap();
+    assert_eq!(serde_json::from_slice::<Command>(&bytes).unwrap(), fenced);
+    let txn = s.db.begin_write().unwrap();
+    assert_eq!(
+        command::apply(&txn, Some(5), &fenced).unwrap(),
+        Outcome::Refused(Refusal::Deposed {
+            term: 4,
+            entry_term: 5
+        })
+    );
+    assert_eq!(
+        command::apply(&txn, Some(4), &fenced).unwrap(),
+        Outcome::Done
+    );
+    txn.commit().unwrap();
+    assert_eq!(s.meta("k").unwrap(), Some(1));
+    // A store fenced to a term wraps its writes; outside Raft they apply.
+    let fenced_store = s.clone().fenced_to(9);
+    fenced_store.set_meta("k", 2).unwrap();
+    assert_eq!(s.meta("k").unwrap(), Some(2));
+}
+
+#[test]
+fn notices_follow_committed_writes() {
+    let (_d, s) = store();
+    registered(&s, "c-1", "one");
+    let mut notices = s.subscribe();
+    s.commit_states(&[version("c-1", 1, &[])]).unwrap();
+    match notices.try_recv() {
+        Ok(Notice::State {
+            cluster_id,
+            version,
+            ..
+        }) => assert_eq!((cluster_id.as_str(), version), ("c-1", 1)),
+        other => panic!("{other:?}"),
+    }
+    s.label_cluster("c-1", &[("a".to_string(), "b".to_string())].into(), &[])
+        .unwrap();
+    assert_eq!(notices.try_recv().unwrap(), Notice::Clusters);
+    // A refused write announces nothing.
+    let _ = s.commit_states(&[version("c-1", 1, &[])]);
+    assert!(notices.try_recv().is_err());
+}
