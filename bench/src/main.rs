@@ -9,10 +9,12 @@
 //! from one address: how many attempts per second the hub sheds (ResourceExhausted) and how
 //! long a commit then takes to converge on every agent.
 
+mod failover;
 mod identity;
 mod raft;
 mod render;
 mod rollout;
+mod snapshot;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +60,23 @@ enum Command {
         /// Proposals in flight at once (openraft batches them).
         #[arg(long, default_value_t = 1)]
         in_flight: usize,
+    },
+    /// Three hub replicas and N agents: kill the leader (SIGKILL) and commit, K times; time to a new
+    /// leader and to every cluster applying the commit.
+    Failover {
+        /// Leader kills.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// Agents, spread over the replicas.
+        #[arg(long, default_value_t = 6)]
+        agents: usize,
+    },
+    /// The Raft snapshot of a store of N clusters (generated states and reports): its size, and the
+    /// time to build it and to install it on a fresh replica.
+    Snapshot {
+        /// Clusters.
+        #[arg(long, default_value_t = 10_000)]
+        clusters: usize,
     },
     /// The pure rollout engine over N simulated clusters in three stages: time per step.
     RolloutEngine {
@@ -404,6 +423,12 @@ async fn main() -> anyhow::Result<()> {
         } => raft::raft_writes(replicas, writes, in_flight)
             .await
             .context("raft-writes benchmark"),
+        Command::Snapshot { clusters } => snapshot::snapshot(clusters)
+            .await
+            .context("snapshot benchmark"),
+        Command::Failover { kills, agents } => failover::failover(kills, agents)
+            .await
+            .context("failover benchmark"),
         Command::RolloutFleet { agents, rounds } => rollout::rollout_fleet(agents, rounds)
             .await
             .context("rollout-fleet benchmark"),
