@@ -60,6 +60,9 @@ enum Command {
         /// Proposals in flight at once (openraft batches them).
         #[arg(long, default_value_t = 1)]
         in_flight: usize,
+        /// Reports per log entry (the hub's report batcher puts what queued meanwhile in one).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
     /// Three hub replicas and N agents: kill the leader (SIGKILL) and commit, K times; time to a new
     /// leader and to every cluster applying the commit.
@@ -420,7 +423,8 @@ async fn main() -> anyhow::Result<()> {
             replicas,
             writes,
             in_flight,
-        } => raft::raft_writes(replicas, writes, in_flight)
+            batch,
+        } => raft::raft_writes(replicas, writes, in_flight, batch)
             .await
             .context("raft-writes benchmark"),
         Command::Snapshot { clusters } => snapshot::snapshot(clusters)

@@ -19,7 +19,8 @@ use flotilla_hub::raft::network::{
 };
 use flotilla_hub::raft::{LogStore, Proposal, TypeConfig};
 use flotilla_hub::store::{
-    Command, HubStore, Outcome, Registration, TokenRecord, encode_command, open_state_machine,
+    Command, HubStore, Outcome, Registration, ReportEntry, TokenRecord, encode_command,
+    open_state_machine,
 };
 use openraft::{BasicNode, Config, Raft};
 use tokio::net::TcpListener;
@@ -31,10 +32,15 @@ struct Replica {
     store: HubStore,
 }
 
-pub async fn raft_writes(replicas: u64, writes: usize, in_flight: usize) -> anyhow::Result<()> {
+pub async fn raft_writes(
+    replicas: u64,
+    writes: usize,
+    in_flight: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
     ensure!(
-        replicas >= 1 && in_flight >= 1,
-        "at least one replica and one write in flight"
+        replicas >= 1 && in_flight >= 1 && batch >= 1,
+        "at least one replica, one write in flight and one report per entry"
     );
     let dir = tempfile::tempdir()?;
     let ca = CertificateAuthority::generate("flotilla bench ca")?;
@@ -130,28 +136,49 @@ pub async fn raft_writes(replicas: u64, writes: usize, in_flight: usize) -> anyh
     .await?;
     ensure!(matches!(registered, Outcome::Cluster(_)), "{registered:?}");
 
-    let report = |seq: u64| Command::RecordReport {
-        cluster_id: "c-00000000000000aa".into(),
-        report: StatusReport {
-            seq,
-            observed_at: seq as i64,
-            applied_version: 1,
-            apps: Vec::new(),
-            rejection: None,
-        },
-        received_at: seq as i64,
+    let status = |seq: u64| StatusReport {
+        seq,
+        observed_at: seq as i64,
+        applied_version: 1,
+        apps: Vec::new(),
+        rejection: None,
+    };
+    // One report per entry (`RecordReport`), or `batch` reports per entry as the hub's report
+    // batcher writes them (`RecordReports`).
+    let report = |first: u64, last: u64| {
+        if batch == 1 {
+            Command::RecordReport {
+                cluster_id: "c-00000000000000aa".into(),
+                report: status(first),
+                received_at: first as i64,
+            }
+        } else {
+            Command::RecordReports {
+                reports: (first..=last)
+                    .map(|seq| ReportEntry {
+                        cluster_id: "c-00000000000000aa".into(),
+                        report: status(seq),
+                        received_at: seq as i64,
+                    })
+                    .collect(),
+            }
+        }
     };
     let started = Instant::now();
     let mut next = 1u64;
     let mut pending = tokio::task::JoinSet::new();
     while (next as usize) <= writes || !pending.is_empty() {
         while pending.len() < in_flight && (next as usize) <= writes {
-            pending.spawn(propose(report(next)));
-            next += 1;
+            let last = (next + batch as u64 - 1).min(writes as u64);
+            pending.spawn(propose(report(next, last)));
+            next = last + 1;
         }
         if let Some(done) = pending.join_next().await {
             let outcome = done??;
-            ensure!(matches!(outcome, Outcome::Report(Some(_))), "{outcome:?}");
+            ensure!(
+                matches!(outcome, Outcome::Report(Some(_)) | Outcome::Reports(_)),
+                "{outcome:?}"
+            );
         }
     }
     let elapsed = started.elapsed();
@@ -179,7 +206,7 @@ pub async fn raft_writes(replicas: u64, writes: usize, in_flight: usize) -> anyh
     tracker.close();
     tracker.wait().await;
     println!(
-        "raft-writes, {replicas} replica(s), {writes} status reports, {in_flight} in flight: {:.0} committed writes/s ({:.2} ms per write on average), every replica holds the last report",
+        "raft-writes, {replicas} replica(s), {writes} status reports, {batch} per entry, {in_flight} entries in flight: {:.0} committed reports/s ({:.2} ms per report on average), every replica holds the last report",
         writes as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1000.0 / writes as f64
     );

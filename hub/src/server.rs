@@ -39,7 +39,7 @@ const LEADER_WAIT: Duration = Duration::from_secs(30);
 const HEARTBEAT_MILLIS: u64 = 100;
 
 /// A follower that hears no heartbeat for a random time in this range campaigns.
-const ELECTION_TIMEOUT_MILLIS: (u64, u64) = (1000, 2000);
+const ELECTION_TIMEOUT_MILLIS: (u64, u64) = (500, 1000);
 
 /// How long a stopping hub waits for Raft's last tasks to close the store.
 const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
@@ -244,8 +244,8 @@ async fn start_replica(
     };
     let mut raft_config = openraft::Config {
         cluster_name: "flotilla".into(),
-        // etcd's defaults rather than openraft's (50 ms, 150–300 ms): a loaded or distant peer
-        // must not cost an election, and a dead leader is replaced within about two seconds.
+        // Slower than openraft's defaults (50 ms, 150–300 ms), so a loaded or distant peer does not
+        // cost an election; the election timeout is 5–10 heartbeats (docs/BENCHMARKS.md, failover).
         heartbeat_interval: HEARTBEAT_MILLIS,
         election_timeout_min: ELECTION_TIMEOUT_MILLIS.0,
         election_timeout_max: ELECTION_TIMEOUT_MILLIS.1,

@@ -89,6 +89,12 @@ pub enum StoreError {
     /// Raft failed (its log or state machine); the replica stops.
     #[error("hub store: replication failed: {0}")]
     Replication(String),
+    /// The write was not committed in time: this replica cannot reach a majority. It may still be
+    /// applied later, if the replica's log survives; every write is safe to repeat.
+    #[error(
+        "hub store: the write was not committed within {0:?}; this hub replica cannot reach a majority of the replicas (it may still be applied later)"
+    )]
+    NotCommitted(std::time::Duration),
     /// This replica follows and the leader did not take the write it forwarded.
     #[error("hub store: this hub replica follows and could not hand the write to the leader: {0}")]
     Forwarding(String),
@@ -431,6 +437,7 @@ impl StoreError {
                 address: address.clone(),
             },
             StoreError::Stopped => StoreError::Stopped,
+            StoreError::NotCommitted(d) => StoreError::NotCommitted(*d),
             StoreError::Forwarding(m) => StoreError::Forwarding(m.clone()),
             StoreError::Deposed { term, entry_term } => StoreError::Deposed {
                 term: *term,

@@ -20,8 +20,11 @@ pub struct ReplicatedHub {
     pub bins: Binaries,
     /// Replica `i + 1` at index `i`.
     pub replicas: Vec<LocalHub>,
-    /// Each replica's peer address, `127.0.0.1:PORT`.
+    /// Each replica's peer address (advertised), `127.0.0.1:PORT`.
     pub peers: Vec<String>,
+    /// With [`ReplicatedHub::start_proxied`]: the fault proxy in front of each replica's peer
+    /// listener (its advertised address), and the address each replica dials its peers from.
+    pub proxies: Vec<(crate::forwarder::Forwarder, std::net::IpAddr)>,
     /// Agents, in the order added.
     pub agents: Vec<LocalAgent>,
     /// The Git source.
@@ -48,6 +51,47 @@ impl ReplicatedHub {
         extra_config: &str,
         replication_extra: &str,
     ) -> Self {
+        Self::start_inner(n, fill, extra_config, replication_extra, false).await
+    }
+
+    /// [`ReplicatedHub::start_with`] where replica `i` listens for peers on `127.0.0.(10+i)` and
+    /// dials from it, and advertises a fault proxy in front of that listener: a test cuts a replica
+    /// off with `set_fault` on its proxy (what reaches it) and `set_fault_from` its address on
+    /// the others' (what it sends).
+    pub async fn start_proxied(
+        n: usize,
+        fill: impl FnOnce(&GitRepo),
+        extra_config: &str,
+        replication_extra: &str,
+    ) -> Self {
+        Self::start_inner(n, fill, extra_config, replication_extra, true).await
+    }
+
+    /// Cuts replica `id` off from the others on the peer channel, both ways.
+    pub fn partition(&self, id: u64) {
+        let (own, source) = &self.proxies[(id - 1) as usize];
+        own.set_fault(crate::forwarder::Fault::Blackhole);
+        for (i, (proxy, _)) in self.proxies.iter().enumerate() {
+            if i as u64 + 1 != id {
+                proxy.set_fault_from(*source, crate::forwarder::Fault::Blackhole);
+            }
+        }
+    }
+
+    /// Heals every partition.
+    pub fn heal(&self) {
+        for (proxy, _) in &self.proxies {
+            proxy.heal();
+        }
+    }
+
+    async fn start_inner(
+        n: usize,
+        fill: impl FnOnce(&GitRepo),
+        extra_config: &str,
+        replication_extra: &str,
+        proxied: bool,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-replicas-")
             .tempdir()
@@ -55,9 +99,28 @@ impl ReplicatedHub {
         let bins = Binaries::locate().expect("binaries built (cargo build --workspace --bins)");
         let repo = GitRepo::init(&dir.path().join("repo"));
         fill(&repo);
-        let peers: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
+        let mut proxies = Vec::new();
+        let mut listens = Vec::new();
+        for i in 0..n {
+            if proxied {
+                let ip: std::net::IpAddr = format!("127.0.0.{}", 10 + i + 1).parse().expect("ip");
+                let l = std::net::TcpListener::bind((ip, 0)).expect("bind");
+                let listen = l.local_addr().expect("addr");
+                drop(l);
+                let proxy = crate::forwarder::Forwarder::start(listen)
+                    .await
+                    .expect("proxy");
+                listens.push(listen.to_string());
+                proxies.push((proxy, ip));
+            } else {
+                listens.push(format!("127.0.0.1:{}", free_port()));
+            }
+        }
+        let peers: Vec<String> = if proxied {
+            proxies.iter().map(|(p, _)| p.addr().to_string()).collect()
+        } else {
+            listens.clone()
+        };
         let config = |i: usize, join: &[String]| {
             let join = if join.is_empty() {
                 String::new()
@@ -65,8 +128,9 @@ impl ReplicatedHub {
                 format!("\n  join: [{}]", join.join(", "))
             };
             format!(
-                "listen: 127.0.0.1:0\nserverNames: [localhost, 127.0.0.1]\nsources:\n  - name: main\n    url: {}\n    branch: main\n    interval: 200ms\nreplication:\n  listen: {peer}\n  advertise: {peer}{join}\n{replication_extra}\n{extra_config}",
+                "listen: 127.0.0.1:0\nserverNames: [localhost, 127.0.0.1]\nsources:\n  - name: main\n    url: {}\n    branch: main\n    interval: 200ms\nreplication:\n  listen: {listen}\n  advertise: {peer}{join}\n{replication_extra}\n{extra_config}",
                 repo.url(),
+                listen = listens[i],
                 peer = peers[i],
             )
         };
@@ -103,14 +167,16 @@ impl ReplicatedHub {
             bins,
             replicas,
             peers,
+            proxies,
             agents: Vec::new(),
             repo,
         };
         if n > 1 {
             let last = hub.peers[n - 1].clone();
+            let last_listen = listens[n - 1].clone();
             // The replica to add listens for peers as soon as its process is up.
             let reachable = flotilla_cli::fleet::wait_for(CONVERGE, || {
-                std::net::TcpStream::connect(&last).ok().map(|_| ())
+                std::net::TcpStream::connect(&last_listen).ok().map(|_| ())
             })
             .await;
             assert!(
@@ -259,6 +325,34 @@ impl ReplicatedHub {
         .ok()
     }
 
+    /// Waits until every agent's cluster applied `commit`, as replica `id` alone reports it.
+    pub async fn wait_converged_on(&self, id: u64, commit: &str) -> StatusView {
+        let url = self.replicas[(id - 1) as usize].url();
+        let n = self.agents.len();
+        let end = tokio::time::Instant::now() + CONVERGE;
+        let mut last = None;
+        loop {
+            let status = client::with_admin(&url, &self.admin_dir(), async |admin| {
+                client::status(admin).await
+            })
+            .await;
+            if let Ok(s) = status {
+                if s.clusters.len() == n && s.converged_at(commit) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            if tokio::time::Instant::now() >= end {
+                panic!(
+                    "timed out waiting for {n} clusters on {commit} at replica {id}; last status: {}\n{}",
+                    serde_json::to_string_pretty(&last).unwrap_or_default(),
+                    self.agent_log_tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until every agent's cluster applied `commit`.
     pub async fn wait_converged(&self, commit: &str) -> StatusView {
         let n = self.agents.len();
@@ -273,12 +367,25 @@ impl ReplicatedHub {
             }
             if tokio::time::Instant::now() >= end {
                 panic!(
-                    "timed out waiting for {n} clusters on {commit}; last status: {}",
-                    serde_json::to_string_pretty(&last).unwrap_or_default()
+                    "timed out waiting for {n} clusters on {commit}; last status: {}\n{}",
+                    serde_json::to_string_pretty(&last).unwrap_or_default(),
+                    self.agent_log_tails()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The last 30 lines of each agent's log, for a failure message.
+    fn agent_log_tails(&self) -> String {
+        let mut out = String::new();
+        for a in &self.agents {
+            let log = std::fs::read_to_string(&a.log_path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            out.push_str(&format!("--- agent {} ---\n{tail}\n", a.name));
+        }
+        out
     }
 
     /// Every log line the processes wrote.

@@ -218,3 +218,101 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot_and_a_full_rest
     hub.wait_converged(&third).await;
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_cannot_commit_and_the_majority_carries_on() {
+    // Watch heartbeats every second, so an agent on a cut-off replica moves on soon.
+    let mut hub =
+        ReplicatedHub::start_proxied(3, fill, "rollouts:\n  offlineAfter: 3s\n", "").await;
+    for i in 0..3 {
+        hub.add_agent(&format!("edge-{}", i + 1), "tier=edge", i + 1)
+            .await;
+    }
+    let first = hub.repo.git(&["rev-parse", "HEAD"]);
+    hub.wait_converged(&first).await;
+    let old = hub.leader().await;
+    let before = hub.clusters_on(old);
+
+    hub.partition(old);
+    hub.repo
+        .write("apps/base/objects.yaml", &BASE.replace("blue", "green"));
+    let second = hub.repo.commit("green");
+    // The majority elects a leader of its own and every agent, the one that watched the old
+    // leader included, gets the commit through it.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let new = loop {
+        let views: Vec<_> = others
+            .iter()
+            .map(|id| {
+                let url = hub.replicas[(*id - 1) as usize].url();
+                let admin = hub.admin_dir();
+                async move {
+                    flotilla_cli::client::with_admin(&url, &admin, async |c| {
+                        flotilla_cli::replicas::status(c).await
+                    })
+                    .await
+                    .ok()
+                }
+            })
+            .collect();
+        let mut leaders = Vec::new();
+        for v in views {
+            if let Some(s) = v.await
+                && let Some(me) = s.replicas.iter().find(|r| r.id == s.answered_by)
+                && me.role == "leader"
+            {
+                leaders.push(me.id);
+            }
+        }
+        if let Some(l) = leaders.first() {
+            break *l;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_ne!(new, old);
+    hub.wait_converged_on(new, &second).await;
+    // The cut-off leader committed nothing: its store still holds what it had.
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        for c in v.as_array_mut().into_iter().flatten() {
+            c.as_object_mut().map(|o| o.remove("last_contact"));
+        }
+        v
+    };
+    assert_eq!(strip(&hub.clusters_on(old)), strip(&before));
+
+    // Healed, the old leader steps down, follows, and gets what the majority committed.
+    hub.heal();
+    let status = hub
+        .wait_hub_status("the old leader a follower again and caught up", |s| {
+            s.replicas.iter().filter(|r| r.role == "leader").count() == 1
+                && s.replicas.iter().all(|r| r.lag == 0)
+                && s.replicas
+                    .iter()
+                    .any(|r| r.id == old && r.role == "follower")
+        })
+        .await;
+    let leader = status
+        .replicas
+        .iter()
+        .find(|r| r.role == "leader")
+        .map(|r| r.id)
+        .expect("leader");
+    assert_eq!(
+        strip(&hub.clusters_on(old)),
+        strip(&hub.clusters_on(leader))
+    );
+    for i in 0..hub.agents.len() {
+        let log = agent_log(&hub, i);
+        let versions = accepted(&log);
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "agent {i} accepted {versions:?}"
+        );
+    }
+    hub.repo
+        .write("apps/base/objects.yaml", &BASE.replace("blue", "red"));
+    let third = hub.repo.commit("red");
+    hub.wait_converged(&third).await;
+    hub.shutdown().await;
+}

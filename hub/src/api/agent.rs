@@ -127,6 +127,9 @@ impl Agent for AgentService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let cluster = self.cluster(&request)?;
+        if let Some(why) = self.0.cut_off() {
+            return Err(Status::unavailable(why));
+        }
         let slot = self.0.limits.open_stream(&cluster, StreamKind::Watch)?;
         let have = request.into_inner().have_version;
         // Subscribe before reading the latest version so nothing applied in between is missed. A
@@ -154,6 +157,12 @@ impl Agent for AgentService {
                     _ = tx.closed() => return,
                     _ = shutdown.cancelled() => return,
                     _ = ticker.tick() => {
+                        // A replica cut off from the majority no longer sees new versions: end the
+                        // stream so the agent moves on to another replica.
+                        if let Some(why) = this.0.cut_off() {
+                            let _ = tx.send(Err(Status::unavailable(why))).await;
+                            return;
+                        }
                         this.0.last_contact.lock().expect("last_contact lock").insert(cluster.clone(), unix_now());
                         Some(pb::Announce { version: current, digest: Vec::new(), heartbeat: true })
                     }
@@ -348,6 +357,11 @@ impl Agent for AgentService {
                         return;
                     }
                 };
+                // A replica cut off from the majority cannot commit it: send the agent elsewhere.
+                if let Some(why) = state.cut_off() {
+                    let _ = tx.send(Err(Status::unavailable(why))).await;
+                    return;
+                }
                 let seq = report.seq;
                 let cluster_id = cluster.clone();
                 // Contact is the hub's clock, never the agent's observed_at.

@@ -78,7 +78,50 @@ pub struct ReplicaHandle {
     pub heard: crate::raft::network::Heard,
 }
 
+/// How long a leader may go without a quorum's acknowledgement before it stops serving agents: a
+/// few election timeouts, after which the majority has surely elected another.
+const CUT_OFF_AFTER_MILLIS: u64 = 3000;
+
 impl ApiState {
+    /// Why this replica should not serve agents now, if it should not: it knows no leader (an
+    /// election, or it is cut off from the majority), or it leads but no majority acknowledged it
+    /// for a while (a partitioned leader, whose state no longer moves). Agents then move on to
+    /// another replica.
+    pub fn cut_off(&self) -> Option<String> {
+        let m = self.replica.raft.metrics().borrow().clone();
+        let voters = m.membership_config.membership().voter_ids().count();
+        match m.current_leader {
+            None => Some(format!(
+                "hub replica {} knows no leader (an election is running, or it is cut off from the other replicas)",
+                m.id
+            )),
+            Some(l) if l == m.id && voters > 1 => {
+                // openraft reports its quorum acknowledgement only when other metrics change, so
+                // count the voters that answered this leader's RPCs lately, itself included.
+                let heard = self.replica.heard.lock().unwrap_or_else(|e| e.into_inner());
+                let recent = m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .filter(|v| {
+                        *v == m.id
+                            || heard.get(v).is_some_and(|at| {
+                                at.elapsed()
+                                    <= std::time::Duration::from_millis(CUT_OFF_AFTER_MILLIS)
+                            })
+                    })
+                    .count();
+                (recent * 2 <= voters).then(|| {
+                    format!(
+                        "hub replica {} leads but only {recent} of {voters} replicas answered it in the last {CUT_OFF_AFTER_MILLIS} ms; it is cut off from the majority",
+                        m.id
+                    )
+                })
+            }
+            Some(_) => None,
+        }
+    }
+
     /// The running controller, or Unavailable naming the leader when this replica follows: `what`
     /// (e.g. "rollout actions") only the leader's controller takes.
     pub fn leader_controller(&self, what: &str) -> Result<ControllerHandle, Status> {
@@ -144,6 +187,7 @@ fn store_error(e: crate::store::StoreError) -> Status {
         StoreError::NotLeader { .. }
         | StoreError::Stopped
         | StoreError::Forwarding(_)
+        | StoreError::NotCommitted(_)
         | StoreError::Deposed { .. } => Status::unavailable(e.to_string()),
         other => internal(other),
     }

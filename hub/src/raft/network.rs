@@ -444,7 +444,12 @@ impl ReplicaConnection {
         };
         let answer = match tokio::time::timeout(ttl, send(client, request)).await {
             Err(_) => return Err(timeout()),
-            Ok(Err(status)) if status.code() == Code::DeadlineExceeded => return Err(timeout()),
+            // tonic's own deadline (`set_timeout`) ends the call as Cancelled.
+            Ok(Err(status))
+                if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) =>
+            {
+                return Err(timeout());
+            }
             Ok(Err(status)) => return Err(self.status_error(action, &status)),
             Ok(Ok(answer)) => answer.into_inner(),
         };
@@ -472,6 +477,10 @@ impl ReplicaConnection {
         ));
         match status.code() {
             Code::Unavailable => RPCError::Unreachable(Unreachable::new(&e)),
+            // The connection broke under the call (tonic's "transport error").
+            Code::Unknown if status.message().contains("transport error") => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
             _ => RPCError::Network(NetworkError::new(&e)),
         }
     }
@@ -611,6 +620,7 @@ mod tests {
         };
         let cases = [
             (Status::unavailable("connection refused"), "Unreachable"),
+            (Status::unknown("transport error"), "Unreachable"),
             (Status::permission_denied("not a replica"), "Network"),
             (Status::invalid_argument("malformed"), "Network"),
             (Status::resource_exhausted("too big"), "Network"),

@@ -69,6 +69,10 @@ pub fn encode(command: &Command) -> Vec<u8> {
 /// How long a follower waits for the leader to answer a command it forwarded.
 const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a write waits to be committed: a leader cut off from the majority never commits, and
+/// its callers must move on to a replica that can.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A store's way to the Raft leader: a command is proposed with `client_write` and its outcome is
 /// what the state machine answered once it applied it. On a follower with a [`PeerDialer`], the
 /// command's bytes go to the leader over the peer channel and the leader proposes them unchanged.
@@ -86,9 +90,13 @@ impl Proposer {
     /// already is.
     pub(super) fn propose(&self, command: &Command) -> Result<Outcome, StoreError> {
         let bytes = encode(command);
-        let written = self
-            .runtime
-            .block_on(self.raft.client_write(Proposal(bytes.clone())));
+        let written = match self.runtime.block_on(tokio::time::timeout(
+            COMMIT_TIMEOUT,
+            self.raft.client_write(Proposal(bytes.clone())),
+        )) {
+            Ok(written) => written,
+            Err(_) => return Err(StoreError::NotCommitted(COMMIT_TIMEOUT)),
+        };
         let (index, applied) = match written {
             Ok(written) => (written.log_id.index, written.data),
             Err(e) => match (proposal_error(e), &self.forward) {
