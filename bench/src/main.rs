@@ -10,6 +10,7 @@
 //! long a commit then takes to converge on every agent.
 
 mod failover;
+mod faults;
 mod identity;
 mod raft;
 mod render;
@@ -70,6 +71,19 @@ enum Command {
         /// Leader kills.
         #[arg(long, default_value_t = 10)]
         kills: usize,
+        /// Agents, spread over the replicas.
+        #[arg(long, default_value_t = 6)]
+        agents: usize,
+    },
+    /// The randomized fault run (kill, partition, restore in a seeded order, a commit after each
+    /// step) on three hub replicas behind fault proxies.
+    FaultRun {
+        /// Seed of the order (print it to replay a failure).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Steps.
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
         /// Agents, spread over the replicas.
         #[arg(long, default_value_t = 6)]
         agents: usize,
@@ -427,6 +441,13 @@ async fn main() -> anyhow::Result<()> {
         } => raft::raft_writes(replicas, writes, in_flight, batch)
             .await
             .context("raft-writes benchmark"),
+        Command::FaultRun {
+            seed,
+            steps,
+            agents,
+        } => faults::fault_run_bench(seed, steps, agents)
+            .await
+            .context("fault-run benchmark"),
         Command::Snapshot { clusters } => snapshot::snapshot(clusters)
             .await
             .context("snapshot benchmark"),

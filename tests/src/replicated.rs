@@ -455,3 +455,137 @@ impl ReplicatedHub {
         );
     }
 }
+
+/// One step of [`fault_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultStep {
+    /// SIGKILL the leader.
+    KillLeader,
+    /// SIGKILL a follower.
+    KillFollower,
+    /// Cut the leader off on the peer channel.
+    PartitionLeader,
+    /// Restart the killed replica, or heal the partition.
+    Restore,
+}
+
+/// splitmix64: a seeded sequence, so a failing run can be replayed from its seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn strip_contact(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    for c in v.as_array_mut().into_iter().flatten() {
+        c.as_object_mut().map(|o| o.remove("last_contact"));
+    }
+    v
+}
+
+/// A randomized fault run on a hub started with [`ReplicatedHub::start_proxied`] and agents: `steps`
+/// times, in an order drawn from `seed`, kill the leader or a follower, partition the leader, or
+/// restore what was faulted (at most one replica faulted at once, so a majority stays), then commit
+/// a change and check that every agent applies it and that no agent ever accepted a version twice
+/// or out of order. At the end everything is restored and every replica must hold the same state.
+/// `change(round)` writes the repository's change for a round. Returns the steps taken.
+pub async fn fault_run(
+    hub: &mut ReplicatedHub,
+    seed: u64,
+    steps: usize,
+    change: impl Fn(&GitRepo, usize),
+) -> Vec<FaultStep> {
+    let mut random = seed;
+    let mut taken = Vec::new();
+    // The replica faulted now, and whether it is down (killed) or partitioned.
+    let mut faulted: Option<(u64, bool)> = None;
+    let n = hub.replicas.len() as u64;
+    for round in 1..=steps {
+        let step = match faulted {
+            Some(_) => FaultStep::Restore,
+            None => match next_random(&mut random) % 3 {
+                0 => FaultStep::KillLeader,
+                1 => FaultStep::KillFollower,
+                _ => FaultStep::PartitionLeader,
+            },
+        };
+        let leader = hub.leader().await;
+        match step {
+            FaultStep::KillLeader => {
+                hub.replicas[(leader - 1) as usize].kill().await;
+                faulted = Some((leader, true));
+            }
+            FaultStep::KillFollower => {
+                let others: Vec<u64> = (1..=n).filter(|id| *id != leader).collect();
+                let id = others[(next_random(&mut random) % others.len() as u64) as usize];
+                hub.replicas[(id - 1) as usize].kill().await;
+                faulted = Some((id, true));
+            }
+            FaultStep::PartitionLeader => {
+                hub.partition(leader);
+                faulted = Some((leader, false));
+            }
+            FaultStep::Restore => match faulted.take() {
+                Some((id, true)) => {
+                    hub.replicas[(id - 1) as usize]
+                        .start()
+                        .await
+                        .expect("restart a killed replica");
+                }
+                Some((_, false)) => hub.heal(),
+                None => {}
+            },
+        }
+        println!("fault run seed {seed} step {round}: {step:?} (leader was {leader})");
+        taken.push(step);
+        change(&hub.repo, round);
+        let commit = hub.repo.commit(&format!("fault run step {round}"));
+        let healthy = (1..=n)
+            .find(|id| faulted.is_none_or(|(f, _)| f != *id))
+            .expect("a healthy replica");
+        hub.wait_converged_on(healthy, &commit).await;
+        for a in &hub.agents {
+            let log = std::fs::read_to_string(&a.log_path).unwrap_or_default();
+            let accepted: Vec<u64> = log
+                .lines()
+                .filter_map(|l| l.split("accepted version=").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+                .collect();
+            assert!(
+                accepted.windows(2).all(|w| w[0] < w[1]),
+                "seed {seed} step {round}: agent {} accepted {accepted:?}",
+                a.name
+            );
+        }
+    }
+    match faulted {
+        Some((id, true)) => {
+            hub.replicas[(id - 1) as usize]
+                .start()
+                .await
+                .expect("restart a killed replica");
+        }
+        Some((_, false)) => hub.heal(),
+        None => {}
+    }
+    hub.wait_hub_status("every replica back and caught up", |s| {
+        s.replicas.len() as u64 == n
+            && s.replicas.iter().filter(|r| r.role == "leader").count() == 1
+            && s.replicas
+                .iter()
+                .all(|r| (r.role == "leader" || r.role == "follower") && r.lag == 0)
+    })
+    .await;
+    let first = strip_contact(&hub.clusters_on(1));
+    for id in 2..=n {
+        assert_eq!(
+            strip_contact(&hub.clusters_on(id)),
+            first,
+            "seed {seed}: replica {id} holds another state than replica 1"
+        );
+    }
+    taken
+}
