@@ -10,9 +10,11 @@ use anyhow::ensure;
 use flotilla_tests::fixture::GitRepo;
 use flotilla_tests::replicated::ReplicatedHub;
 
-const MANIFEST: &str = "apps:\n  - name: base\n    path: apps/base\n    namespace: web\n";
+pub(crate) const MANIFEST: &str =
+    "apps:\n  - name: base\n    path: apps/base\n    namespace: web\n";
 
-fn config_map(round: usize) -> String {
+/// The one object of the benchmarks' app, changed each round.
+pub(crate) fn config_map(round: usize) -> String {
     format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  round: \"{round}\"\n"
     )

@@ -10,13 +10,7 @@ use anyhow::ensure;
 use flotilla_tests::fixture::GitRepo;
 use flotilla_tests::replicated::{ReplicatedHub, fault_run};
 
-const MANIFEST: &str = "apps:\n  - name: base\n    path: apps/base\n    namespace: web\n";
-
-fn config_map(round: usize) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  round: \"{round}\"\n"
-    )
-}
+use crate::failover::{MANIFEST, config_map};
 
 pub async fn fault_run_bench(seed: u64, steps: usize, agents: usize) -> anyhow::Result<()> {
     ensure!(steps >= 1 && agents >= 1, "at least one step and one agent");

@@ -742,17 +742,7 @@ async fn send_contacts(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let (id, leader_address) = {
-            let m = replica.raft.metrics().borrow().clone();
-            let address = m.current_leader.filter(|l| *l != m.id).and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            });
-            (m.id, address)
-        };
-        let Some(address) = leader_address else {
+        let Some((_, Some(address))) = crate::raft::peers::other_leader(&replica.raft) else {
             continue;
         };
         let entries: Vec<(String, i64)> = contacts
@@ -778,7 +768,7 @@ async fn send_contacts(
             // The newest second may still gain entries: send it again next time.
             Ok(()) => sent_up_to = newest,
             Err(e) => {
-                tracing::debug!(replica = id, error = %e, "sending agents' contacts to the leader failed; will send them again")
+                tracing::debug!(error = %e, "sending agents' contacts to the leader failed; will send them again")
             }
         }
     }

@@ -247,6 +247,14 @@ impl Fleet {
     }
 }
 
+/// The versions an agent logged as accepted, in order.
+pub fn accepted_versions(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.split("accepted version=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 /// Polls a file-system condition until it holds.
 pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
     if wait_for(deadline, || check().then_some(())).await.is_none() {

@@ -328,11 +328,23 @@ impl ReplicatedHub {
     /// Waits until every agent's cluster applied `commit`, as replica `id` alone reports it.
     pub async fn wait_converged_on(&self, id: u64, commit: &str) -> StatusView {
         let url = self.replicas[(id - 1) as usize].url();
+        self.wait_converged_via(&url, &format!(" at replica {id}"), commit)
+            .await
+    }
+
+    /// Waits until every agent's cluster applied `commit`.
+    pub async fn wait_converged(&self, commit: &str) -> StatusView {
+        self.wait_converged_via(&self.hub_arg(), "", commit).await
+    }
+
+    /// Waits until every agent's cluster applied `commit`, as the first of `hubs` that answers
+    /// reports it.
+    async fn wait_converged_via(&self, hubs: &str, at: &str, commit: &str) -> StatusView {
         let n = self.agents.len();
         let end = tokio::time::Instant::now() + CONVERGE;
         let mut last = None;
         loop {
-            let status = client::with_admin(&url, &self.admin_dir(), async |admin| {
+            let status = client::with_admin(hubs, &self.admin_dir(), async |admin| {
                 client::status(admin).await
             })
             .await;
@@ -344,7 +356,7 @@ impl ReplicatedHub {
             }
             if tokio::time::Instant::now() >= end {
                 panic!(
-                    "timed out waiting for {n} clusters on {commit} at replica {id}; last status: {}\n{}",
+                    "timed out waiting for {n} clusters on {commit}{at}; last status: {}\n{}",
                     serde_json::to_string_pretty(&last).unwrap_or_default(),
                     self.agent_log_tails()
                 );
@@ -353,25 +365,24 @@ impl ReplicatedHub {
         }
     }
 
-    /// Waits until every agent's cluster applied `commit`.
-    pub async fn wait_converged(&self, commit: &str) -> StatusView {
-        let n = self.agents.len();
+    /// The replica that replica `id` alone says leads, once it says one does (within the deadline).
+    pub async fn leader_seen_by(&self, id: u64) -> u64 {
+        let url = self.replicas[(id - 1) as usize].url();
         let end = tokio::time::Instant::now() + CONVERGE;
-        let mut last = None;
         loop {
-            if let Some(s) = self.status().await {
-                if s.clusters.len() == n && s.converged_at(commit) {
-                    return s;
-                }
-                last = Some(s);
+            let status = client::with_admin(&url, &self.admin_dir(), async |admin| {
+                flotilla_cli::replicas::status(admin).await
+            })
+            .await;
+            if let Ok(s) = status
+                && let Some(leader) = s.replicas.iter().find(|r| r.role == "leader")
+            {
+                return leader.id;
             }
-            if tokio::time::Instant::now() >= end {
-                panic!(
-                    "timed out waiting for {n} clusters on {commit}; last status: {}\n{}",
-                    serde_json::to_string_pretty(&last).unwrap_or_default(),
-                    self.agent_log_tails()
-                );
-            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "replica {id} saw no leader within {CONVERGE:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -478,7 +489,9 @@ fn next_random(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn strip_contact(v: &serde_json::Value) -> serde_json::Value {
+/// `flotilla clusters -o json` output without `last_contact`, which is the serving replica's memory,
+/// not replicated state.
+pub fn without_contact(v: &serde_json::Value) -> serde_json::Value {
     let mut v = v.clone();
     for c in v.as_array_mut().into_iter().flatten() {
         c.as_object_mut().map(|o| o.remove("last_contact"));
@@ -549,11 +562,7 @@ pub async fn fault_run(
         hub.wait_converged_on(healthy, &commit).await;
         for a in &hub.agents {
             let log = std::fs::read_to_string(&a.log_path).unwrap_or_default();
-            let accepted: Vec<u64> = log
-                .lines()
-                .filter_map(|l| l.split("accepted version=").nth(1))
-                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-                .collect();
+            let accepted = crate::fixture::accepted_versions(&log);
             assert!(
                 accepted.windows(2).all(|w| w[0] < w[1]),
                 "seed {seed} step {round}: agent {} accepted {accepted:?}",
@@ -579,10 +588,10 @@ pub async fn fault_run(
                 .all(|r| (r.role == "leader" || r.role == "follower") && r.lag == 0)
     })
     .await;
-    let first = strip_contact(&hub.clusters_on(1));
+    let first = without_contact(&hub.clusters_on(1));
     for id in 2..=n {
         assert_eq!(
-            strip_contact(&hub.clusters_on(id)),
+            without_contact(&hub.clusters_on(id)),
             first,
             "seed {seed}: replica {id} holds another state than replica 1"
         );

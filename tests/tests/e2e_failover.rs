@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use flotilla_tests::fixture::{CONVERGE, Fleet, GitRepo, eventually};
+use flotilla_tests::fixture::{CONVERGE, Fleet, GitRepo, accepted_versions, eventually};
 use flotilla_tests::forwarder::Forwarder;
 
 const MANIFEST: &str = "apps:\n  - name: base\n    path: apps/base\n    namespace: web\n";
@@ -28,14 +28,6 @@ fn closed_url() -> String {
 
 fn agent_log(fleet: &Fleet, agent: usize) -> String {
     std::fs::read_to_string(&fleet.agents[agent].log_path).unwrap_or_default()
-}
-
-/// The versions the agent logged as accepted, in order.
-fn accepted_versions(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.split("accepted version=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use flotilla_tests::fixture::GitRepo;
-use flotilla_tests::replicated::ReplicatedHub;
+use flotilla_tests::fixture::{GitRepo, accepted_versions};
+use flotilla_tests::replicated::{ReplicatedHub, without_contact};
 
 const MANIFEST: &str = "apps:\n  - name: base\n    path: apps/base\n    namespace: web\n";
 const BASE: &str =
@@ -21,14 +21,6 @@ fn fill(repo: &GitRepo) {
 
 fn agent_log(hub: &ReplicatedHub, agent: usize) -> String {
     std::fs::read_to_string(&hub.agents[agent].log_path).unwrap_or_default()
-}
-
-/// The (version, digest) pairs the agent logged as accepted, in order.
-fn accepted(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.split("accepted version=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +86,7 @@ async fn three_replicas_serve_agents_and_survive_the_leaders_kill() {
     // No cluster ever saw a version go backwards or accepted one twice.
     for i in 0..hub.agents.len() {
         let log = agent_log(&hub, i);
-        let versions = accepted(&log);
+        let versions = accepted_versions(&log);
         assert!(
             versions.windows(2).all(|w| w[0] < w[1]),
             "agent {i} accepted {versions:?}\n{log}"
@@ -198,17 +190,9 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot_and_a_full_rest
     hub.leader().await;
     for id in 1..=3u64 {
         let after = hub.clusters_on(id);
-        let strip = |v: &serde_json::Value| {
-            let mut v = v.clone();
-            for c in v.as_array_mut().into_iter().flatten() {
-                // Contact is the serving replica's memory, not replicated state.
-                c.as_object_mut().map(|o| o.remove("last_contact"));
-            }
-            v
-        };
         assert_eq!(
-            strip(&after),
-            strip(&before[(id - 1) as usize]),
+            without_contact(&after),
+            without_contact(&before[(id - 1) as usize]),
             "replica {id}"
         );
     }
@@ -240,46 +224,14 @@ async fn a_partitioned_leader_cannot_commit_and_the_majority_carries_on() {
     // The majority elects a leader of its own and every agent, the one that watched the old
     // leader included, gets the commit through it.
     let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
-    let new = loop {
-        let views: Vec<_> = others
-            .iter()
-            .map(|id| {
-                let url = hub.replicas[(*id - 1) as usize].url();
-                let admin = hub.admin_dir();
-                async move {
-                    flotilla_cli::client::with_admin(&url, &admin, async |c| {
-                        flotilla_cli::replicas::status(c).await
-                    })
-                    .await
-                    .ok()
-                }
-            })
-            .collect();
-        let mut leaders = Vec::new();
-        for v in views {
-            if let Some(s) = v.await
-                && let Some(me) = s.replicas.iter().find(|r| r.id == s.answered_by)
-                && me.role == "leader"
-            {
-                leaders.push(me.id);
-            }
-        }
-        if let Some(l) = leaders.first() {
-            break *l;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let new = hub.leader_seen_by(others[0]).await;
     assert_ne!(new, old);
     hub.wait_converged_on(new, &second).await;
     // The cut-off leader committed nothing: its store still holds what it had.
-    let strip = |v: &serde_json::Value| {
-        let mut v = v.clone();
-        for c in v.as_array_mut().into_iter().flatten() {
-            c.as_object_mut().map(|o| o.remove("last_contact"));
-        }
-        v
-    };
-    assert_eq!(strip(&hub.clusters_on(old)), strip(&before));
+    assert_eq!(
+        without_contact(&hub.clusters_on(old)),
+        without_contact(&before)
+    );
 
     // Healed, the old leader steps down, follows, and gets what the majority committed.
     hub.heal();
@@ -299,12 +251,12 @@ async fn a_partitioned_leader_cannot_commit_and_the_majority_carries_on() {
         .map(|r| r.id)
         .expect("leader");
     assert_eq!(
-        strip(&hub.clusters_on(old)),
-        strip(&hub.clusters_on(leader))
+        without_contact(&hub.clusters_on(old)),
+        without_contact(&hub.clusters_on(leader))
     );
     for i in 0..hub.agents.len() {
         let log = agent_log(&hub, i);
-        let versions = accepted(&log);
+        let versions = accepted_versions(&log);
         assert!(
             versions.windows(2).all(|w| w[0] < w[1]),
             "agent {i} accepted {versions:?}"

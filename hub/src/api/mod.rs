@@ -88,7 +88,8 @@ impl ApiState {
     /// for a while (a partitioned leader, whose state no longer moves). Agents then move on to
     /// another replica.
     pub fn cut_off(&self) -> Option<String> {
-        let m = self.replica.raft.metrics().borrow().clone();
+        let metrics = self.replica.raft.metrics();
+        let m = metrics.borrow();
         let voters = m.membership_config.membership().voter_ids().count();
         match m.current_leader {
             None => Some(format!(
@@ -128,14 +129,13 @@ impl ApiState {
         if let Some(handle) = self.controller.borrow().clone() {
             return Ok(handle);
         }
-        let m = self.replica.raft.metrics().borrow().clone();
-        let leader = match m.current_leader.filter(|l| *l != m.id) {
-            Some(l) => format!("replica {l}"),
+        let id = self.replica.raft.metrics().borrow().id;
+        let leader = match crate::raft::peers::other_leader(&self.replica.raft) {
+            Some((l, _)) => format!("replica {l}"),
             None => "a leader, once one is elected,".to_string(),
         };
         Err(Status::unavailable(format!(
-            "hub replica {} does not lead the hub; {what} are taken by {leader}: give the CLI every hub address (--hub A,B,C or FLOTILLA_HUB) and it moves on to the next",
-            m.id
+            "hub replica {id} does not lead the hub; {what} are taken by {leader}: give the CLI every hub address (--hub A,B,C or FLOTILLA_HUB) and it moves on to the next"
         )))
     }
 }

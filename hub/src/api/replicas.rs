@@ -48,21 +48,16 @@ fn call_error(e: PeerCallError) -> Status {
     }
 }
 
-/// Runs `change` on the leader: here if this replica leads, else on the leader over the peer channel.
+/// Runs `change` on the leader: here if this replica leads, else on the leader over the peer channel
+/// (also when this replica was deposed meanwhile).
 async fn change(state: &ApiState, change: MembershipChange) -> Result<Members, Status> {
     let raft = &state.replica.raft;
     if raft.metrics().borrow().state == openraft::ServerState::Leader {
-        return match peers::change_membership(raft, change.clone(), CATCH_UP_TIMEOUT).await {
-            LeaderAnswer::Done(members) => Ok(members),
-            LeaderAnswer::Failed(why) => Err(Status::failed_precondition(why)),
-            // Deposed meanwhile: ask the new leader.
-            LeaderAnswer::NotLeader { .. } => state
-                .replica
-                .dialer
-                .change_membership_on_leader(raft, &change, CATCH_UP_TIMEOUT + PROBE_TIMEOUT)
-                .await
-                .map_err(call_error),
-        };
+        match peers::change_membership(raft, change.clone(), CATCH_UP_TIMEOUT).await {
+            LeaderAnswer::Done(members) => return Ok(members),
+            LeaderAnswer::Failed(why) => return Err(Status::failed_precondition(why)),
+            LeaderAnswer::NotLeader { .. } => {}
+        }
     }
     state
         .replica

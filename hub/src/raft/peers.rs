@@ -99,14 +99,6 @@ impl Members {
     pub fn contains(&self, id: ReplicaId) -> bool {
         self.voters.contains_key(&id) || self.learners.contains_key(&id)
     }
-
-    /// `id`'s peer address, if it is a member.
-    pub fn address(&self, id: ReplicaId) -> Option<&str> {
-        self.voters
-            .get(&id)
-            .or_else(|| self.learners.get(&id))
-            .map(String::as_str)
-    }
 }
 
 /// One replica's own view of its Raft.
@@ -214,15 +206,25 @@ pub enum LeaderAnswer<T> {
     Failed(String),
 }
 
+/// The other replica `raft` knows as the leader, and its peer address when the membership has it;
+/// `None` while no leader is known or this replica leads.
+pub fn other_leader(raft: &Raft<TypeConfig>) -> Option<(ReplicaId, Option<String>)> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    let leader = m.current_leader.filter(|l| *l != m.id)?;
+    let address = m
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.addr.clone());
+    Some((leader, address))
+}
+
 fn not_leader<T>(raft: &Raft<TypeConfig>) -> LeaderAnswer<T> {
-    let m = raft.metrics().borrow().clone();
-    let leader = m.current_leader.filter(|l| *l != m.id);
-    let address = leader.and_then(|l| {
-        m.membership_config
-            .membership()
-            .get_node(&l)
-            .map(|n| n.addr.clone())
-    });
+    let (leader, address) = match other_leader(raft) {
+        Some((l, a)) => (Some(l), a),
+        None => (None, None),
+    };
     LeaderAnswer::NotLeader { leader, address }
 }
 
@@ -534,11 +536,10 @@ impl PeerDialer {
     ) -> Result<T, PeerCallError> {
         let mut last = String::from("no leader is known");
         for _ in 0..LEADER_HOPS {
-            match not_leader::<()>(raft) {
-                LeaderAnswer::NotLeader {
-                    address: Some(address),
-                    ..
-                } => return self.follow_leader(address, timeout, rpc, message).await,
+            match other_leader(raft) {
+                Some((_, Some(address))) => {
+                    return self.follow_leader(address, timeout, rpc, message).await;
+                }
                 _ => {
                     last = "no leader is elected".into();
                     tokio::time::sleep(NO_LEADER_PAUSE).await;
@@ -619,7 +620,6 @@ mod tests {
             describe(&m),
             "1 at a:1, 2 at b:2 (voters); 3 at c:3 (learners)"
         );
-        assert_eq!(m.address(3), Some("c:3"));
         assert!(m.contains(2) && !m.contains(4));
     }
 
