@@ -218,10 +218,15 @@ impl ReplicatedHub {
 
     /// Runs the real `flotilla` binary against every replica with `-o json`.
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        self.cli_json_via(&self.hub_arg(), args)
+    }
+
+    /// Runs the real `flotilla` binary with `-o json` against `hubs` (comma-separated URLs).
+    fn cli_json_via(&self, hubs: &str, args: &[&str]) -> serde_json::Value {
         let out = std::process::Command::new(&self.bins.cli)
             .args(args)
             .args(["-o", "json"])
-            .env("FLOTILLA_HUB", self.hub_arg())
+            .env("FLOTILLA_HUB", hubs)
             .env("FLOTILLA_ADMIN_DIR", self.admin_dir())
             .output()
             .expect("run flotilla");
@@ -425,18 +430,21 @@ impl ReplicatedHub {
 
     /// `flotilla clusters -o json` against replica `id` alone.
     pub fn clusters_on(&self, id: u64) -> serde_json::Value {
-        let out = std::process::Command::new(&self.bins.cli)
-            .args(["clusters", "-o", "json"])
-            .env("FLOTILLA_HUB", self.replicas[(id - 1) as usize].url())
-            .env("FLOTILLA_ADMIN_DIR", self.admin_dir())
-            .output()
-            .expect("run flotilla");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON")
+        self.cli_json_via(&self.replicas[(id - 1) as usize].url(), &["clusters"])
+    }
+
+    /// Undoes a fault of [`fault_run`]: restarts a killed replica or heals a partition.
+    async fn restore(&mut self, faulted: Option<(u64, bool)>) {
+        match faulted {
+            Some((id, true)) => {
+                self.replicas[(id - 1) as usize]
+                    .start()
+                    .await
+                    .expect("restart a killed replica");
+            }
+            Some((_, false)) => self.heal(),
+            None => {}
+        }
     }
 
     /// Stops every process.
@@ -541,16 +549,7 @@ pub async fn fault_run(
                 hub.partition(leader);
                 faulted = Some((leader, false));
             }
-            FaultStep::Restore => match faulted.take() {
-                Some((id, true)) => {
-                    hub.replicas[(id - 1) as usize]
-                        .start()
-                        .await
-                        .expect("restart a killed replica");
-                }
-                Some((_, false)) => hub.heal(),
-                None => {}
-            },
+            FaultStep::Restore => hub.restore(faulted.take()).await,
         }
         println!("fault run seed {seed} step {round}: {step:?} (leader was {leader})");
         taken.push(step);
@@ -570,16 +569,7 @@ pub async fn fault_run(
             );
         }
     }
-    match faulted {
-        Some((id, true)) => {
-            hub.replicas[(id - 1) as usize]
-                .start()
-                .await
-                .expect("restart a killed replica");
-        }
-        Some((_, false)) => hub.heal(),
-        None => {}
-    }
+    hub.restore(faulted).await;
     hub.wait_hub_status("every replica back and caught up", |s| {
         s.replicas.len() as u64 == n
             && s.replicas.iter().filter(|r| r.role == "leader").count() == 1

@@ -51,19 +51,8 @@ async fn three_replicas_serve_agents_and_survive_the_leaders_kill() {
     }
 
     // Every replica's store holds the same fleet: each answers with every cluster.
-    for r in &hub.replicas {
-        let out = std::process::Command::new(&hub.bins.cli)
-            .args(["clusters", "-o", "json"])
-            .env("FLOTILLA_HUB", r.url())
-            .env("FLOTILLA_ADMIN_DIR", hub.admin_dir())
-            .output()
-            .expect("run flotilla");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let clusters: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for id in 1..=3 {
+        let clusters = hub.clusters_on(id);
         assert_eq!(clusters.as_array().map(Vec::len), Some(3), "{clusters}");
     }
 
