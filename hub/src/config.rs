@@ -453,23 +453,14 @@ impl ReplicationConfig {
     }
 }
 
-/// Checks `replication:` and builds it.
-fn replication(raw: RawReplication) -> Result<ReplicationConfig, ConfigError> {
-    let invalid = |field: &str, message: String| ConfigError::Invalid {
-        field: format!("replication.{field}"),
-        message,
+/// Checks that `advertise` (named `field` in errors) is `HOST:PORT`: a DNS name or IP address (IPv6
+/// in brackets) and a port 1..=65535.
+fn check_advertise(advertise: &str, field: &str) -> Result<(), ConfigError> {
+    let not_host_port = || ConfigError::Invalid {
+        field: field.to_string(),
+        message: format!("{advertise:?} is not HOST:PORT with a port 1..=65535"),
     };
-    let listen = raw
-        .listen
-        .parse()
-        .map_err(|e| invalid("listen", format!("{:?}: {e}", raw.listen)))?;
-    let not_host_port = || {
-        invalid(
-            "advertise",
-            format!("{:?} is not HOST:PORT with a port 1..=65535", raw.advertise),
-        )
-    };
-    let (host, port) = raw.advertise.rsplit_once(':').ok_or_else(not_host_port)?;
+    let (host, port) = advertise.rsplit_once(':').ok_or_else(not_host_port)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
     let host_ok = !host.is_empty()
@@ -480,6 +471,20 @@ fn replication(raw: RawReplication) -> Result<ReplicationConfig, ConfigError> {
     if !port_ok || !host_ok {
         return Err(not_host_port());
     }
+    Ok(())
+}
+
+/// Checks `replication:` and builds it.
+fn replication(raw: RawReplication) -> Result<ReplicationConfig, ConfigError> {
+    let invalid = |field: &str, message: String| ConfigError::Invalid {
+        field: format!("replication.{field}"),
+        message,
+    };
+    let listen = raw
+        .listen
+        .parse()
+        .map_err(|e| invalid("listen", format!("{:?}: {e}", raw.listen)))?;
+    check_advertise(&raw.advertise, "replication.advertise")?;
     for (i, peer) in raw.join.iter().enumerate() {
         let ok = peer
             .rsplit_once(':')
@@ -488,12 +493,6 @@ fn replication(raw: RawReplication) -> Result<ReplicationConfig, ConfigError> {
             return Err(invalid(
                 &format!("join[{i}]"),
                 format!("{peer:?} is not HOST:PORT with a port 1..=65535"),
-            ));
-        }
-        if *peer == raw.advertise {
-            return Err(invalid(
-                &format!("join[{i}]"),
-                format!("{peer:?} is this replica's own advertised address"),
             ));
         }
     }
@@ -619,6 +618,20 @@ fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
 }
 
 impl HubConfig {
+    /// Replaces `replication.advertise` (from `flotilla-hub run --advertise`, so replicas sharing
+    /// one hub.yaml, a StatefulSet's ConfigMap, each advertise their own pod's name).
+    pub fn set_advertise(&mut self, advertise: &str) -> Result<(), ConfigError> {
+        let Some(replication) = self.replication.as_mut() else {
+            return Err(ConfigError::Invalid {
+                field: "--advertise".into(),
+                message: "needs `replication:` in hub.yaml (at least its listen address)".into(),
+            });
+        };
+        check_advertise(advertise, "--advertise")?;
+        replication.advertise = advertise.to_string();
+        Ok(())
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -179,6 +179,14 @@ impl DataDir {
         self.root.join("joined")
     }
 
+    /// Writes the marker that this replica joins a hub rather than starts one.
+    pub fn mark_joined(&self) -> Result<(), DataDirError> {
+        write_public(
+            &self.joined_marker(),
+            b"made by flotilla-hub join: this replica waits to be added to a hub\n",
+        )
+    }
+
     /// Whether this replica starts a one-node Raft cluster when it has none yet (`init`), rather
     /// than wait to be added to one (`join`).
     pub fn bootstraps(&self) -> bool {
@@ -188,9 +196,16 @@ impl DataDir {
     /// Makes a data directory for another replica of an existing hub: the hub CA and the signing
     /// key copied from `from` (another replica's data directory, or a directory holding `ca.pem`,
     /// `ca-key.pem`, `signing.key` and `signing.pub`, as a mounted Secret does), replica id `id`, and
-    /// the marker that it joins rather than starts a hub. With `if_missing`, a directory already
-    /// made for the same id is left as it is.
-    pub fn join(&self, from: &Path, id: u64, if_missing: bool) -> Result<(), DataDirError> {
+    /// the marker that it joins rather than starts a hub — but for replica 1 with `first_starts`,
+    /// which starts the hub as `init` would, with these keys (a StatefulSet's first pod). With
+    /// `if_missing`, a directory already made for the same id is left as it is.
+    pub fn join(
+        &self,
+        from: &Path,
+        id: u64,
+        if_missing: bool,
+        first_starts: bool,
+    ) -> Result<(), DataDirError> {
         if id == 0 {
             return Err(DataDirError::ReplicaId(self.replica_id_path()));
         }
@@ -230,10 +245,9 @@ impl DataDir {
         write_private(&self.pki("signing.key"), &signing)?;
         write_public(&self.pki("signing.pub"), &signing_pub)?;
         write_public(&self.replica_id_path(), format!("{id}\n").as_bytes())?;
-        write_public(
-            &self.joined_marker(),
-            b"made by flotilla-hub join: this replica waits to be added to a hub\n",
-        )?;
+        if !(first_starts && id == 1) {
+            self.mark_joined()?;
+        }
         // ca.pem last: its presence marks a complete directory.
         write_public(&self.pki("ca.pem"), &ca)?;
         Ok(())

@@ -56,6 +56,12 @@ enum Command {
         /// Succeed without changing anything when the directory was already made for this id.
         #[arg(long)]
         if_missing: bool,
+        /// Replica 1 starts the hub (as `init` would, with FROM's keys) instead of waiting to be
+        /// added; any other id joins. For a StatefulSet whose pods all run the same command. A
+        /// replica 1 with no Raft state whose `replication.join` peers already form a hub joins
+        /// that hub instead of starting a second one.
+        #[arg(long)]
+        first_starts_hub: bool,
     },
     /// Serve gRPC over mTLS and keep clusters on the state declared in Git.
     Run {
@@ -68,6 +74,10 @@ enum Command {
         /// Overrides `listen` from the config (use port 0 for any free port).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Overrides `replication.advertise` (`HOST:PORT` the other replicas dial), so replicas
+        /// sharing one hub.yaml each advertise their own name.
+        #[arg(long)]
+        advertise: Option<String>,
     },
 }
 
@@ -99,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             replica_id,
             replica_id_from_hostname,
             if_missing,
+            first_starts_hub,
         } => {
             let id = match (replica_id, replica_id_from_hostname) {
                 (Some(id), _) => id,
@@ -115,11 +126,16 @@ async fn main() -> anyhow::Result<()> {
             );
             let dir = DataDir::new(&data_dir);
             let existed = dir.is_initialized();
-            dir.join(&from, id, if_missing)
+            dir.join(&from, id, if_missing, first_starts_hub)
                 .with_context(|| format!("join failed for {}", data_dir.display()))?;
             if existed {
                 println!(
                     "{} is already replica {id}'s data directory; nothing changed",
+                    data_dir.display()
+                );
+            } else if first_starts_hub && id == 1 {
+                println!(
+                    "made {} for replica 1, which starts the hub with these keys",
                     data_dir.display()
                 );
             } else {
@@ -134,10 +150,14 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             config,
             listen,
+            advertise,
         } => {
             let mut config = HubConfig::load(&config)?;
             if let Some(listen) = listen {
                 config.listen = listen;
+            }
+            if let Some(advertise) = advertise {
+                config.set_advertise(&advertise)?;
             }
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();

@@ -297,6 +297,15 @@ async fn start_replica(
         let advertise = config.replication.as_ref().map(|r| r.advertise.as_str());
         let fatal = |e: openraft::error::Fatal<ReplicaId>| HubError::Raft(e.to_string());
         if !raft.is_initialized().await.map_err(fatal)? {
+            let joins_instead = match &config.replication {
+                Some(replication) if data_dir.bootstraps() => {
+                    existing_hub(id, replication, &dialer).await?
+                }
+                _ => false,
+            };
+            if joins_instead {
+                data_dir.mark_joined().map_err(HubError::DataDir)?;
+            }
             if data_dir.bootstraps() {
                 initialize_one_node_cluster(&raft, id, advertise).await?;
             } else {
@@ -330,6 +339,43 @@ async fn start_replica(
     })
 }
 
+/// Before a replica with no Raft state starts a hub of its own (replica 1 of a StatefulSet whose
+/// volume was lost, say): whether one of its `replication.join` peers already belongs to a hub.
+/// Starting a second one would split the fleet, so it joins that hub instead (`true`) — unless
+/// that hub still counts this replica as a member, whose log and vote it no longer has: then it
+/// refuses to start until an operator removed it. Peers that do not answer (not started yet) do
+/// not count.
+async fn existing_hub(
+    id: ReplicaId,
+    replication: &crate::config::ReplicationConfig,
+    dialer: &PeerDialer,
+) -> Result<bool, HubError> {
+    for peer in replication
+        .join
+        .iter()
+        .filter(|p| **p != replication.advertise)
+    {
+        let Ok(view) = dialer.view(peer, Duration::from_secs(2)).await else {
+            continue;
+        };
+        if view.members.voters.is_empty() {
+            continue;
+        }
+        if view.members.contains(id) {
+            return Err(HubError::Raft(format!(
+                "replica {id} has no Raft state, but the hub of the replica at {peer} still \
+                 counts it as a member ({}); it will not start a second hub nor rejoin with an \
+                 empty log. Remove it with `flotilla hub remove-replica {id}`: at its next start it \
+                 joins that hub again",
+                crate::raft::peers::describe(&view.members)
+            )));
+        }
+        warn!(replica = id, via = %peer, members = %crate::raft::peers::describe(&view.members), "this replica has no Raft state and its peers already form a hub: joining it instead of starting another");
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// How often a joining replica asks its `replication.join` peers to add it.
 const JOIN_RETRY: Duration = Duration::from_secs(5);
 
@@ -358,7 +404,12 @@ async fn wait_until_added(
             info!(replica = id, "this replica was added to the hub");
             return Ok(());
         }
-        for peer in &replication.join {
+        // A shared hub.yaml (a StatefulSet's) lists every replica, this one included.
+        for peer in replication
+            .join
+            .iter()
+            .filter(|p| **p != replication.advertise)
+        {
             let asked = tokio::select! {
                 _ = shutdown.cancelled() => return Err(stopped()),
                 asked = dialer.change_membership_via(peer, &change, CATCH_UP_TIMEOUT + Duration::from_secs(10)) => asked,

@@ -37,6 +37,20 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// Keeps the temporary directory (the replicas' logs and data) of a run that panicked when
+/// `FLOTILLA_KEEP_FAILED` is set, and prints where it is.
+impl Drop for ReplicatedHub {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("FLOTILLA_KEEP_FAILED").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "kept the failed run's directory: {}",
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
 impl ReplicatedHub {
     /// Starts `n` replicas polling a repository filled by `fill` every 200 ms, with `extra_config`
     /// appended to every hub.yaml, and waits until every one is a voter and listens.
@@ -433,6 +447,60 @@ impl ReplicatedHub {
         self.cli_json_via(&self.replicas[(id - 1) as usize].url(), &["clusters"])
     }
 
+    /// Rebuilds replica `id` from the others, as an operator does after its data was damaged or
+    /// lost: `flotilla hub remove-replica`, its data directory deleted and made again by
+    /// `flotilla-hub join` from another replica's keys, started on the same addresses, and added
+    /// back (by its own `replication.join`, or else by `flotilla hub add-replica`); returns once
+    /// it is a voter again and caught up.
+    pub async fn rebuild(&mut self, id: u64) {
+        let i = (id - 1) as usize;
+        self.replicas[i].stop().await;
+        let removed = self.cli_json(&["hub", "remove-replica", &id.to_string()]);
+        let members = removed["members"].as_array().cloned().unwrap_or_default();
+        assert!(members.iter().all(|m| m["id"] != id), "{removed}");
+        let old = &self.replicas[i];
+        let config = std::fs::read_to_string(&old.config_path).expect("the replica's hub.yaml");
+        let name = old
+            .data_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("data directory name")
+            .to_string();
+        std::fs::remove_dir_all(&old.data_dir).expect("delete the replica's data");
+        let from = &self.replicas[if i == 0 { 1 } else { 0 }];
+        let mut rebuilt = LocalHub::join(&self.bins, self.dir.path(), &name, from, id, &config)
+            .await
+            .expect("join the rebuilt replica");
+        rebuilt.addr = old.addr;
+        rebuilt.launch().expect("launch the rebuilt replica");
+        if !config.contains("\n  join: ") {
+            let peer = self.peers[i].clone();
+            let reachable = flotilla_cli::fleet::wait_for(CONVERGE, || {
+                std::net::TcpStream::connect(&peer).ok().map(|_| ())
+            })
+            .await;
+            assert!(
+                reachable.is_some(),
+                "replica {id}'s peer listener never came up"
+            );
+            let added = self.cli_json(&["hub", "add-replica", &peer]);
+            assert_eq!(added["added"], serde_json::json!(id), "{added}");
+        }
+        rebuilt
+            .wait_listening(CONVERGE)
+            .await
+            .expect("the rebuilt replica listens");
+        self.replicas[i] = rebuilt;
+        let n = self.replicas.len();
+        self.wait_hub_status("the rebuilt replica a voter and caught up", |s| {
+            s.replicas.len() == n
+                && s.replicas
+                    .iter()
+                    .all(|r| r.voter && (r.role == "leader" || r.role == "follower") && r.lag == 0)
+        })
+        .await;
+    }
+
     /// Undoes a fault of [`fault_run`]: restarts a killed replica or heals a partition.
     async fn restore(&mut self, faulted: Option<(u64, bool)>) {
         match faulted {
@@ -457,14 +525,17 @@ impl ReplicatedHub {
         }
         // A replica killed or cut off is an outage the others handle: it may log warnings, never
         // an error (STYLE: tests fail on unexpected ERROR logs) — but openraft's own, which it logs
-        // at ERROR for every peer it cannot reach or that answers late, and then retries.
+        // at ERROR for every peer it cannot reach or that answers late (a late batch of entries
+        // comes back as "payload too large", to be resent smaller), and then retries.
         let logs = self.all_logs();
         let errors: Vec<&str> = logs
             .lines()
             .filter(|l| l.contains(" ERROR "))
             .filter(|l| {
                 !(l.contains(" openraft::")
-                    && (l.contains("Unreachable node") || l.contains("timeout after")))
+                    && (l.contains("Unreachable node")
+                        || l.contains("timeout after")
+                        || l.contains("payload too large")))
             })
             .collect();
         assert!(

@@ -45,8 +45,8 @@ const ENTRY_JSON: u8 = 0;
 const ENTRY_NORMAL: u8 = 1;
 
 /// `limited_get_log_entries` stops after this many encoded bytes (always returning at least one
-/// entry), so one replication message stays small.
-pub const READ_BATCH_BYTES: usize = 2 << 20;
+/// entry), so one replication message stays small enough to cross within a heartbeat (100 ms).
+pub const READ_BATCH_BYTES: usize = 512 << 10;
 
 /// The Raft log file could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ pub type ReplicaId = u64;
 /// A store command as the log carries it: its canonical serialized form, decided by the leader (times,
 /// random ids and signatures included) so every replica applies identical bytes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal(pub Vec<u8>);
+pub struct Proposal(#[serde(with = "base64_bytes")] pub Vec<u8>);
 
 /// Only the size: a command may carry Secret objects' data, which never goes to a log (invariant 8).
 impl std::fmt::Debug for Proposal {
@@ -29,7 +29,26 @@ impl std::fmt::Debug for Proposal {
 
 /// What applying a command answered (its serialized outcome), returned to the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Applied(pub Vec<u8>);
+pub struct Applied(#[serde(with = "base64_bytes")] pub Vec<u8>);
+
+/// Bytes as one base64 string in the peer channel's JSON, not serde's array of numbers: that is
+/// up to four times the size and, parsed number by number, too slow for a batch of entries to
+/// cross within a heartbeat.
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("not base64: {e}")))
+    }
+}
 
 openraft::declare_raft_types!(
     /// The hub's Raft types.

@@ -39,7 +39,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::error;
 
 use super::peers::{self, ContactBook, Contacts, MembershipChange, ReplicaView, encode_reply};
-use super::{ReplicaId, TypeConfig};
+use super::{Proposal, ReplicaId, TypeConfig};
 use crate::config::TransportLimits;
 use crate::listener::{TlsSetupError, accept_tls, peer_tls_config};
 use crate::pki::PeerIdentity;
@@ -59,6 +59,13 @@ const FRAMING_BYTES: usize = 1024;
 
 /// How long connecting to a peer (TCP and TLS) may take before the attempt counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a replica pings each peer connection, and how long it waits for the answer before
+/// it closes that connection. A connection a partition left open but dead (no RST ever arrived)
+/// then ends in about 3 s and the next call dials afresh; without it every call on it times out
+/// and openraft, which keeps one client per follower, never reconnects.
+const PEER_PING_INTERVAL: Duration = Duration::from_secs(1);
+const PEER_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sets what openraft must agree on with the peer channel: the snapshot chunk size.
 pub fn with_peer_channel_limits(mut config: openraft::Config) -> openraft::Config {
@@ -158,6 +165,9 @@ fn check_speaks_for_itself(caller: ReplicaId, vote: &Vote<ReplicaId>) -> Result<
     }
 }
 
+/// Requests up to this size are parsed on the async worker that received them.
+const DECODE_INLINE_BYTES: usize = 64 * 1024;
+
 fn decode<T: DeserializeOwned>(what: &str, json: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(json)
         .map_err(|e| Status::invalid_argument(format!("malformed {what}: {e}")))
@@ -181,8 +191,18 @@ impl Replication for ReplicationService {
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
         let caller = replica_caller(&request)?;
-        let rpc: AppendEntriesRequest<TypeConfig> =
-            decode("AppendEntriesRequest", &request.get_ref().json)?;
+        let json = request.into_inner().json;
+        // A batch of entries is up to a few MiB of JSON: parsed off the async workers, which
+        // serve agents meanwhile.
+        let rpc: AppendEntriesRequest<TypeConfig> = if json.len() > DECODE_INLINE_BYTES {
+            tokio::task::spawn_blocking(move || decode("AppendEntriesRequest", &json))
+                .await
+                .map_err(|e| {
+                    Status::internal(format!("decoding AppendEntriesRequest failed: {e}"))
+                })??
+        } else {
+            decode("AppendEntriesRequest", &json)?
+        };
         check_speaks_for_itself(caller, &rpc.vote)?;
         reply(&self.raft.append_entries(rpc).await)
     }
@@ -215,7 +235,7 @@ impl Replication for ReplicationService {
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
         replica_caller(&request)?;
-        let bytes: Vec<u8> = decode("proposal", &request.get_ref().json)?;
+        let Proposal(bytes) = decode("proposal", &request.get_ref().json)?;
         Ok(Response::new(encode_reply(
             &peers::propose_here(&self.raft, bytes).await,
         )))
@@ -361,6 +381,9 @@ impl RaftNetworkFactory<TypeConfig> for ReplicaNetwork {
             .map(|e| {
                 let channel = e
                     .connect_timeout(CONNECT_TIMEOUT)
+                    .http2_keep_alive_interval(PEER_PING_INTERVAL)
+                    .keep_alive_timeout(PEER_PING_TIMEOUT)
+                    .keep_alive_while_idle(true)
                     .tcp_nodelay(true)
                     .local_address(self.source)
                     .connect_lazy();
@@ -416,7 +439,7 @@ impl ReplicaConnection {
     async fn call<Req, Resp, E, F, Fut>(
         &mut self,
         action: RPCTypes,
-        option: &RPCOption,
+        ttl: Duration,
         message: Req,
         send: F,
     ) -> Result<Result<Resp, E>, TransportError>
@@ -430,7 +453,6 @@ impl ReplicaConnection {
             Ok(client) => client.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e.as_ref()))),
         };
-        let ttl = option.hard_ttl();
         let mut request = Request::new(message);
         // The peer gives up at the same deadline instead of finishing work nobody waits for.
         request.set_timeout(ttl);
@@ -533,15 +555,30 @@ impl RaftNetwork<TypeConfig> for ReplicaConnection {
                 json.len()
             )))));
         }
-        let answer: Result<_, RaftError<ReplicaId>> = self
+        // A batch that does not make it within the deadline (a follower far behind, a slow disk)
+        // is retried at once at half the size (openraft's PayloadTooLarge hint), down to one
+        // entry, so the follower catches up in pieces instead of timing out on the same batch for
+        // ever. openraft times the whole call with the same deadline: answer a little before it.
+        let entries = rpc.entries.len() as u64;
+        let ttl = if entries > 1 {
+            option.hard_ttl().mul_f64(0.8)
+        } else {
+            option.hard_ttl()
+        };
+        let answer: Result<_, RaftError<ReplicaId>> = match self
             .call(
                 RPCTypes::AppendEntries,
-                &option,
+                ttl,
                 pb::RaftRequest { json },
                 |mut c, r| async move { c.append_entries(r).await },
             )
             .await
-            .map_err(widen)?;
+        {
+            Err(RPCError::Timeout(_)) if entries > 1 => {
+                return Err(PayloadTooLarge::new_entries_hint(entries / 2).into());
+            }
+            other => other.map_err(widen)?,
+        };
         answer.map_err(|e| self.remote(e))
     }
 
@@ -565,7 +602,7 @@ impl RaftNetwork<TypeConfig> for ReplicaConnection {
         let answer: Result<_, RaftError<ReplicaId, InstallSnapshotError>> = self
             .call(
                 RPCTypes::InstallSnapshot,
-                &option,
+                option.hard_ttl(),
                 pb::SnapshotChunk { request_json, data },
                 |mut c, r| async move { c.install_snapshot(r).await },
             )
@@ -583,7 +620,7 @@ impl RaftNetwork<TypeConfig> for ReplicaConnection {
         let answer: Result<_, RaftError<ReplicaId>> = self
             .call(
                 RPCTypes::Vote,
-                &option,
+                option.hard_ttl(),
                 pb::RaftRequest { json },
                 |mut c, r| async move { c.vote(r).await },
             )

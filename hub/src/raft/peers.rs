@@ -499,8 +499,8 @@ impl PeerDialer {
         bytes: &[u8],
         timeout: Duration,
     ) -> Result<Proposed, PeerCallError> {
-        let bytes = bytes.to_vec();
-        self.on_leader(raft, timeout, Rpc::Propose, &bytes).await
+        let proposal = Proposal(bytes.to_vec());
+        self.on_leader(raft, timeout, Rpc::Propose, &proposal).await
     }
 
     /// Asks the leader, found from what `raft` knows, to change the replica set.

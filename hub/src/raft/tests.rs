@@ -483,3 +483,22 @@ async fn a_log_with_a_hole_is_refused_at_open_naming_the_file_and_table() {
         )
     );
 }
+
+#[test]
+fn proposals_and_outcomes_cross_the_peer_channel_as_base64() {
+    let bytes: Vec<u8> = (0..=255).collect();
+    let json = serde_json::to_string(&crate::raft::Proposal(bytes.clone())).unwrap();
+    // One string, a third over the raw size, not an array of numbers.
+    assert!(
+        json.starts_with('"') && json.len() < bytes.len() * 3 / 2,
+        "{json}"
+    );
+    let back: crate::raft::Proposal = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.0, bytes);
+    let applied = crate::raft::Applied(bytes.clone());
+    let back: crate::raft::Applied =
+        serde_json::from_slice(&serde_json::to_vec(&applied).unwrap()).unwrap();
+    assert_eq!(back, applied);
+    let err = serde_json::from_str::<crate::raft::Proposal>("\"not base64!\"").unwrap_err();
+    assert!(err.to_string().contains("not base64"), "{err}");
+}
