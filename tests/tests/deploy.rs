@@ -167,6 +167,98 @@ fn shipped_hub_config_is_valid() {
     flotilla_hub::config::HubConfig::parse(&text).unwrap();
 }
 
+/// The hub base is three replicas that can find and join each other: the StatefulSet's pod names,
+/// its headless peers Service and the shipped hub.yaml's `replication.join` all agree, every pod
+/// advertises its own name, the init container makes replica 1 start the hub and the others join,
+/// a drain takes one replica at a time and no two share a node.
+#[test]
+fn hub_base_runs_three_replicas_that_join_each_other() {
+    let docs = render("deploy/hub");
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let sts = find("StatefulSet", "flotilla-hub");
+    let spec = &sts["spec"];
+    assert_eq!(spec["replicas"], 3);
+    assert_eq!(spec["podManagementPolicy"], "Parallel");
+    let namespace = sts["metadata"]["namespace"].as_str().unwrap();
+    let service_name = spec["serviceName"].as_str().unwrap();
+    let pod_labels = &spec["template"]["metadata"]["labels"];
+
+    let peers = find("Service", service_name);
+    assert_eq!(peers["spec"]["clusterIP"], "None");
+    assert_eq!(peers["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(peers["spec"]["ports"][0]["port"], 7444);
+    for (k, v) in peers["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "the peers Service selects the hub pods");
+    }
+
+    let pdb = find("PodDisruptionBudget", "flotilla-hub");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        spec["selector"]["matchLabels"]
+    );
+
+    let pod = &spec["template"]["spec"];
+    let anti =
+        &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        anti["labelSelector"]["matchLabels"],
+        spec["selector"]["matchLabels"]
+    );
+
+    let init = strings(&pod["initContainers"][0]["args"]);
+    for flag in [
+        "join",
+        "--replica-id-from-hostname",
+        "--first-starts-hub",
+        "--if-missing",
+    ] {
+        assert!(
+            init.contains(&flag),
+            "init container args {init:?} lack {flag}"
+        );
+    }
+    let hub = &pod["containers"][0];
+    let advertise = format!("--advertise=$(POD_NAME).{service_name}.{namespace}.svc:7444");
+    assert!(
+        strings(&hub["args"]).contains(&advertise.as_str()),
+        "{}",
+        hub["args"]
+    );
+    assert_eq!(hub["env"][0]["name"], "POD_NAME");
+    assert_eq!(
+        hub["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+
+    // The ConfigMap's hub.yaml is valid and lists exactly the three pods' peer addresses.
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .and_then(|c| c["data"]["hub.yaml"].as_str())
+        .expect("hub.yaml in the ConfigMap");
+    let config = flotilla_hub::config::HubConfig::parse(config).unwrap();
+    let replication = config.replication.expect("replication configured");
+    let name = sts["metadata"]["name"].as_str().unwrap();
+    let expected: Vec<String> = (0..3)
+        .map(|i| format!("{name}-{i}.{service_name}.{namespace}.svc:7444"))
+        .collect();
+    assert_eq!(replication.join, expected);
+    assert_eq!(replication.listen.port(), 7444);
+    let keys = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "keys")
+        .expect("keys volume");
+    assert_eq!(keys["secret"]["secretName"], "flotilla-hub-keys");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bases_apply_to_the_simulator() {
     let dir = tempfile::tempdir().unwrap();
@@ -228,7 +320,7 @@ async fn bases_apply_to_the_simulator() {
     .await
     .unwrap();
     let sts: serde_json::Value = serde_json::from_str(&objects.0).unwrap();
-    assert_eq!(sts["spec"]["replicas"], 1);
+    assert_eq!(sts["spec"]["replicas"], 3);
     assert_eq!(
         sts["metadata"]["labels"]["app.kubernetes.io/part-of"],
         "flotilla"
