@@ -10,14 +10,35 @@ use anyhow::ensure;
 use flotilla_tests::fixture::GitRepo;
 use flotilla_tests::replicated::ReplicatedHub;
 
-pub(crate) const MANIFEST: &str =
-    "apps:\n  - name: base\n    path: apps/base\n    namespace: web\n";
+const MANIFEST: &str = "apps:\n  - name: base\n    path: apps/base\n    namespace: web\n";
 
 /// The one object of the benchmarks' app, changed each round.
 pub(crate) fn config_map(round: usize) -> String {
     format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  round: \"{round}\"\n"
     )
+}
+
+/// Three replicas (behind fault proxies if `proxied`) with the benchmarks' app, `extra_config` in
+/// every hub.yaml, and `agents` agents spread over them, every one converged on the first commit.
+pub(crate) async fn fleet(proxied: bool, agents: usize, extra_config: &str) -> ReplicatedHub {
+    let fill = |repo: &GitRepo| {
+        repo.write("flotilla.yaml", MANIFEST)
+            .write("apps/base/objects.yaml", &config_map(0));
+        repo.commit("round 0");
+    };
+    let mut hub = if proxied {
+        ReplicatedHub::start_proxied(3, fill, extra_config, "").await
+    } else {
+        ReplicatedHub::start(3, fill, extra_config).await
+    };
+    for i in 0..agents {
+        hub.add_agent(&format!("edge-{i}"), "tier=edge", i % 3 + 1)
+            .await;
+    }
+    let first = hub.repo.git(&["rev-parse", "HEAD"]);
+    hub.wait_converged(&first).await;
+    hub
 }
 
 fn summary(name: &str, mut samples: Vec<Duration>) -> String {
@@ -34,22 +55,7 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> String {
 
 pub async fn failover(kills: usize, agents: usize) -> anyhow::Result<()> {
     ensure!(kills >= 1 && agents >= 1, "at least one kill and one agent");
-    let mut hub = ReplicatedHub::start(
-        3,
-        |repo: &GitRepo| {
-            repo.write("flotilla.yaml", MANIFEST)
-                .write("apps/base/objects.yaml", &config_map(0));
-            repo.commit("round 0");
-        },
-        "",
-    )
-    .await;
-    for i in 0..agents {
-        hub.add_agent(&format!("edge-{i}"), "tier=edge", i % 3 + 1)
-            .await;
-    }
-    let first = hub.repo.git(&["rev-parse", "HEAD"]);
-    hub.wait_converged(&first).await;
+    let mut hub = fleet(false, agents, "").await;
     let (mut elected, mut converged) = (Vec::new(), Vec::new());
     for round in 1..=kills {
         let leader = hub.leader().await;

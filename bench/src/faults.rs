@@ -7,30 +7,13 @@
 use std::time::Instant;
 
 use anyhow::ensure;
-use flotilla_tests::fixture::GitRepo;
-use flotilla_tests::replicated::{ReplicatedHub, fault_run};
+use flotilla_tests::replicated::fault_run;
 
-use crate::failover::{MANIFEST, config_map};
+use crate::failover::{config_map, fleet};
 
 pub async fn fault_run_bench(seed: u64, steps: usize, agents: usize) -> anyhow::Result<()> {
     ensure!(steps >= 1 && agents >= 1, "at least one step and one agent");
-    let mut hub = ReplicatedHub::start_proxied(
-        3,
-        |repo: &GitRepo| {
-            repo.write("flotilla.yaml", MANIFEST)
-                .write("apps/base/objects.yaml", &config_map(0));
-            repo.commit("round 0");
-        },
-        "rollouts:\n  offlineAfter: 3s\n",
-        "",
-    )
-    .await;
-    for i in 0..agents {
-        hub.add_agent(&format!("edge-{i}"), "tier=edge", i % 3 + 1)
-            .await;
-    }
-    let first = hub.repo.git(&["rev-parse", "HEAD"]);
-    hub.wait_converged(&first).await;
+    let mut hub = fleet(true, agents, "rollouts:\n  offlineAfter: 3s\n").await;
     let started = Instant::now();
     let taken = fault_run(&mut hub, seed, steps, |repo, round| {
         repo.write("apps/base/objects.yaml", &config_map(round));

@@ -19,6 +19,13 @@ fn fill(repo: &GitRepo) {
     repo.commit("initial");
 }
 
+/// Commits the app's ConfigMap with `color`; returns the commit.
+fn recolor(hub: &ReplicatedHub, color: &str) -> String {
+    hub.repo
+        .write("apps/base/objects.yaml", &BASE.replace("blue", color));
+    hub.repo.commit(color)
+}
+
 fn agent_log(hub: &ReplicatedHub, agent: usize) -> String {
     std::fs::read_to_string(&hub.agents[agent].log_path).unwrap_or_default()
 }
@@ -59,9 +66,7 @@ async fn three_replicas_serve_agents_and_survive_the_leaders_kill() {
     // Kill the leader, then commit: a new leader must render and issue it.
     let killed = Instant::now();
     hub.replicas[(leader - 1) as usize].kill().await;
-    hub.repo
-        .write("apps/base/objects.yaml", &BASE.replace("blue", "green"));
-    let second = hub.repo.commit("green");
+    let second = recolor(&hub, "green");
     hub.wait_converged(&second).await;
     let took = killed.elapsed();
     let new_leader = hub.leader().await;
@@ -110,9 +115,7 @@ async fn three_replicas_serve_agents_and_survive_the_leaders_kill() {
     assert_eq!(members.len(), 2, "{removed}");
     assert!(members.iter().all(|m| m["id"] != leader), "{removed}");
     hub.replicas[(leader - 1) as usize].stop().await;
-    hub.repo
-        .write("apps/base/objects.yaml", &BASE.replace("blue", "red"));
-    let third = hub.repo.commit("red");
+    let third = recolor(&hub, "red");
     hub.wait_converged(&third).await;
     hub.shutdown().await;
 }
@@ -133,9 +136,7 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot_and_a_full_rest
     // While it is down: 60 writes, a new cluster and a new commit, far past the kept log.
     hub.write_tokens(60).await;
     hub.add_agent("edge-2", "tier=edge", leader as usize).await;
-    hub.repo
-        .write("apps/base/objects.yaml", &BASE.replace("blue", "green"));
-    let second = hub.repo.commit("green");
+    let second = recolor(&hub, "green");
     hub.wait_converged(&second).await;
 
     hub.replicas[f].start().await.expect("restart the follower");
@@ -185,9 +186,7 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot_and_a_full_rest
             "replica {id}"
         );
     }
-    hub.repo
-        .write("apps/base/objects.yaml", &BASE.replace("blue", "red"));
-    let third = hub.repo.commit("red");
+    let third = recolor(&hub, "red");
     hub.wait_converged(&third).await;
     hub.shutdown().await;
 }
@@ -207,9 +206,7 @@ async fn a_partitioned_leader_cannot_commit_and_the_majority_carries_on() {
     let before = hub.clusters_on(old);
 
     hub.partition(old);
-    hub.repo
-        .write("apps/base/objects.yaml", &BASE.replace("blue", "green"));
-    let second = hub.repo.commit("green");
+    let second = recolor(&hub, "green");
     // The majority elects a leader of its own and every agent, the one that watched the old
     // leader included, gets the commit through it.
     let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
@@ -251,9 +248,7 @@ async fn a_partitioned_leader_cannot_commit_and_the_majority_carries_on() {
             "agent {i} accepted {versions:?}"
         );
     }
-    hub.repo
-        .write("apps/base/objects.yaml", &BASE.replace("blue", "red"));
-    let third = hub.repo.commit("red");
+    let third = recolor(&hub, "red");
     hub.wait_converged(&third).await;
     hub.shutdown().await;
 }
@@ -493,9 +488,7 @@ async fn a_corrupted_replica_refuses_to_start_and_is_rebuilt_from_the_others() {
     );
 
     // The other two carry on.
-    hub.repo
-        .write("apps/base/objects.yaml", &BASE.replace("blue", "green"));
-    let second = hub.repo.commit("green");
+    let second = recolor(&hub, "green");
     hub.wait_converged(&second).await;
 
     // Removed, wiped and added again, it catches up from the others and serves the same state.
@@ -505,9 +498,7 @@ async fn a_corrupted_replica_refuses_to_start_and_is_rebuilt_from_the_others() {
         without_contact(&hub.clusters_on(damaged)),
         without_contact(&hub.clusters_on(leader))
     );
-    hub.repo
-        .write("apps/base/objects.yaml", &BASE.replace("blue", "red"));
-    let third = hub.repo.commit("red");
+    let third = recolor(&hub, "red");
     hub.wait_converged(&third).await;
     hub.shutdown().await;
 }

@@ -58,6 +58,43 @@ impl Drop for Cleanup {
     }
 }
 
+/// Builds the images from the test binaries with deploy/images/build.sh under a tag unique to this
+/// run (`PREFIX-ID`); returns the binaries, the id (for container names) and the cleanup that
+/// removes the images, the network `flotilla-PREFIX-ID` and the containers the test adds.
+fn build_images(prefix: &str) -> (Binaries, String, Cleanup) {
+    let bins = Binaries::locate().expect("binaries built");
+    let id = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let tag = format!("{prefix}-{id}");
+    let cleanup = Cleanup {
+        containers: Vec::new(),
+        network: format!("flotilla-{prefix}-{id}"),
+        images: vec![
+            format!("flotilla/hub:{tag}"),
+            format!("flotilla/agent:{tag}"),
+        ],
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/images/build.sh");
+    let built = Command::new("bash")
+        .arg(&script)
+        .arg(bins.hub.parent().unwrap())
+        .arg(&tag)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "build.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    (bins, id, cleanup)
+}
+
 fn open_up(dir: &Path) {
     // The containers run as uid 65532; the test's temp dirs belong to root.
     let ok = Command::new("chmod")
@@ -75,37 +112,7 @@ async fn hub_and_agent_images_converge_across_containers() {
     if !docker_available() {
         return;
     }
-    let bins = Binaries::locate().expect("binaries built");
-    let bin_dir = bins.hub.parent().unwrap();
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let tag = format!("test-{id}");
-    let mut cleanup = Cleanup {
-        containers: Vec::new(),
-        network: format!("flotilla-test-{id}"),
-        images: vec![
-            format!("flotilla/hub:{tag}"),
-            format!("flotilla/agent:{tag}"),
-        ],
-    };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/images/build.sh");
-    let built = Command::new("bash")
-        .arg(&script)
-        .arg(bin_dir)
-        .arg(&tag)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let (_, id, mut cleanup) = build_images("test");
 
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path();
@@ -312,36 +319,7 @@ async fn three_hub_containers_survive_a_partition_and_a_kill() {
     if !docker_available() {
         return;
     }
-    let bins = Binaries::locate().expect("binaries built");
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let tag = format!("test3-{id}");
-    let mut cleanup = Cleanup {
-        containers: Vec::new(),
-        network: format!("flotilla-test3-{id}"),
-        images: vec![
-            format!("flotilla/hub:{tag}"),
-            format!("flotilla/agent:{tag}"),
-        ],
-    };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/images/build.sh");
-    let built = Command::new("bash")
-        .arg(&script)
-        .arg(bins.hub.parent().unwrap())
-        .arg(&tag)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "build.sh: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let (bins, id, mut cleanup) = build_images("test3");
     let (hub_image, agent_image) = (cleanup.images[0].clone(), cleanup.images[1].clone());
 
     // The operator's one `init`: keys for the Secret (here a mounted directory) and the admin bundle.
