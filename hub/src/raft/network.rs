@@ -503,6 +503,11 @@ impl ReplicaConnection {
             Code::Unknown if status.message().contains("transport error") => {
                 RPCError::Unreachable(Unreachable::new(&e))
             }
+            // The peer's HTTP/2 connection went away under the call (a replica stopping resets
+            // its streams): tonic reports h2's error as Internal.
+            Code::Internal if status.message().contains("h2 protocol error") => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
             _ => RPCError::Network(NetworkError::new(&e)),
         }
     }
@@ -658,6 +663,10 @@ mod tests {
         let cases = [
             (Status::unavailable("connection refused"), "Unreachable"),
             (Status::unknown("transport error"), "Unreachable"),
+            (
+                Status::internal("h2 protocol error: http2 error"),
+                "Unreachable",
+            ),
             (Status::permission_denied("not a replica"), "Network"),
             (Status::invalid_argument("malformed"), "Network"),
             (Status::resource_exhausted("too big"), "Network"),
