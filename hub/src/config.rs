@@ -75,6 +75,14 @@ struct RawConfig {
     rollouts: RawRollouts,
     #[serde(default)]
     replication: Option<RawReplication>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -421,6 +429,9 @@ pub struct HubConfig {
     /// The replicas' peer channel (`replication:`); absent, the hub is a one-node cluster that
     /// serves no peer listener.
     pub replication: Option<ReplicationConfig>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served over plain HTTP (`metrics.listen`);
+    /// absent, they are not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where this replica serves the peer channel and the address the other replicas dial.
@@ -793,6 +804,15 @@ impl HubConfig {
         }
         Ok(HubConfig {
             replication: raw.replication.map(replication).transpose()?,
+            metrics_listen: raw
+                .metrics
+                .map(|m| {
+                    m.listen.parse().map_err(|e| ConfigError::Invalid {
+                        field: "metrics.listen".into(),
+                        message: format!("{:?} is not a socket address (HOST:PORT): {e}", m.listen),
+                    })
+                })
+                .transpose()?,
             event_retention: raw.event_retention,
             rollouts: RolloutSettings {
                 offline_after: duration("rollouts.offlineAfter", &raw.rollouts.offline_after)?,

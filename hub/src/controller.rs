@@ -179,6 +179,7 @@ impl ControllerHandle {
 
 /// The controller task's state.
 pub struct Controller {
+    metrics: crate::metrics::HubMetrics,
     store: HubStore,
     signing: Arc<SigningKey>,
     epoch: u64,
@@ -258,6 +259,7 @@ impl Controller {
         };
         Ok((
             Controller {
+                metrics: crate::metrics::HubMetrics::default(),
                 store,
                 signing,
                 epoch,
@@ -291,6 +293,12 @@ impl Controller {
     /// Reads clusters' last contact from this map (the API's), for rollouts' offline rule.
     pub fn with_contacts(mut self, contacts: Arc<std::sync::Mutex<HashMap<String, i64>>>) -> Self {
         self.contacts = contacts;
+        self
+    }
+
+    /// Counts fetches, renders and issued states in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::HubMetrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -443,10 +451,22 @@ impl Controller {
         let dir = self.mirrors_dir.join(&cfg.name);
         let timeout = self.fetch_timeout;
         let job = self.render_job(i, String::new());
+        let labels = crate::metrics::SourceLabels {
+            source: cfg.name.clone(),
+        };
+        let metrics = self.metrics.clone();
         jobs.spawn(async move {
+            let started = std::time::Instant::now();
             let fetch = tokio::task::spawn_blocking(move || fetch_source(&cfg, &dir, timeout))
                 .await
                 .unwrap_or_else(|join| Err(format!("fetch task failed: {join}")));
+            metrics
+                .fetch_duration
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            if fetch.is_err() {
+                metrics.fetch_errors.get_or_create(&labels).inc();
+            }
             let render = match &fetch {
                 Ok(commit) if in_force.as_deref() != Some(commit.as_str()) => {
                     let job = RenderJob {
@@ -528,6 +548,15 @@ impl Controller {
                     Err(e) => {
                         warn!(source = %name, url = %crate::source::RedactedUrl(&self.sources[i].config.url), error = %e, "fetch failed; previous release stays in force");
                         self.sources[i].record.error = format!("fetch failed: {e}");
+                    }
+                }
+                let labels = crate::metrics::SourceLabels {
+                    source: name.clone(),
+                };
+                if let Some(result) = &done.render {
+                    self.metrics.renders.get_or_create(&labels).inc();
+                    if !matches!(result, Ok((_, errors)) if errors.is_empty()) {
+                        self.metrics.render_errors.get_or_create(&labels).inc();
                     }
                 }
                 match done.render {
@@ -781,6 +810,7 @@ impl Controller {
         self.fences_stored(fenced);
         for state in batch {
             // Watches hear of it from the store of the replica they are on, once applied there.
+            self.metrics.states_issued.inc();
             info!(cluster = %state.cluster_id, version = state.version, "issued ClusterState");
         }
         Ok(fenced_any)

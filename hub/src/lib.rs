@@ -10,6 +10,7 @@ pub mod datadir;
 pub mod events;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod store;
 

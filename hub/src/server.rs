@@ -604,7 +604,14 @@ async fn serve(
     let leader_slot: LeaderSlot = Arc::new(tokio::sync::watch::Sender::new(None));
     let heartbeat = (config.rollouts.offline_after / 3)
         .clamp(Duration::from_millis(500), Duration::from_secs(15));
+    let metrics = crate::metrics::HubMetrics::new();
+    tracker.spawn(count_leader_changes(
+        replica.raft.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let leading = Leading {
+        metrics: metrics.clone(),
         raft: replica.raft.clone(),
         store: store.clone(),
         signing,
@@ -644,7 +651,25 @@ async fn serve(
         limits: Arc::new(ApiLimits::new(&config)),
         events,
         plan,
+        metrics: metrics.clone(),
     };
+    if let Some(at) = config.metrics_listen {
+        let listener = TcpListener::bind(at).await.map_err(|source| HubError::Io {
+            what: format!("cannot listen for metrics on {at}"),
+            source,
+        })?;
+        let bound = listener.local_addr().map_err(|source| HubError::Io {
+            what: "reading the metrics listen address".into(),
+            source,
+        })?;
+        let file = data_dir.root().join("metrics.addr");
+        std::fs::write(&file, bound.to_string()).map_err(|source| HubError::Io {
+            what: format!("writing {}", file.display()),
+            source,
+        })?;
+        info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+        crate::metrics::serve(listener, state.clone(), metrics, shutdown.clone(), &tracker);
+    }
     let tls = server_tls_config(
         &server_cert.cert_pem,
         &server_cert.key_pem,
@@ -670,8 +695,30 @@ async fn serve(
     result.map_err(HubError::from)
 }
 
+/// Counts the changes of leader this replica sees (an election won by anyone, this one included).
+async fn count_leader_changes(
+    raft: Raft<TypeConfig>,
+    metrics: crate::metrics::HubMetrics,
+    shutdown: CancellationToken,
+) {
+    let mut watch = raft.metrics();
+    let mut leader = watch.borrow().current_leader;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = watch.changed() => if changed.is_err() { return },
+        }
+        let now = watch.borrow().current_leader;
+        if now.is_some() && now != leader {
+            metrics.leader_changes.inc();
+        }
+        leader = now;
+    }
+}
+
 /// What the controller of each term this replica leads is made from.
 struct Leading {
+    metrics: crate::metrics::HubMetrics,
     raft: Raft<TypeConfig>,
     store: HubStore,
     signing: Arc<ed25519_dalek::SigningKey>,
@@ -739,7 +786,8 @@ impl Leading {
             let controller = controller
                 .with_events(self.events.clone())
                 .with_contacts(self.contacts.clone())
-                .with_shared_renders(self.tools.clone(), self.render_slots.clone());
+                .with_shared_renders(self.tools.clone(), self.render_slots.clone())
+                .with_metrics(self.metrics.clone());
             let stop = shutdown.child_token();
             let tasks = TaskTracker::new();
             tasks.spawn(controller.run(stop.clone()));

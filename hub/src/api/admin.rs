@@ -131,7 +131,7 @@ impl AdminService {
 }
 
 /// The newest problem a report shows: a rejected ClusterState, else the first failed app.
-fn last_error(report: &flotilla_common::status::StatusReport) -> String {
+pub(crate) fn last_error(report: &flotilla_common::status::StatusReport) -> String {
     if let Some(rejection) = &report.rejection {
         return format!("ClusterState rejected: {rejection}");
     }

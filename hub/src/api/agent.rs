@@ -141,8 +141,9 @@ impl Agent for AgentService {
         let this = AgentService(self.0.clone());
         let heartbeat = self.0.heartbeat;
         let shutdown = self.0.shutdown.clone();
+        let watching = self.0.metrics.watching();
         self.0.tasks.spawn(async move {
-            let _slot = slot;
+            let (_slot, _watching) = (slot, watching);
             let mut current = initial.clone().map(|a| a.version).unwrap_or(0);
             if let Some(a) = initial
                 && a.version > have
@@ -340,7 +341,10 @@ impl Agent for AgentService {
                     } => message,
                 };
                 let report = match message {
-                    Ok(Some(r)) => r,
+                    Ok(Some(r)) => {
+                        state.metrics.reports_received.inc();
+                        r
+                    }
                     Ok(None) => return,
                     Err(e) => {
                         debug!(cluster = %cluster, error = %e, "status stream ended");

@@ -23,6 +23,7 @@ use crate::controller::ControllerHandle;
 use crate::pki::{CertificateAuthority, PeerIdentity, peer_identity};
 use crate::store::HubStore;
 
+pub(crate) use admin::last_error;
 pub use limits::ApiLimits;
 pub use plan::{MAX_PLANS, PlanEnv};
 pub use reports::ReportBatcher;
@@ -60,6 +61,8 @@ pub struct ApiState {
     pub events: crate::events::EventLog,
     /// Per-caller limits and their counters.
     pub limits: Arc<ApiLimits>,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::HubMetrics,
     /// What `Admin.Plan` reads and renders with.
     pub plan: Arc<PlanEnv>,
 }

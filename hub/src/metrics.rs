@@ -1,0 +1,373 @@
+//! The hub's Prometheus metrics (issue 16) and the plain-HTTP listener that serves them with the
+//! probes: `GET /metrics` (OpenMetrics text), `GET /healthz` (the process answers) and
+//! `GET /readyz` (this replica knows a leader that hears a majority, so it serves agents).
+//!
+//! Counters and histograms are updated where the work happens (the controller, the API); gauges
+//! of state (Raft indexes, clusters by state, connected agents) are read at each scrape from the
+//! replica's Raft metrics and store, so they are never stale. Labels are bounded: a source name or
+//! a cluster state, never a commit or an object name.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+/// A source's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `sources[].name` in hub.yaml.
+    pub source: String,
+}
+
+/// A cluster state: `converged`, `progressing`, `failed` or `pending` (nothing issued yet).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The state.
+    pub state: String,
+}
+
+type HistogramFamily = Family<SourceLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 10 ms to about 40 s.
+    Histogram::new(exponential_buckets(0.01, 2.0, 13))
+}
+
+/// The hub's metrics; clones share them.
+#[derive(Clone)]
+pub struct HubMetrics {
+    registry: Arc<Registry>,
+    /// Source fetches, by how long they took.
+    pub fetch_duration: HistogramFamily,
+    /// Fetches that failed.
+    pub fetch_errors: Family<SourceLabels, Counter>,
+    /// Renders of a source's commit, and those that failed for some app.
+    pub renders: Family<SourceLabels, Counter>,
+    /// Renders with at least one failed app.
+    pub render_errors: Family<SourceLabels, Counter>,
+    /// ClusterStates signed and committed.
+    pub states_issued: Counter,
+    /// Status reports received from agents (committed or refused).
+    pub reports_received: Counter,
+    /// Agents with an open Watch on this replica.
+    pub watching_agents: Gauge,
+    /// Times this replica saw the leader change.
+    pub leader_changes: Counter,
+    clusters: Family<StateLabels, Gauge>,
+    raft_term: Gauge<u64, AtomicU64>,
+    raft_last_log_index: Gauge<u64, AtomicU64>,
+    raft_applied_index: Gauge<u64, AtomicU64>,
+    raft_is_leader: Gauge,
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HubMetrics {
+    /// Every metric, registered under `flotilla_hub_`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("flotilla_hub");
+        let fetch_duration: HistogramFamily =
+            Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let metrics = HubMetrics {
+            registry: Arc::new(Registry::default()),
+            fetch_duration,
+            fetch_errors: Family::default(),
+            renders: Family::default(),
+            render_errors: Family::default(),
+            states_issued: Counter::default(),
+            reports_received: Counter::default(),
+            watching_agents: Gauge::default(),
+            leader_changes: Counter::default(),
+            clusters: Family::default(),
+            raft_term: Gauge::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "source_fetch_duration_seconds",
+            "Time a fetch of a source took, failed ones included",
+            metrics.fetch_duration.clone(),
+        );
+        r.register(
+            "source_fetch_errors",
+            "Fetches of a source that failed",
+            metrics.fetch_errors.clone(),
+        );
+        r.register(
+            "renders",
+            "Renders of a source's commit for the fleet",
+            metrics.renders.clone(),
+        );
+        r.register(
+            "render_errors",
+            "Renders of a source's commit in which some app failed",
+            metrics.render_errors.clone(),
+        );
+        r.register(
+            "cluster_states_issued",
+            "ClusterStates signed and committed by this replica as leader",
+            metrics.states_issued.clone(),
+        );
+        r.register(
+            "status_reports_received",
+            "Status reports received from agents on this replica",
+            metrics.reports_received.clone(),
+        );
+        r.register(
+            "watching_agents",
+            "Agents with an open Watch on this replica",
+            metrics.watching_agents.clone(),
+        );
+        r.register(
+            "clusters",
+            "Registered clusters by state (converged, progressing, failed, pending)",
+            metrics.clusters.clone(),
+        );
+        r.register(
+            "raft_term",
+            "This replica's current Raft term",
+            metrics.raft_term.clone(),
+        );
+        r.register(
+            "raft_last_log_index",
+            "The index of this replica's last Raft log entry",
+            metrics.raft_last_log_index.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "The index of the last Raft log entry this replica's store applied",
+            metrics.raft_applied_index.clone(),
+        );
+        r.register(
+            "raft_is_leader",
+            "1 while this replica leads, else 0",
+            metrics.raft_is_leader.clone(),
+        );
+        r.register(
+            "raft_leader_changes",
+            "Times this replica saw the Raft leader change",
+            metrics.leader_changes.clone(),
+        );
+        HubMetrics {
+            registry: Arc::new(registry),
+            ..metrics
+        }
+    }
+
+    /// Sets the gauges read at scrape time from `state`'s Raft and store.
+    fn refresh(&self, state: &crate::api::ApiState) {
+        {
+            let raft = state.replica.raft.metrics();
+            let m = raft.borrow();
+            self.raft_term.set(m.current_term);
+            self.raft_last_log_index
+                .set(m.last_log_index.unwrap_or_default());
+            self.raft_applied_index
+                .set(m.last_applied.map(|l| l.index).unwrap_or_default());
+            self.raft_is_leader
+                .set(i64::from(m.current_leader == Some(m.id)));
+        }
+        match state.store.cluster_snapshots() {
+            Ok(snapshots) => {
+                let mut counts = [0i64; 4];
+                for snap in &snapshots {
+                    let desired = snap.latest.as_ref().map(|(v, _)| *v).unwrap_or(0);
+                    let report = snap.report.as_ref();
+                    let failed = report.is_some_and(|r| !crate::api::last_error(r).is_empty());
+                    let applied = report.map(|r| r.applied_version).unwrap_or(0);
+                    let i = if desired == 0 {
+                        3
+                    } else if failed {
+                        2
+                    } else if applied == desired {
+                        0
+                    } else {
+                        1
+                    };
+                    counts[i] += 1;
+                }
+                for (i, name) in ["converged", "progressing", "failed", "pending"]
+                    .iter()
+                    .enumerate()
+                {
+                    self.clusters
+                        .get_or_create(&StateLabels {
+                            state: (*name).to_string(),
+                        })
+                        .set(counts[i]);
+                }
+            }
+            // The other gauges still go out; the cluster counts keep their last values.
+            Err(e) => warn!(error = %e, "reading the clusters for /metrics failed"),
+        }
+    }
+
+    /// Counts an open Watch in `watching_agents` until the guard drops.
+    pub fn watching(&self) -> WatchGuard {
+        self.watching_agents.inc();
+        WatchGuard(self.watching_agents.clone())
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// One open Watch, counted in `watching_agents` while it lives.
+pub struct WatchGuard(Gauge);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// How many scrapes and probes may be open at once on the metrics listener.
+const MAX_CONNECTIONS: usize = 32;
+
+/// How long a client may take to send its request headers, and a whole connection may last.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1 on `listener` until `shutdown`.
+/// Bounded: at most [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), headers
+/// within 5 s, a connection at most 30 s, only `GET`.
+pub fn serve(
+    listener: TcpListener,
+    state: crate::api::ApiState,
+    metrics: HubMetrics,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let tasks = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        debug!(error = %e, "accepting a metrics connection failed");
+                        continue;
+                    }
+                },
+            };
+            let (state, metrics, stop) = (state.clone(), metrics.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = answer(&req, &state, &metrics);
+                    async move { Ok::<_, std::convert::Infallible>(answer) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(true)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                }
+            });
+        }
+    });
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn answer(
+    req: &Request<Incoming>,
+    state: &crate::api::ApiState,
+    metrics: &HubMetrics,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            metrics.refresh(state);
+            let mut r = text(StatusCode::OK, metrics.encode());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match state.cut_off() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        other => text(
+            StatusCode::NOT_FOUND,
+            format!("no {other:?} here: /metrics, /healthz and /readyz are\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_named_with_units_and_total_suffixes() {
+        let m = HubMetrics::new();
+        let main = SourceLabels {
+            source: "main".into(),
+        };
+        m.fetch_duration.get_or_create(&main).observe(0.25);
+        m.fetch_errors.get_or_create(&main).inc();
+        m.states_issued.inc_by(3);
+        let text = m.encode();
+        for line in [
+            "# TYPE flotilla_hub_source_fetch_duration_seconds histogram",
+            "flotilla_hub_source_fetch_duration_seconds_count{source=\"main\"} 1",
+            "flotilla_hub_source_fetch_errors_total{source=\"main\"} 1",
+            "flotilla_hub_cluster_states_issued_total 3",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
+}
