@@ -94,6 +94,7 @@ async fn main() {
         backoff: Backoff::default(),
         retry: flotilla_agent::retry::RetryPolicy::default(),
         reporter: Arc::new(Notify::new()),
+        metrics: Default::default(),
     };
     let started = Instant::now();
     let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));

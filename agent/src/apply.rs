@@ -652,6 +652,8 @@ pub struct Applier<T> {
     pub retry: RetryPolicy,
     /// Woken after each recorded pass.
     pub reporter: Arc<Notify>,
+    /// Counts passes and the objects they wrote and deleted.
+    pub metrics: crate::metrics::AgentMetrics,
 }
 
 impl<T: Target> Applier<T> {
@@ -747,6 +749,7 @@ impl<T: Target> Applier<T> {
         shutdown: &CancellationToken,
         policy: ReportPolicy,
     ) -> Result<Option<ApplyOutcome>, StoreError> {
+        let started = std::time::Instant::now();
         let outcome = apply_held_with(
             &self.store,
             &mut self.target,
@@ -759,6 +762,8 @@ impl<T: Target> Applier<T> {
         let Some(outcome) = outcome else {
             return Ok(None);
         };
+        self.metrics
+            .record_pass(&outcome, started.elapsed().as_secs_f64());
         if outcome.reported {
             self.reporter.notify_one();
         }

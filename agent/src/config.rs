@@ -94,6 +94,10 @@ pub struct RunArgs {
     /// nothing to the hub.
     #[arg(long, default_value = DEFAULT_CAPABILITIES_INTERVAL)]
     pub capabilities_interval: String,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP on this address (`HOST:PORT`;
+    /// port 0 picks one and writes it to `DATA_DIR/metrics.addr`). Absent: not served.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -218,6 +222,8 @@ pub struct AgentConfig {
     pub capability_overrides: Overrides,
     /// Time between readings of the capabilities.
     pub capabilities_interval: Duration,
+    /// Where the metrics and probes are served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A flag whose value cannot be used; the message names the flag.
@@ -296,6 +302,7 @@ impl AgentConfig {
             outbox_capacity: DEFAULT_OUTBOX_CAPACITY,
             capability_overrides,
             capabilities_interval,
+            metrics_listen: args.metrics_listen,
         })
     }
 

@@ -20,6 +20,14 @@ pub enum AgentError {
     /// The connection to the hub could not be configured.
     #[error(transparent)]
     Channel(#[from] ChannelError),
+    /// The metrics listener could not bind.
+    #[error("cannot listen for metrics on {at}: {source}")]
+    Listen {
+        /// The address from `--metrics-listen`.
+        at: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// An error and its sources on one line, each said once; transport errors hide the useful part

@@ -29,6 +29,7 @@ pub mod health;
 pub mod identity;
 pub mod inventory;
 mod link;
+pub mod metrics;
 pub mod plan;
 pub mod registration;
 pub mod renew;
@@ -130,6 +131,22 @@ async fn run_with<T: Target>(
     let (link, hub) = HubLink::start(config.hubs.clone(), identity_rx, config.backoff).await?;
 
     let tasks = TaskTracker::new();
+    let metrics = crate::metrics::AgentMetrics::new();
+    if let Some(at) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(at)
+            .await
+            .map_err(|source| AgentError::Listen { at, source })?;
+        if let Ok(bound) = listener.local_addr() {
+            info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+            // For tests and scripts that asked for port 0.
+            let _ = std::fs::write(config.data_dir.join("metrics.addr"), bound.to_string());
+        }
+        let probes = crate::metrics::AgentProbes {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        };
+        flotilla_probes::serve(listener, Arc::new(probes), shutdown.clone(), &tasks);
+    }
     let calls = store.clone();
     let stop = shutdown.child_token();
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<AgentError>(3);
@@ -153,6 +170,7 @@ async fn run_with<T: Target>(
                 ..RetryPolicy::default()
             },
             reporter: Arc::clone(&reporter_wake),
+            metrics: metrics.clone(),
         }
         .run(held_rx, stop.clone()),
     );
@@ -171,6 +189,7 @@ async fn run_with<T: Target>(
             held: held_tx,
             reporter: Arc::clone(&reporter_wake),
             idle_timeout: config.watch_idle_timeout,
+            metrics: metrics.clone(),
         }
         .run(stop.clone()),
     );

@@ -530,6 +530,14 @@ impl Store {
         Ok(seq)
     }
 
+    /// How many reports wait in the outbox for the hub's ack.
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.read()?;
+        let table = txn.open_table(OUTBOX).map_err(db_err("read outbox"))?;
+        table.len().map_err(db_err("read outbox"))
+    }
+
     /// Queued reports with seq greater than `after`, oldest first.
     pub fn outbox_after(&self, after: u64) -> Result<Vec<StatusReport>, StoreError> {
         let txn = self.read()?;

@@ -261,6 +261,8 @@ pub(crate) struct Syncer {
     pub reporter: Arc<Notify>,
     /// Watch silence that counts as a dead stream.
     pub idle_timeout: Duration,
+    /// Counts accepted and refused ClusterStates.
+    pub metrics: crate::metrics::AgentMetrics,
 }
 
 /// Per-task memory that outlives one stream.
@@ -381,11 +383,13 @@ impl Syncer {
                         "accepted version={version} without the hash chain from held version={have_version}: the hub no longer holds the versions between"
                     );
                 }
+                self.metrics.states_accepted.inc();
                 info!("accepted version={version} fetched_objects={fetched}");
                 self.held.send_replace(version);
             }
             OfferOutcome::AlreadyHeld => {}
             OfferOutcome::Rejected(rejection) => {
+                self.metrics.states_rejected.inc();
                 warn!(
                     "rejected ClusterState version={}: {rejection}",
                     announced.version

@@ -327,6 +327,7 @@ impl TestAgent {
             kube_version: None,
             api_versions: Vec::new(),
             capabilities_interval: "5m".into(),
+            metrics_listen: None,
             log_format: LogFormat::Text,
         };
         let mut config = AgentConfig::from_args(args, "unused").unwrap();

@@ -213,6 +213,7 @@ async fn api_errors_are_retried_and_nothing_is_pruned_from_an_incomplete_listing
         },
         retry: flotilla_agent::retry::RetryPolicy::default(),
         reporter: Arc::clone(&reporter),
+        metrics: Default::default(),
     };
     let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));
     let failed = until("a failed pass", DEADLINE, || async {

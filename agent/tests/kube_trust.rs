@@ -304,6 +304,7 @@ async fn a_failed_app_heals_when_its_namespace_appears_without_a_new_state() {
             ceiling: Duration::from_secs(1),
         },
         reporter: Arc::new(Notify::new()),
+        metrics: Default::default(),
     };
     let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));
     let failed = until("the app to fail", DEADLINE, || async {

@@ -47,6 +47,7 @@ async fn run(cluster: &Cluster, store: &Store) -> Running {
         },
         retry: flotilla_agent::retry::RetryPolicy::default(),
         reporter: Arc::new(Notify::new()),
+        metrics: Default::default(),
     };
     let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));
     Running {

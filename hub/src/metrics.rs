@@ -1,6 +1,6 @@
-//! The hub's Prometheus metrics (issue 16) and the plain-HTTP listener that serves them with the
-//! probes: `GET /metrics` (OpenMetrics text), `GET /healthz` (the process answers) and
-//! `GET /readyz` (this replica knows a leader that hears a majority, so it serves agents).
+//! The hub's Prometheus metrics (issue 16), served with the probes by `flotilla-probes` on
+//! `metrics.listen`: `/readyz` answers ready while this replica knows a leader that hears a
+//! majority, so it serves agents.
 //!
 //! Counters and histograms are updated where the work happens (the controller, the API); gauges
 //! of state (Raft indexes, clusters by state, connected agents) are read at each scrape from the
@@ -9,21 +9,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::warn;
 
 /// A source's name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -229,10 +222,7 @@ impl HubMetrics {
 
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        flotilla_probes::encode(&self.registry)
     }
 }
 
@@ -245,104 +235,26 @@ impl Drop for WatchGuard {
     }
 }
 
-/// How many scrapes and probes may be open at once on the metrics listener.
-const MAX_CONNECTIONS: usize = 32;
-
-/// How long a client may take to send its request headers, and a whole connection may last.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1 on `listener` until `shutdown`.
-/// Bounded: at most [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog), headers
-/// within 5 s, a connection at most 30 s, only `GET`.
-pub fn serve(
-    listener: TcpListener,
-    state: crate::api::ApiState,
-    metrics: HubMetrics,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let tasks = tracker.clone();
-    tracker.spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            let stream = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        debug!(error = %e, "accepting a metrics connection failed");
-                        continue;
-                    }
-                },
-            };
-            let (state, metrics, stop) = (state.clone(), metrics.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                let _permit = permit;
-                let service = hyper::service::service_fn(move |req| {
-                    let answer = answer(&req, &state, &metrics);
-                    async move { Ok::<_, std::convert::Infallible>(answer) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .keep_alive(true)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
-                }
-            });
-        }
-    });
+/// What the hub serves on `metrics.listen`: its metrics, gauges read from `state` at each scrape,
+/// and readiness (not cut off from the majority).
+pub struct HubProbes {
+    /// The API's state (Raft, store).
+    pub state: crate::api::ApiState,
+    /// The metrics.
+    pub metrics: HubMetrics,
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn answer(
-    req: &Request<Incoming>,
-    state: &crate::api::ApiState,
-    metrics: &HubMetrics,
-) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+impl flotilla_probes::Probes for HubProbes {
+    fn metrics(&self) -> String {
+        self.metrics.refresh(&self.state);
+        self.metrics.encode()
     }
-    match req.uri().path() {
-        "/metrics" => {
-            metrics.refresh(state);
-            let mut r = text(StatusCode::OK, metrics.encode());
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
+
+    fn ready(&self) -> Result<(), String> {
+        match self.state.cut_off() {
+            None => Ok(()),
+            Some(why) => Err(why),
         }
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => match state.cut_off() {
-            None => text(StatusCode::OK, "ready\n"),
-            Some(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {why}\n"),
-            ),
-        },
-        other => text(
-            StatusCode::NOT_FOUND,
-            format!("no {other:?} here: /metrics, /healthz and /readyz are\n"),
-        ),
     }
 }
 

@@ -668,7 +668,11 @@ async fn serve(
             source,
         })?;
         info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-        crate::metrics::serve(listener, state.clone(), metrics, shutdown.clone(), &tracker);
+        let probes = crate::metrics::HubProbes {
+            state: state.clone(),
+            metrics,
+        };
+        flotilla_probes::serve(listener, Arc::new(probes), shutdown.clone(), &tracker);
     }
     let tls = server_tls_config(
         &server_cert.cert_pem,

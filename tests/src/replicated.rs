@@ -311,6 +311,17 @@ impl ReplicatedHub {
     /// Starts an agent registering as `name` with `labels`, given every replica's address starting
     /// with replica `first` (1-based), so agents spread over the replicas.
     pub async fn add_agent(&mut self, name: &str, labels: &str, first: usize) -> usize {
+        self.add_agent_with(name, labels, first, &[]).await
+    }
+
+    /// [`ReplicatedHub::add_agent`] with more `flotilla-agent run` flags.
+    pub async fn add_agent_with(
+        &mut self,
+        name: &str,
+        labels: &str,
+        first: usize,
+        extra_args: &[&str],
+    ) -> usize {
         let token = client::with_admin(&self.hub_arg(), &self.admin_dir(), async |admin| {
             client::create_token(
                 admin,
@@ -330,6 +341,7 @@ impl ReplicatedHub {
         let shift = (first - 1) % urls.len();
         urls.rotate_left(shift);
         agent.set_hub_urls(urls);
+        agent.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         agent.start().expect("agent start");
         self.agents.push(agent);
         self.agents.len() - 1

@@ -1,4 +1,5 @@
-//! The hub's `/metrics`, `/healthz` and `/readyz` (issue 16), scraped by a real Prometheus server
+//! The hub's and the agent's `/metrics`, `/healthz` and `/readyz` (issue 16), scraped by a real
+//! Prometheus server
 //! (Debian's `prometheus` package; `.ci/run` installs it, and outside CI the test skips when it is
 //! missing): a hub with one agent converges, Prometheus scrapes the hub every second, and the
 //! values come back through Prometheus' HTTP query API.
@@ -86,7 +87,7 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_the_hub_and_reads_its_values_back() {
+async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() {
     if Command::new("prometheus")
         .arg("--version")
         .output()
@@ -105,15 +106,31 @@ async fn prometheus_scrapes_the_hub_and_reads_its_values_back() {
         repo.commit("initial");
     };
     let mut hub = ReplicatedHub::start(1, fill, "metrics:\n  listen: 127.0.0.1:0\n").await;
-    hub.add_agent("edge-1", "tier=edge", 1).await;
+    hub.add_agent_with(
+        "edge-1",
+        "tier=edge",
+        1,
+        &["--metrics-listen", "127.0.0.1:0"],
+    )
+    .await;
     let first = hub.repo.git(&["rev-parse", "HEAD"]);
     hub.wait_converged(&first).await;
-    let metrics: SocketAddr =
-        std::fs::read_to_string(hub.replicas[0].data_dir.join("metrics.addr"))
+    let addr_in = |dir: &std::path::Path| -> SocketAddr {
+        std::fs::read_to_string(dir.join("metrics.addr"))
             .expect("metrics.addr")
             .trim()
             .parse()
-            .expect("an address");
+            .expect("an address")
+    };
+    let metrics = addr_in(&hub.replicas[0].data_dir);
+    let agent_metrics = addr_in(&hub.agents[0].data_dir);
+    let (status, _, body) = http(agent_metrics, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("flotilla_agent_cluster_states_accepted_total 1"),
+        "{body}"
+    );
+    assert_eq!(http(agent_metrics, "GET", "/readyz").0, 200);
 
     // The endpoints themselves.
     let (status, head, body) = http(metrics, "GET", "/metrics");
@@ -139,7 +156,7 @@ async fn prometheus_scrapes_the_hub_and_reads_its_values_back() {
     std::fs::write(
         dir.join("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: flotilla-hub\n    static_configs:\n      - targets: ['{metrics}']\n"
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: flotilla-hub\n    static_configs:\n      - targets: ['{metrics}']\n  - job_name: flotilla-agent\n    static_configs:\n      - targets: ['{agent_metrics}']\n"
         ),
     )
     .unwrap();
@@ -166,24 +183,34 @@ async fn prometheus_scrapes_the_hub_and_reads_its_values_back() {
         ("flotilla_hub_watching_agents", 1.0),
         ("flotilla_hub_raft_is_leader", 1.0),
         ("up{job=\"flotilla-hub\"}", 1.0),
+        ("up{job=\"flotilla-agent\"}", 1.0),
+        ("flotilla_agent_cluster_states_accepted_total", 1.0),
+        ("flotilla_agent_outbox_reports", 0.0),
     ];
     let end = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let got: Vec<Option<f64>> = wanted.iter().map(|(q, _)| query(web, q)).collect();
         let issued = query(web, "flotilla_hub_cluster_states_issued_total");
+        let applied = query(web, "flotilla_agent_objects_applied_total");
         let fetches = query(
             web,
             "flotilla_hub_source_fetch_duration_seconds_count{source=\"main\"}",
         );
+        let expiry = query(
+            web,
+            "flotilla_agent_certificate_expiry_timestamp_seconds - time()",
+        );
         if wanted.iter().zip(&got).all(|((_, w), g)| *g == Some(*w))
+            && expiry.is_some_and(|s| s > 3600.0)
             && issued.is_some_and(|v| v >= 1.0)
+            && applied.is_some_and(|v| v >= 1.0)
             && fetches.is_some_and(|v| v >= 1.0)
         {
             break;
         }
         assert!(
             std::time::Instant::now() < end,
-            "Prometheus never reported {wanted:?}: got {got:?}, issued {issued:?}, fetches {fetches:?}; log:\n{}",
+            "Prometheus never reported {wanted:?}: got {got:?}, issued {issued:?}, fetches {fetches:?}, objects applied {applied:?}, certificate expiry in {expiry:?} s; log:\n{}",
             std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;

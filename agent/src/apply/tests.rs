@@ -420,6 +420,7 @@ async fn the_stored_state_is_reapplied_at_startup_without_any_hub() {
         backoff: Backoff::default(),
         retry: RetryPolicy::default(),
         reporter: Arc::clone(&reporter),
+        metrics: Default::default(),
     };
     let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));
     tokio::time::timeout(Duration::from_secs(10), reporter.notified())
@@ -448,6 +449,7 @@ async fn a_new_version_wakes_the_applier_and_transient_failures_are_retried() {
         },
         retry: RetryPolicy::default(),
         reporter: Arc::clone(&reporter),
+        metrics: Default::default(),
     };
     let task = tokio::spawn(applier.run(held_rx, shutdown.clone()));
 

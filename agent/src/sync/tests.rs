@@ -452,6 +452,7 @@ async fn announcements_of_the_held_or_the_refused_version_ask_the_hub_nothing() 
         held: watch::channel(1).0,
         reporter: Arc::new(Notify::new()),
         idle_timeout: Duration::from_secs(60),
+        metrics: Default::default(),
     };
     let mut client = AgentClient::new(syncer.hub.channel());
     // As `on_announcement` leaves it after refusing version 2.
