@@ -95,6 +95,16 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         clusters: usize,
     },
+    /// The hub's /metrics text for a store of N clusters (generated states and reports): its size,
+    /// and the time to read the cluster gauges and encode, over a number of scrapes.
+    MetricsScrape {
+        /// Clusters.
+        #[arg(long, default_value_t = 1_000)]
+        clusters: usize,
+        /// Scrapes to time.
+        #[arg(long, default_value_t = 20)]
+        scrapes: usize,
+    },
     /// The pure rollout engine over N simulated clusters in three stages: time per step.
     RolloutEngine {
         /// Clusters.
@@ -448,6 +458,9 @@ async fn main() -> anyhow::Result<()> {
         } => faults::fault_run_bench(seed, steps, agents)
             .await
             .context("fault-run benchmark"),
+        Command::MetricsScrape { clusters, scrapes } => snapshot::metrics_scrape(clusters, scrapes)
+            .await
+            .context("metrics-scrape benchmark"),
         Command::Snapshot { clusters } => snapshot::snapshot(clusters)
             .await
             .context("snapshot benchmark"),

@@ -19,6 +19,9 @@ use flotilla_hub::store::{
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
+/// Commands each generated cluster takes: a token, a registration, a state and a report.
+const COMMANDS_PER_CLUSTER: usize = 4;
+
 /// Commands applied per batch (one state machine transaction).
 const BATCH: usize = 200;
 
@@ -29,10 +32,16 @@ fn entry(index: u64, command: &Command) -> Entry<TypeConfig> {
     }
 }
 
-pub async fn snapshot(clusters: usize) -> anyhow::Result<()> {
-    ensure!(clusters >= 1, "at least one cluster");
-    let dir = tempfile::tempdir()?;
-    let (mut leader, _) = open_state_machine(&dir.path().join("leader.redb"))?;
+/// A state machine in `dir` that applied what `clusters` generated clusters leave in the store,
+/// and the store over it.
+pub(crate) async fn generated_store(
+    dir: &std::path::Path,
+    clusters: usize,
+) -> anyhow::Result<(
+    flotilla_hub::raft::StateMachineStore<flotilla_hub::store::StoreCommands>,
+    flotilla_hub::store::HubStore,
+)> {
+    let (mut leader, store) = open_state_machine(&dir.join("leader.redb"))?;
     let shared: Vec<(Digest, Arc<Vec<u8>>)> = [b'a', b'b']
         .iter()
         .map(|t| {
@@ -113,6 +122,13 @@ pub async fn snapshot(clusters: usize) -> anyhow::Result<()> {
             .collect();
         leader.apply(entries).await?;
     }
+    Ok((leader, store))
+}
+
+pub async fn snapshot(clusters: usize) -> anyhow::Result<()> {
+    ensure!(clusters >= 1, "at least one cluster");
+    let dir = tempfile::tempdir()?;
+    let (mut leader, _) = generated_store(dir.path(), clusters).await?;
 
     let started = Instant::now();
     let built = leader.get_snapshot_builder().await.build_snapshot().await?;
@@ -143,11 +159,46 @@ pub async fn snapshot(clusters: usize) -> anyhow::Result<()> {
         );
     }
     println!(
-        "{clusters} clusters ({index} commands): snapshot {:.1} MiB ({} bytes), built in {:.0} ms, installed in {:.0} ms; the installed store lists every cluster with its state and report",
+        "{clusters} clusters ({} commands): snapshot {:.1} MiB ({} bytes), built in {:.0} ms, installed in {:.0} ms; the installed store lists every cluster with its state and report",
+        clusters * COMMANDS_PER_CLUSTER,
         bytes as f64 / (1024.0 * 1024.0),
         bytes,
         build_time.as_secs_f64() * 1000.0,
         install_time.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// `metrics-scrape`: the hub's `/metrics` text over a store of `clusters` generated clusters, each
+/// converged on its one state. Before reporting, the text must count every cluster as converged.
+pub async fn metrics_scrape(clusters: usize, scrapes: usize) -> anyhow::Result<()> {
+    ensure!(
+        clusters >= 1 && scrapes >= 1,
+        "at least one cluster and one scrape"
+    );
+    let dir = tempfile::tempdir()?;
+    let (_machine, store) = generated_store(dir.path(), clusters).await?;
+    let metrics = flotilla_hub::metrics::HubMetrics::new();
+    let mut times = Vec::new();
+    let mut text = String::new();
+    for _ in 0..scrapes {
+        let started = Instant::now();
+        metrics.count_clusters(&store);
+        text = metrics.encode();
+        times.push(started.elapsed());
+    }
+    let converged = format!("flotilla_hub_clusters{{state=\"converged\"}} {clusters}\n");
+    ensure!(
+        text.contains(&converged),
+        "the scrape does not count {clusters} converged clusters:\n{text}"
+    );
+    times.sort();
+    println!(
+        "metrics scrape of a hub with {clusters} clusters: {} bytes, {} series lines; median {:.1} ms, max {:.1} ms over {scrapes} scrapes",
+        text.len(),
+        text.lines().filter(|l| !l.starts_with('#')).count(),
+        times[times.len() / 2].as_secs_f64() * 1000.0,
+        times[times.len() - 1].as_secs_f64() * 1000.0,
     );
     Ok(())
 }

@@ -179,7 +179,12 @@ impl HubMetrics {
             self.raft_is_leader
                 .set(i64::from(m.current_leader == Some(m.id)));
         }
-        match state.store.cluster_snapshots() {
+        self.count_clusters(&state.store);
+    }
+
+    /// Sets `clusters{state}` from what `store` holds now.
+    pub fn count_clusters(&self, store: &crate::store::HubStore) {
+        match store.cluster_snapshots() {
             Ok(snapshots) => {
                 let mut counts = [0i64; 4];
                 for snap in &snapshots {

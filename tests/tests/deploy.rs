@@ -250,6 +250,24 @@ fn hub_base_runs_three_replicas_that_join_each_other() {
         .collect();
     assert_eq!(replication.join, expected);
     assert_eq!(replication.listen.port(), 7444);
+    // Readiness is the hub's own /readyz on the metrics listener hub.yaml opens, and Prometheus
+    // finds that listener by annotation.
+    let ready = &hub["readinessProbe"]["httpGet"];
+    assert_eq!(ready["path"], "/readyz");
+    let metrics_port = hub["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == ready["port"])
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .expect("the probe's port is declared");
+    assert_eq!(
+        config.metrics_listen.map(|a| a.port() as u64),
+        Some(metrics_port)
+    );
+    let annotations = &spec["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], metrics_port.to_string());
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
     let keys = pod["volumes"]
         .as_array()
         .unwrap()
@@ -328,4 +346,28 @@ async fn bases_apply_to_the_simulator() {
     let role: serde_json::Value = serde_json::from_str(&objects.1).unwrap();
     assert_eq!(check_restricted(&role), RESTRICTED_CLUSTER_ROLE_RULES);
     sim.shutdown().await;
+}
+
+/// The agent serves its metrics where its pod's scrape annotations say.
+#[test]
+fn agent_metrics_are_served_where_the_annotations_point() {
+    for base in ["deploy/agent", "deploy/agent-restricted"] {
+        let docs = render(base);
+        let deployment = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("the agent Deployment");
+        let template = &deployment["spec"]["template"];
+        let port = template["metadata"]["annotations"]["prometheus.io/port"]
+            .as_str()
+            .expect("a scrape port annotation");
+        let container = &template["spec"]["containers"][0];
+        let flag = format!("--metrics-listen=0.0.0.0:{port}");
+        assert!(
+            strings(&container["args"]).contains(&flag.as_str()),
+            "{base}: {}",
+            container["args"]
+        );
+        assert_eq!(container["ports"][0]["containerPort"].to_string(), port);
+    }
 }
