@@ -77,6 +77,8 @@ struct RawConfig {
     replication: Option<RawReplication>,
     #[serde(default)]
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    webhooks: Option<RawMetrics>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +86,8 @@ struct RawConfig {
 struct RawMetrics {
     listen: String,
 }
+
+// `webhooks:` has the same shape as `metrics:`.
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -269,6 +273,7 @@ struct RawSource {
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     max_pack_bytes: Option<u64>,
+    webhook_secret_file: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -317,6 +322,9 @@ pub struct SourceConfig {
     pub ca_file: Option<PathBuf>,
     /// Most bytes of pack one fetch may receive (`maxPackBytes` of the source, else of the file).
     pub max_pack_bytes: u64,
+    /// File holding the secret push webhooks for this source are signed with (read at each
+    /// webhook, never logged); absent, the source takes no webhooks.
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// Connection-level limits of the gRPC listener (`transport:` in hub.yaml).
@@ -432,6 +440,9 @@ pub struct HubConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served over plain HTTP (`metrics.listen`);
     /// absent, they are not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where Git push webhooks are received over plain HTTP (`webhooks.listen`, behind the TLS
+    /// of an ingress); absent, none are.
+    pub webhooks_listen: Option<SocketAddr>,
 }
 
 /// Where this replica serves the peer channel and the address the other replicas dial.
@@ -519,6 +530,17 @@ fn replication(raw: RawReplication) -> Result<ReplicationConfig, ConfigError> {
         join: raw.join,
         snapshot_every,
     })
+}
+
+/// The socket address of an optional `{listen: HOST:PORT}` block, or an error naming `field`.
+fn listen_address(field: &str, raw: Option<RawMetrics>) -> Result<Option<SocketAddr>, ConfigError> {
+    raw.map(|m| {
+        m.listen.parse().map_err(|e| ConfigError::Invalid {
+            field: field.into(),
+            message: format!("{:?} is not a socket address (HOST:PORT): {e}", m.listen),
+        })
+    })
+    .transpose()
 }
 
 /// A whole number in `min..=max`, or an error naming the field and the range.
@@ -752,6 +774,7 @@ impl HubConfig {
                 token_file: s.token_file,
                 ca_file: s.ca_file,
                 max_pack_bytes: s.max_pack_bytes.unwrap_or(raw.max_pack_bytes),
+                webhook_secret_file: s.webhook_secret_file,
             });
         }
         let cluster_cert_ttl = duration("clusterCertTtl", &raw.cluster_cert_ttl)?;
@@ -804,15 +827,8 @@ impl HubConfig {
         }
         Ok(HubConfig {
             replication: raw.replication.map(replication).transpose()?,
-            metrics_listen: raw
-                .metrics
-                .map(|m| {
-                    m.listen.parse().map_err(|e| ConfigError::Invalid {
-                        field: "metrics.listen".into(),
-                        message: format!("{:?} is not a socket address (HOST:PORT): {e}", m.listen),
-                    })
-                })
-                .transpose()?,
+            metrics_listen: listen_address("metrics.listen", raw.metrics)?,
+            webhooks_listen: listen_address("webhooks.listen", raw.webhooks)?,
             event_retention: raw.event_retention,
             rollouts: RolloutSettings {
                 offline_after: duration("rollouts.offlineAfter", &raw.rollouts.offline_after)?,

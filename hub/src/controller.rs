@@ -136,6 +136,8 @@ struct SourceRuntime {
     rerender: bool,
     /// The first poll since start has finished (fetched and rendered, or failed).
     settled: bool,
+    /// A push webhook arrived while a job ran: fetch again as soon as it ends.
+    hooked: bool,
 }
 
 impl SourceRuntime {
@@ -252,6 +254,7 @@ impl Controller {
                 busy: false,
                 rerender: true,
                 settled: false,
+                hooked: false,
             });
         }
         let handle = ControllerHandle {
@@ -386,6 +389,15 @@ impl Controller {
                             src.rerender = true;
                         }
                         reports_due.get_or_insert_with(|| Instant::now() + REPORT_BATCH);
+                    }
+                    // A push webhook: fetch that source now rather than at its next poll (a
+                    // fetch under way already sees the new commit or is followed by the next).
+                    Ok(Notice::SourceHook { source }) => {
+                        if let Some(src) = self.sources.iter_mut().find(|s| s.config.name == source) {
+                            info!(source = %source, "push webhook: fetching now");
+                            src.next_poll = Instant::now();
+                            src.hooked = src.busy;
+                        }
                     }
                     Ok(Notice::State { .. } | Notice::Events(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => {
@@ -541,7 +553,11 @@ impl Controller {
         match done.kind {
             JobKind::Poll { fetch } => {
                 self.sources[i].settled = true;
-                self.sources[i].next_poll = Instant::now() + self.sources[i].config.interval;
+                self.sources[i].next_poll = if std::mem::take(&mut self.sources[i].hooked) {
+                    Instant::now()
+                } else {
+                    Instant::now() + self.sources[i].config.interval
+                };
                 self.sources[i].record.last_fetch = unix_now();
                 match fetch {
                     Ok(fetched) => self.sources[i].record.fetched_commit = fetched,

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod webhooks;
 
 pub mod manifest;
 pub mod pki;

@@ -674,6 +674,29 @@ async fn serve(
         };
         flotilla_probes::serve(listener, Arc::new(probes), shutdown.clone(), &tracker);
     }
+    if let Some(at) = config.webhooks_listen {
+        let listener = TcpListener::bind(at).await.map_err(|source| HubError::Io {
+            what: format!("cannot listen for webhooks on {at}"),
+            source,
+        })?;
+        let bound = listener.local_addr().map_err(|source| HubError::Io {
+            what: "reading the webhooks listen address".into(),
+            source,
+        })?;
+        let file = data_dir.root().join("webhooks.addr");
+        std::fs::write(&file, bound.to_string()).map_err(|source| HubError::Io {
+            what: format!("writing {}", file.display()),
+            source,
+        })?;
+        info!(addr = %bound, "receiving Git push webhooks on POST /hooks/sources/NAME");
+        crate::webhooks::serve(
+            listener,
+            &config.sources,
+            state.store.clone(),
+            shutdown.clone(),
+            &tracker,
+        );
+    }
     let tls = server_tls_config(
         &server_cert.cert_pem,
         &server_cert.key_pem,

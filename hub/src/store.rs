@@ -618,6 +618,12 @@ impl HubStore {
         .map(|_| ())
     }
 
+    /// Records that a push webhook for source `name` arrived at `at_millis`: the leader's
+    /// controller fetches that source at once, whichever replica took the webhook.
+    pub fn record_source_hook(&self, name: &str, at_millis: u64) -> Result<(), StoreError> {
+        self.set_meta(&format!("{}{name}", command::SOURCE_HOOK_PREFIX), at_millis)
+    }
+
     /// Stores a new bootstrap token under the hash of its secret.
     pub fn put_token(&self, hash: &[u8; 32], record: &TokenRecord) -> Result<(), StoreError> {
         self.execute(&Command::PutToken {

@@ -65,7 +65,15 @@ impl ReplicatedHub {
         extra_config: &str,
         replication_extra: &str,
     ) -> Self {
-        Self::start_inner(n, fill, extra_config, replication_extra, false).await
+        Self::start_inner(
+            n,
+            fill,
+            extra_config,
+            replication_extra,
+            false,
+            "    interval: 200ms\n",
+        )
+        .await
     }
 
     /// [`ReplicatedHub::start_with`] where replica `i` listens for peers on `127.0.0.(10+i)` and
@@ -78,7 +86,15 @@ impl ReplicatedHub {
         extra_config: &str,
         replication_extra: &str,
     ) -> Self {
-        Self::start_inner(n, fill, extra_config, replication_extra, true).await
+        Self::start_inner(
+            n,
+            fill,
+            extra_config,
+            replication_extra,
+            true,
+            "    interval: 200ms\n",
+        )
+        .await
     }
 
     /// Cuts replica `id` off from the others on the peer channel, both ways.
@@ -99,12 +115,24 @@ impl ReplicatedHub {
         }
     }
 
+    /// [`ReplicatedHub::start`] with the source's own lines (each `    key: value`, its
+    /// `interval` included) instead of a 200 ms poll.
+    pub async fn start_with_source(
+        n: usize,
+        fill: impl FnOnce(&GitRepo),
+        extra_config: &str,
+        source_lines: &str,
+    ) -> Self {
+        Self::start_inner(n, fill, extra_config, "", false, source_lines).await
+    }
+
     async fn start_inner(
         n: usize,
         fill: impl FnOnce(&GitRepo),
         extra_config: &str,
         replication_extra: &str,
         proxied: bool,
+        source_lines: &str,
     ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-replicas-")
@@ -142,7 +170,7 @@ impl ReplicatedHub {
                 format!("\n  join: [{}]", join.join(", "))
             };
             format!(
-                "listen: 127.0.0.1:0\nserverNames: [localhost, 127.0.0.1]\nsources:\n  - name: main\n    url: {}\n    branch: main\n    interval: 200ms\nreplication:\n  listen: {listen}\n  advertise: {peer}{join}\n{replication_extra}\n{extra_config}",
+                "listen: 127.0.0.1:0\nserverNames: [localhost, 127.0.0.1]\nsources:\n  - name: main\n    url: {}\n    branch: main\n{source_lines}replication:\n  listen: {listen}\n  advertise: {peer}{join}\n{replication_extra}\n{extra_config}",
                 repo.url(),
                 listen = listens[i],
                 peer = peers[i],

@@ -502,7 +502,7 @@ impl Admin for AdminService {
                     _ = shutdown.cancelled() => return,
                     msg = live.recv() => match msg {
                         Ok(Notice::Events(events)) => events,
-                        Ok(Notice::State { .. } | Notice::Report { .. } | Notice::Clusters) => continue,
+                        Ok(Notice::State { .. } | Notice::Report { .. } | Notice::Clusters | Notice::SourceHook { .. }) => continue,
                         // Fell behind, or a snapshot replaced the store: what was missed is in it.
                         Ok(Notice::Restored) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             let store = store.clone();

@@ -486,6 +486,11 @@ pub fn notices(command: &Command, outcome: &Outcome) -> Vec<Notice> {
         | (Command::SetCapabilities { .. }, Outcome::Capabilities { changed: true }) => {
             vec![Notice::Clusters]
         }
+        (Command::SetMeta { key, .. }, _) if key.starts_with(SOURCE_HOOK_PREFIX) => {
+            vec![Notice::SourceHook {
+                source: key[SOURCE_HOOK_PREFIX.len()..].to_string(),
+            }]
+        }
         _ => Vec::new(),
     }
 }
@@ -512,9 +517,17 @@ pub enum Notice {
     Events(Vec<crate::events::Event>),
     /// A cluster registered, was relabelled, renewed or deleted, or its capabilities changed.
     Clusters,
+    /// A push webhook for this source arrived (on any replica): fetch it now.
+    SourceHook {
+        /// Source name.
+        source: String,
+    },
     /// A snapshot replaced every table: anything may have changed.
     Restored,
 }
+
+/// Meta keys under which a push webhook for a source is recorded (`hook/NAME`, the time).
+pub const SOURCE_HOOK_PREFIX: &str = "hook/";
 
 fn commit_states_in(
     txn: &WriteTransaction,
