@@ -16,6 +16,7 @@ mod raft;
 mod render;
 mod rollout;
 mod snapshot;
+mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +49,16 @@ enum Command {
         /// The hub's source poll interval.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         interval: Duration,
+    },
+    /// Commit-to-converged latency when a push webhook (to a follower of three replicas) triggers
+    /// the fetch and the source is polled hourly.
+    WebhookLatency {
+        /// Agents.
+        #[arg(long, default_value_t = 3)]
+        agents: usize,
+        /// Measured commits.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
     },
     /// Committed store writes per second on N replicas in this process (real redb log with fsync,
     /// the hub store as state machine, mTLS peer channel), one at a time or several in flight.
@@ -486,6 +497,9 @@ async fn main() -> anyhow::Result<()> {
         } => register_flood(agents, clients, duration)
             .await
             .context("register-flood benchmark"),
+        Command::WebhookLatency { agents, rounds } => webhook::webhook_latency(agents, rounds)
+            .await
+            .context("webhook-latency benchmark"),
         Command::Latency {
             agents,
             rounds,

@@ -6,5 +6,6 @@ pub mod fixture;
 pub mod forwarder;
 pub mod replicated;
 pub mod rollout;
+pub mod webhook;
 
 pub use flotilla_cli::fleet;

@@ -3,58 +3,17 @@
 //! the leader fetch at once. Unsigned, wrongly signed, replayed, oversized and misaddressed
 //! webhooks are refused with their status codes.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Instant;
 
-use flotilla_hub::webhooks::{MAX_BODY_BYTES, hmac_sha256};
+use flotilla_hub::webhooks::MAX_BODY_BYTES;
 use flotilla_tests::fixture::GitRepo;
 use flotilla_tests::replicated::ReplicatedHub;
+use flotilla_tests::webhook::{github_headers as github, post};
 
 const MANIFEST: &str = "apps:\n  - name: base\n    path: apps/base\n    namespace: web\n";
 const BASE: &str =
     "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  color: blue\n";
-
-/// POSTs `body` to `path` with `headers`; the status code and the answer's body.
-fn post(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    // A refused oversized body may close the connection before all of it is written.
-    let _ = s.write_all(body);
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let text = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, text.trim().to_string())
-}
-
-fn github(body: &[u8], secret: &[u8], delivery: &str) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "X-Hub-Signature-256",
-            format!("sha256={}", hex(&hmac_sha256(secret, body))),
-        ),
-        ("X-GitHub-Event", "push".into()),
-        ("X-GitHub-Delivery", delivery.into()),
-    ]
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_push_webhook_to_any_replica_makes_the_leader_fetch_at_once() {
