@@ -654,20 +654,7 @@ async fn serve(
         metrics: metrics.clone(),
     };
     if let Some(at) = config.metrics_listen {
-        let listener = TcpListener::bind(at).await.map_err(|source| HubError::Io {
-            what: format!("cannot listen for metrics on {at}"),
-            source,
-        })?;
-        let bound = listener.local_addr().map_err(|source| HubError::Io {
-            what: "reading the metrics listen address".into(),
-            source,
-        })?;
-        let file = data_dir.root().join("metrics.addr");
-        std::fs::write(&file, bound.to_string()).map_err(|source| HubError::Io {
-            what: format!("writing {}", file.display()),
-            source,
-        })?;
-        info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+        let listener = bind_beside(at, "metrics", &data_dir.root().join("metrics.addr")).await?;
         let probes = crate::metrics::HubProbes {
             state: state.clone(),
             metrics,
@@ -675,20 +662,7 @@ async fn serve(
         flotilla_probes::serve(listener, Arc::new(probes), shutdown.clone(), &tracker);
     }
     if let Some(at) = config.webhooks_listen {
-        let listener = TcpListener::bind(at).await.map_err(|source| HubError::Io {
-            what: format!("cannot listen for webhooks on {at}"),
-            source,
-        })?;
-        let bound = listener.local_addr().map_err(|source| HubError::Io {
-            what: "reading the webhooks listen address".into(),
-            source,
-        })?;
-        let file = data_dir.root().join("webhooks.addr");
-        std::fs::write(&file, bound.to_string()).map_err(|source| HubError::Io {
-            what: format!("writing {}", file.display()),
-            source,
-        })?;
-        info!(addr = %bound, "receiving Git push webhooks on POST /hooks/sources/NAME");
+        let listener = bind_beside(at, "webhooks", &data_dir.root().join("webhooks.addr")).await?;
         crate::webhooks::serve(
             listener,
             &config.sources,
@@ -720,6 +694,29 @@ async fn serve(
     tracker.close();
     tracker.wait().await;
     result.map_err(HubError::from)
+}
+
+/// Binds a plain-HTTP listener beside the gRPC one (`what`: metrics, webhooks) and writes the
+/// address it got to `file`, for tests and scripts that asked for port 0.
+async fn bind_beside(
+    at: std::net::SocketAddr,
+    what: &str,
+    file: &std::path::Path,
+) -> Result<TcpListener, HubError> {
+    let listener = TcpListener::bind(at).await.map_err(|source| HubError::Io {
+        what: format!("cannot listen for {what} on {at}"),
+        source,
+    })?;
+    let bound = listener.local_addr().map_err(|source| HubError::Io {
+        what: format!("reading the {what} listen address"),
+        source,
+    })?;
+    std::fs::write(file, bound.to_string()).map_err(|source| HubError::Io {
+        what: format!("writing {}", file.display()),
+        source,
+    })?;
+    info!(addr = %bound, "serving {what} over plain HTTP");
+    Ok(listener)
 }
 
 /// Counts the changes of leader this replica sees (an election won by anyone, this one included).

@@ -18,7 +18,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -42,8 +41,6 @@ pub const PER_MINUTE: u32 = 120;
 pub const REMEMBERED_DELIVERIES: usize = 4096;
 
 const MAX_CONNECTIONS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// HMAC-SHA256 of `message` under `key` (RFC 2104).
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
@@ -202,52 +199,20 @@ pub fn serve(
         deliveries: Mutex::default(),
         rate: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
     });
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let tasks = tracker.clone();
-    tracker.spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            let stream = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        debug!(error = %e, "accepting a webhook connection failed");
-                        continue;
-                    }
-                },
-            };
-            let (receiver, stop) = (receiver.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                let _permit = permit;
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let receiver = receiver.clone();
-                    async move { Ok::<_, std::convert::Infallible>(receiver.take(req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
-                }
-            });
-        }
-    });
+    flotilla_probes::serve_http(
+        listener,
+        MAX_CONNECTIONS,
+        move |req: Request<Incoming>| {
+            let receiver = receiver.clone();
+            async move { receiver.take(req).await }
+        },
+        shutdown,
+        tracker,
+    );
 }
 
 fn answer(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body + "\n")));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+    flotilla_probes::text(status, body + "\n")
 }
 
 impl Receiver {

@@ -2,6 +2,8 @@
 //! on (issue 16): `GET /metrics` (OpenMetrics text), `GET /healthz` (the process answers) and
 //! `GET /readyz` (the component's own readiness, with the reason when it is not ready).
 //!
+//! [`serve_http`] is the listener itself, which the hub's webhook receiver uses too.
+//!
 //! The component gives a [`Probes`] implementation; this crate owns the listener and its limits:
 //! at most [`MAX_CONNECTIONS`] connections at once (more wait in the kernel's backlog), request
 //! headers within 5 s, a connection at most 30 s, GET and HEAD only. Each answer is computed on a
@@ -40,7 +42,43 @@ pub fn serve<P: Probes>(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    serve_http(
+        listener,
+        MAX_CONNECTIONS,
+        move |req: Request<Incoming>| {
+            let probes = probes.clone();
+            let (method, path) = (req.method().clone(), req.uri().path().to_string());
+            async move {
+                tokio::task::spawn_blocking(move || answer(&method, &path, &*probes))
+                    .await
+                    .unwrap_or_else(|e| {
+                        text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("the answer failed: {e}\n"),
+                        )
+                    })
+            }
+        },
+        shutdown,
+        tracker,
+    );
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown`, each request answered by `handle`: at most
+/// `max_connections` connections at once (more wait in the kernel's backlog), request headers
+/// within 5 s, a connection at most 30 s. The listeners beside the gRPC one (probes, webhooks)
+/// share it.
+pub fn serve_http<H, F>(
+    listener: TcpListener,
+    max_connections: usize,
+    handle: H,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let tasks = tracker.clone();
     tracker.spawn(async move {
         loop {
@@ -53,29 +91,17 @@ pub fn serve<P: Probes>(
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
-                        debug!(error = %e, "accepting a metrics connection failed");
+                        debug!(error = %e, "accepting an HTTP connection failed");
                         continue;
                     }
                 },
             };
-            let (probes, stop) = (probes.clone(), shutdown.clone());
+            let (handle, stop) = (handle.clone(), shutdown.clone());
             tasks.spawn(async move {
                 let _permit = permit;
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let probes = probes.clone();
-                    let (method, path) = (req.method().clone(), req.uri().path().to_string());
-                    async move {
-                        let answer =
-                            tokio::task::spawn_blocking(move || answer(&method, &path, &*probes))
-                                .await
-                                .unwrap_or_else(|e| {
-                                    text(
-                                        StatusCode::INTERNAL_SERVER_ERROR,
-                                        format!("the answer failed: {e}\n"),
-                                    )
-                                });
-                        Ok::<_, std::convert::Infallible>(answer)
-                    }
+                    let answer = handle(req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -90,7 +116,8 @@ pub fn serve<P: Probes>(
     });
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+/// A plain-text answer.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
