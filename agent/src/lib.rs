@@ -74,15 +74,19 @@ pub(crate) fn unix_now() -> i64 {
 /// sync and the status reporter as tracked tasks, and waits for all of them to stop.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let store = Store::open(&config.store_path(), config.outbox_capacity)?;
+    let metrics = crate::metrics::AgentMetrics::new();
     let overrides = config.capability_overrides.clone();
     match &config.target {
         TargetSpec::Dir(path) => {
             let target = DirTarget::new(path)?;
             let reader = CapabilityReader::new(Probe::None, overrides);
-            run_with(config, store, target, reader, shutdown).await
+            run_with(config, store, target, reader, metrics, shutdown).await
         }
         TargetSpec::Kube(source) => {
-            let options = KubeOptions::default();
+            let options = KubeOptions {
+                api_requests: Some(metrics.api_requests.clone()),
+                ..KubeOptions::default()
+            };
             let timeout = options.request_timeout;
             let target = KubeTarget::connect(source, options, &shutdown).await?;
             let probe = Probe::Kube {
@@ -90,7 +94,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 timeout,
             };
             let reader = CapabilityReader::new(probe, overrides);
-            run_with(config, store, target, reader, shutdown).await
+            run_with(config, store, target, reader, metrics, shutdown).await
         }
     }
 }
@@ -100,6 +104,7 @@ async fn run_with<T: Target>(
     store: Store,
     target: T,
     mut capabilities: CapabilityReader,
+    metrics: crate::metrics::AgentMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let (identity, answered) = match store.blocking(Store::identity).await? {
@@ -131,7 +136,6 @@ async fn run_with<T: Target>(
     let (link, hub) = HubLink::start(config.hubs.clone(), identity_rx, config.backoff).await?;
 
     let tasks = TaskTracker::new();
-    let metrics = crate::metrics::AgentMetrics::new();
     if let Some(at) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(at)
             .await

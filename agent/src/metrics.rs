@@ -22,6 +22,31 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// A Kubernetes API request's verb: get, watch, create, update, patch, delete or other.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    /// The verb.
+    pub verb: String,
+}
+
+/// Kubernetes API requests by verb.
+pub type ApiRequests = Family<VerbLabels, Counter>;
+
+/// The verb of a request to the API server, from its method and query (a GET with `watch=true`
+/// or `watch=1` is a watch; collection and single-object GETs both count as `get`).
+pub fn verb(method: &str, query: Option<&str>) -> &'static str {
+    let watching = query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    match method {
+        "GET" if watching => "watch",
+        "GET" => "get",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" => "delete",
+        _ => "other",
+    }
+}
+
 /// The agent's metrics; clones share them.
 #[derive(Clone)]
 pub struct AgentMetrics {
@@ -42,6 +67,8 @@ pub struct AgentMetrics {
     pub states_rejected: Counter,
     /// The version the last apply pass applied.
     pub applied_version: Gauge<u64, AtomicU64>,
+    /// Requests to the Kubernetes API server (the `kube` target), by verb.
+    pub api_requests: ApiRequests,
     outbox: Gauge,
     cert_expiry: Gauge,
 }
@@ -67,6 +94,7 @@ impl AgentMetrics {
             states_accepted: Counter::default(),
             states_rejected: Counter::default(),
             applied_version: Gauge::default(),
+            api_requests: Family::default(),
             outbox: Gauge::default(),
             cert_expiry: Gauge::default(),
         };
@@ -110,6 +138,11 @@ impl AgentMetrics {
             "applied_version",
             "The ClusterState version the last apply pass applied",
             m.applied_version.clone(),
+        );
+        r.register(
+            "kube_api_requests",
+            "Requests to the Kubernetes API server, by verb",
+            m.api_requests.clone(),
         );
         r.register(
             "outbox_reports",
@@ -182,5 +215,23 @@ impl flotilla_probes::Probes for AgentProbes {
     /// The agent serves no traffic: once running with its store and identity, it is ready.
     fn ready(&self) -> Result<(), String> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verb;
+
+    #[test]
+    fn requests_are_counted_by_the_api_servers_verbs() {
+        assert_eq!(verb("GET", None), "get");
+        assert_eq!(verb("GET", Some("labelSelector=a%3Db&watch=true")), "watch");
+        assert_eq!(verb("GET", Some("watch=1")), "watch");
+        assert_eq!(verb("GET", Some("watchx=true")), "get");
+        assert_eq!(verb("PATCH", Some("fieldManager=flotilla")), "patch");
+        assert_eq!(verb("POST", None), "create");
+        assert_eq!(verb("PUT", None), "update");
+        assert_eq!(verb("DELETE", None), "delete");
+        assert_eq!(verb("OPTIONS", None), "other");
     }
 }

@@ -339,16 +339,18 @@ impl ReplicatedHub {
     /// Starts an agent registering as `name` with `labels`, given every replica's address starting
     /// with replica `first` (1-based), so agents spread over the replicas.
     pub async fn add_agent(&mut self, name: &str, labels: &str, first: usize) -> usize {
-        self.add_agent_with(name, labels, first, &[]).await
+        self.add_agent_with(name, labels, first, &[], None).await
     }
 
-    /// [`ReplicatedHub::add_agent`] with more `flotilla-agent run` flags.
+    /// [`ReplicatedHub::add_agent`] with more `flotilla-agent run` flags, applying to the
+    /// Kubernetes API of `kubeconfig` when one is given.
     pub async fn add_agent_with(
         &mut self,
         name: &str,
         labels: &str,
         first: usize,
         extra_args: &[&str],
+        kubeconfig: Option<std::path::PathBuf>,
     ) -> usize {
         let token = client::with_admin(&self.hub_arg(), &self.admin_dir(), async |admin| {
             client::create_token(
@@ -370,6 +372,9 @@ impl ReplicatedHub {
         urls.rotate_left(shift);
         agent.set_hub_urls(urls);
         agent.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        if let Some(kubeconfig) = kubeconfig {
+            agent.use_kubernetes(kubeconfig);
+        }
         agent.start().expect("agent start");
         self.agents.push(agent);
         self.agents.len() - 1

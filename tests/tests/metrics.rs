@@ -13,8 +13,7 @@ use flotilla_tests::fixture::GitRepo;
 use flotilla_tests::replicated::ReplicatedHub;
 
 const MANIFEST: &str = "apps:\n  - name: base\n    path: apps/base\n    namespace: web\n";
-const BASE: &str =
-    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  color: blue\n";
+const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: web\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  color: blue\n";
 
 /// One HTTP/1.1 request; the status code, the headers and the body.
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
@@ -106,11 +105,14 @@ async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() 
         repo.commit("initial");
     };
     let mut hub = ReplicatedHub::start(1, fill, "metrics:\n  listen: 127.0.0.1:0\n").await;
+    // The agent applies to the Kubernetes API simulator, so its API requests are counted too.
+    let sim = flotilla_kubesim::KubeSim::start(&hub.dir.path().join("kube")).expect("kubesim");
     hub.add_agent_with(
         "edge-1",
         "tier=edge",
         1,
         &["--metrics-listen", "127.0.0.1:0"],
+        Some(sim.kubeconfig_path().to_path_buf()),
     )
     .await;
     let first = hub.repo.git(&["rev-parse", "HEAD"]);
@@ -192,6 +194,10 @@ async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() 
         let got: Vec<Option<f64>> = wanted.iter().map(|(q, _)| query(web, q)).collect();
         let issued = query(web, "flotilla_hub_cluster_states_issued_total");
         let applied = query(web, "flotilla_agent_objects_applied_total");
+        let patches = query(
+            web,
+            "flotilla_agent_kube_api_requests_total{verb=\"patch\"}",
+        );
         let fetches = query(
             web,
             "flotilla_hub_source_fetch_duration_seconds_count{source=\"main\"}",
@@ -204,16 +210,18 @@ async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() 
             && expiry.is_some_and(|s| s > 3600.0)
             && issued.is_some_and(|v| v >= 1.0)
             && applied.is_some_and(|v| v >= 1.0)
+            && patches.is_some_and(|v| v >= 1.0)
             && fetches.is_some_and(|v| v >= 1.0)
         {
             break;
         }
         assert!(
             std::time::Instant::now() < end,
-            "Prometheus never reported {wanted:?}: got {got:?}, issued {issued:?}, fetches {fetches:?}, objects applied {applied:?}, certificate expiry in {expiry:?} s; log:\n{}",
+            "Prometheus never reported {wanted:?}: got {got:?}, issued {issued:?}, fetches {fetches:?}, objects applied {applied:?}, API patches {patches:?}, certificate expiry in {expiry:?} s; log:\n{}",
             std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     hub.shutdown().await;
+    sim.shutdown().await;
 }

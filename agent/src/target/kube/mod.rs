@@ -82,6 +82,8 @@ pub struct KubeOptions {
     pub crd_timeout: Duration,
     /// Writes in flight at once.
     pub concurrency: usize,
+    /// Where every request to the API server is counted by verb, if anywhere.
+    pub api_requests: Option<crate::metrics::ApiRequests>,
 }
 
 impl Default for KubeOptions {
@@ -92,6 +94,7 @@ impl Default for KubeOptions {
             request_timeout: Duration::from_secs(30),
             crd_timeout: Duration::from_secs(60),
             concurrency: 16,
+            api_requests: None,
         }
     }
 }
@@ -156,7 +159,22 @@ impl KubeTarget {
             }
         };
         config.connect_timeout = Some(options.request_timeout.min(Duration::from_secs(10)));
-        let client = Client::try_from(config).map_err(|e| fail(crate::error::error_chain(&e)))?;
+        let builder = kube::client::ClientBuilder::try_from(config)
+            .map_err(|e| fail(crate::error::error_chain(&e)))?;
+        let client = match options.api_requests.clone() {
+            Some(counter) => builder
+                .with_layer(&tower::util::MapRequestLayer::new(
+                    move |req: http::Request<kube::client::Body>| {
+                        let verb = crate::metrics::verb(req.method().as_str(), req.uri().query());
+                        counter
+                            .get_or_create(&crate::metrics::VerbLabels { verb: verb.into() })
+                            .inc();
+                        req
+                    },
+                ))
+                .build(),
+            None => builder.build(),
+        };
         Ok(Self::new(client, options, shutdown))
     }
 
