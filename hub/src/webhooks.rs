@@ -323,6 +323,19 @@ mod tests {
         );
     }
 
+    /// The example in GitHub's documentation on validating webhook deliveries: a payload, its
+    /// secret and the X-Hub-Signature-256 GitHub sends for them.
+    #[test]
+    fn githubs_documented_delivery_verifies() {
+        let sig =
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".to_string();
+        let h = headers(&[("x-hub-signature-256", sig)]);
+        assert_eq!(
+            verify(&h, b"Hello, World!", b"It's a Secret to Everybody"),
+            Ok("github")
+        );
+    }
+
     fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {

@@ -31,8 +31,8 @@ pub struct ReplicatedHub {
     pub repo: GitRepo,
 }
 
-/// A free loopback port (bound, then released for the replica to bind).
-fn free_port() -> u16 {
+/// A free loopback port (bound, then released for a process to bind).
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }

@@ -26,6 +26,20 @@ fn recolor(hub: &ReplicatedHub, color: &str) -> String {
     hub.repo.commit(color)
 }
 
+/// Three replicas behind fault proxies (Watch heartbeats every second, so an agent on a cut-off
+/// replica moves on soon) and an agent starting at each, converged on the first commit.
+async fn proxied_fleet() -> ReplicatedHub {
+    let mut hub =
+        ReplicatedHub::start_proxied(3, fill, "rollouts:\n  offlineAfter: 3s\n", "").await;
+    for i in 0..3 {
+        hub.add_agent(&format!("edge-{}", i + 1), "tier=edge", i + 1)
+            .await;
+    }
+    let first = hub.repo.git(&["rev-parse", "HEAD"]);
+    hub.wait_converged(&first).await;
+    hub
+}
+
 fn agent_log(hub: &ReplicatedHub, agent: usize) -> String {
     std::fs::read_to_string(&hub.agents[agent].log_path).unwrap_or_default()
 }
@@ -193,15 +207,7 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot_and_a_full_rest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_cannot_commit_and_the_majority_carries_on() {
-    // Watch heartbeats every second, so an agent on a cut-off replica moves on soon.
-    let mut hub =
-        ReplicatedHub::start_proxied(3, fill, "rollouts:\n  offlineAfter: 3s\n", "").await;
-    for i in 0..3 {
-        hub.add_agent(&format!("edge-{}", i + 1), "tier=edge", i + 1)
-            .await;
-    }
-    let first = hub.repo.git(&["rev-parse", "HEAD"]);
-    hub.wait_converged(&first).await;
+    let hub = proxied_fleet().await;
     let old = hub.leader().await;
     let before = hub.clusters_on(old);
 
@@ -520,14 +526,7 @@ async fn a_seeded_fault_run_keeps_the_fleet_converging() {
                 .unwrap_or_default()
         });
     println!("fault run seed {seed} (FLOTILLA_FAULT_SEED={seed} replays it)");
-    let mut hub =
-        ReplicatedHub::start_proxied(3, fill, "rollouts:\n  offlineAfter: 3s\n", "").await;
-    for i in 0..3 {
-        hub.add_agent(&format!("edge-{}", i + 1), "tier=edge", i + 1)
-            .await;
-    }
-    let first = hub.repo.git(&["rev-parse", "HEAD"]);
-    hub.wait_converged(&first).await;
+    let mut hub = proxied_fleet().await;
     let steps = fault_run(&mut hub, seed, 4, |repo, round| {
         repo.write(
             "apps/base/objects.yaml",
