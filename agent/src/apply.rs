@@ -85,6 +85,8 @@ pub struct ApplyOutcome {
     pub unchanged: usize,
     /// Objects that drifted and were left as they are (`drift: report`).
     pub drifted: usize,
+    /// Objects that drifted and were written back (`drift: correct`).
+    pub corrected: usize,
     /// Objects deleted.
     pub deleted: usize,
     /// Every app ended applied.
@@ -127,6 +129,7 @@ pub async fn apply_held_with<T: Target>(
         written: 0,
         unchanged: 0,
         drifted: 0,
+        corrected: 0,
         deleted: 0,
         complete: true,
         retry: false,
@@ -359,6 +362,8 @@ struct Written {
     failures: Failures,
     /// Drifted objects left alone, with the fields that differ.
     drifted: Vec<(ObjectId, Vec<String>)>,
+    /// Objects applied before with the same digest that the target wrote again: drift corrected.
+    corrected: Vec<ObjectId>,
 }
 
 impl<T: Target> Pass<'_, T> {
@@ -495,7 +500,7 @@ impl<T: Target> Pass<'_, T> {
                         format!("waiting for dependency {} to become healthy", app.app),
                     );
                 }
-                let message = drift_message(&written.drifted);
+                let message = drift_message(&written.drifted, &written.corrected);
                 self.outcome
                     .apps
                     .push(status(AppPhase::Applied, message, health, reason));
@@ -598,6 +603,11 @@ impl<T: Target> Pass<'_, T> {
                     Ok(applied) => {
                         inventory.insert(request.id.clone(), request.digest);
                         match applied {
+                            Applied::Changed if request.previous == Some(request.digest) => {
+                                self.outcome.written += 1;
+                                self.outcome.corrected += 1;
+                                written.corrected.push(request.id.clone());
+                            }
                             Applied::Changed => self.outcome.written += 1,
                             Applied::Unchanged => self.outcome.unchanged += 1,
                             Applied::Drifted(fields) => {
@@ -617,10 +627,23 @@ impl<T: Target> Pass<'_, T> {
     }
 }
 
-/// The app message for drift that was reported and left alone; empty when there is none.
-fn drift_message(drifted: &[(ObjectId, Vec<String>)]) -> String {
+/// The app message for drift that was reported and left alone, or else for drift that was
+/// corrected; empty when there is none.
+fn drift_message(drifted: &[(ObjectId, Vec<String>)], corrected: &[ObjectId]) -> String {
     if drifted.is_empty() {
-        return String::new();
+        if corrected.is_empty() {
+            return String::new();
+        }
+        let names: Vec<String> = corrected.iter().take(5).map(|id| id.to_string()).collect();
+        let more = match corrected.len() {
+            n if n > 5 => format!(" and {} more objects", n - 5),
+            _ => String::new(),
+        };
+        return format!(
+            "{}{}{more}",
+            flotilla_common::status::DRIFT_CORRECTED_PREFIX,
+            names.join(", ")
+        );
     }
     let parts: Vec<String> = drifted
         .iter()

@@ -61,6 +61,8 @@ pub struct AgentMetrics {
     pub objects_pruned: Counter,
     /// Objects found drifted and left alone (`drift: report`).
     pub drift_reported: Counter,
+    /// Objects found drifted and written back (`drift: correct`).
+    pub drift_corrected: Counter,
     /// ClusterStates verified and stored.
     pub states_accepted: Counter,
     /// ClusterStates refused (signature, chain, digests, limits).
@@ -91,6 +93,7 @@ impl AgentMetrics {
             objects_applied: Counter::default(),
             objects_pruned: Counter::default(),
             drift_reported: Counter::default(),
+            drift_corrected: Counter::default(),
             states_accepted: Counter::default(),
             states_rejected: Counter::default(),
             applied_version: Gauge::default(),
@@ -123,6 +126,11 @@ impl AgentMetrics {
             "drift_reported",
             "Objects found drifted and left alone (drift: report)",
             m.drift_reported.clone(),
+        );
+        r.register(
+            "drift_corrected",
+            "Objects found drifted and written back (drift: correct)",
+            m.drift_corrected.clone(),
         );
         r.register(
             "cluster_states_accepted",
@@ -179,6 +187,7 @@ impl AgentMetrics {
         self.objects_applied.inc_by(outcome.written as u64);
         self.objects_pruned.inc_by(outcome.deleted as u64);
         self.drift_reported.inc_by(outcome.drifted as u64);
+        self.drift_corrected.inc_by(outcome.corrected as u64);
         self.applied_version.set(outcome.version);
     }
 

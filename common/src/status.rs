@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How an applied app's message begins when the agent wrote drifted objects back (`drift: correct`);
+/// any other message of an applied app is drift the agent reports and leaves alone (`drift: report`).
+pub const DRIFT_CORRECTED_PREFIX: &str = "corrected drift (drift: correct) of ";
+
 /// Where one app stands on one cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -79,6 +79,96 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     webhooks: Option<RawMetrics>,
+    #[serde(default)]
+    notifications: RawNotifications,
+    #[serde(default)]
+    analysis: Option<RawAnalysis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawNotifications {
+    #[serde(default = "default_queue_limit")]
+    queue_limit: u64,
+    #[serde(default = "default_cluster_offline_after")]
+    cluster_offline_after: String,
+    #[serde(default = "default_certificate_warning")]
+    certificate_expiry_warning: String,
+    #[serde(default = "default_target_down_after")]
+    target_down_after: String,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+}
+
+fn default_target_down_after() -> String {
+    "1m".into()
+}
+
+impl Default for RawNotifications {
+    fn default() -> Self {
+        RawNotifications {
+            queue_limit: default_queue_limit(),
+            cluster_offline_after: default_cluster_offline_after(),
+            certificate_expiry_warning: default_certificate_warning(),
+            target_down_after: default_target_down_after(),
+            targets: Vec::new(),
+        }
+    }
+}
+
+fn default_queue_limit() -> u64 {
+    10_000
+}
+
+fn default_cluster_offline_after() -> String {
+    "15m".into()
+}
+
+fn default_certificate_warning() -> String {
+    "7d".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawTarget {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    url_file: Option<PathBuf>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default = "default_target_timeout")]
+    timeout: String,
+    #[serde(default)]
+    filter: RawFilter,
+}
+
+fn default_target_timeout() -> String {
+    "10s".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawFilter {
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default)]
+    apps: Vec<String>,
+    #[serde(default)]
+    clusters: Vec<String>,
+    #[serde(default)]
+    severities: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawAnalysis {
+    prometheus: String,
+    #[serde(default = "default_target_timeout")]
+    timeout: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -443,6 +533,83 @@ pub struct HubConfig {
     /// Where Git push webhooks are received over plain HTTP (`webhooks.listen`, behind the TLS
     /// of an ingress); absent, none are.
     pub webhooks_listen: Option<SocketAddr>,
+    /// Alerts (`notifications:`).
+    pub notifications: NotificationSettings,
+    /// Where stages' `analysis:` queries go (`analysis:`); absent, a stage with analysis cannot pass.
+    pub analysis: Option<AnalysisSettings>,
+}
+
+/// `analysis:` in hub.yaml: the Prometheus that stages' queries are evaluated against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalysisSettings {
+    /// Base URL of the Prometheus HTTP API (`http(s)://host:port`, with a path prefix if any).
+    pub prometheus: String,
+    /// Time box of one query.
+    pub timeout: Duration,
+}
+
+/// `notifications:` in hub.yaml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationSettings {
+    /// Most undelivered events one target may fall behind; beyond it the oldest are dropped.
+    pub queue_limit: u64,
+    /// A cluster not in contact for this long is reported offline (`cluster-offline`).
+    pub cluster_offline_after: Duration,
+    /// A cluster certificate this close to its expiry is reported (`certificate-expiring`).
+    pub certificate_expiry_warning: Duration,
+    /// A target failing this long is down: `notification-target-down` and its gauge at 0.
+    pub target_down_after: Duration,
+    /// Where alerts go.
+    pub targets: Vec<TargetConfig>,
+}
+
+/// How a target takes an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// The event as a JSON object.
+    Webhook,
+    /// A Slack-compatible incoming webhook message.
+    Slack,
+}
+
+/// One notification target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetConfig {
+    /// Unique name (metrics label, cursor key).
+    pub name: String,
+    /// Payload shape.
+    pub kind: TargetKind,
+    /// The URL, inline; or read from `url_file` at start (a Slack URL is a secret).
+    pub url: TargetUrl,
+    /// HMAC-SHA256 key file for `X-Flotilla-Signature`.
+    pub secret_file: Option<PathBuf>,
+    /// Time box of one delivery.
+    pub timeout: Duration,
+    /// Which events it gets.
+    pub filter: EventFilter,
+}
+
+/// Where a target's URL comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetUrl {
+    /// Written in hub.yaml.
+    Inline(String),
+    /// Read from a file at start, never logged.
+    File(PathBuf),
+}
+
+/// Which events a target gets: every list that is not empty must match; an empty `events` means the
+/// default alerting kinds ([`crate::notify::DEFAULT_ALERTS`]). Names may use `*` wildcards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Event kinds.
+    pub events: Vec<String>,
+    /// App names.
+    pub apps: Vec<String>,
+    /// Cluster names.
+    pub clusters: Vec<String>,
+    /// Severities.
+    pub severities: Vec<crate::events::Severity>,
 }
 
 /// Where this replica serves the peer channel and the address the other replicas dial.
@@ -626,6 +793,111 @@ fn duration(field: &str, value: &str) -> Result<Duration, ConfigError> {
         });
     }
     Ok(d)
+}
+
+fn http_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) || url.len() < 10 {
+        return Err(ConfigError::Invalid {
+            field: field.into(),
+            message: format!("{} is not an http:// or https:// URL", RedactedUrl(url)),
+        });
+    }
+    Ok(())
+}
+
+fn analysis(raw: RawAnalysis) -> Result<AnalysisSettings, ConfigError> {
+    http_url("analysis.prometheus", &raw.prometheus)?;
+    Ok(AnalysisSettings {
+        prometheus: raw.prometheus.trim_end_matches('/').to_string(),
+        timeout: duration("analysis.timeout", &raw.timeout)?,
+    })
+}
+
+fn notifications(raw: RawNotifications) -> Result<NotificationSettings, ConfigError> {
+    if raw.queue_limit == 0 {
+        return Err(ConfigError::Invalid {
+            field: "notifications.queueLimit".into(),
+            message: "must be greater than zero".into(),
+        });
+    }
+    let mut targets: Vec<TargetConfig> = Vec::new();
+    for (i, t) in raw.targets.into_iter().enumerate() {
+        let field = |f: &str| format!("notifications.targets[{i}].{f}");
+        validate_name("target name", &t.name).map_err(|e| ConfigError::Invalid {
+            field: field("name"),
+            message: e.to_string(),
+        })?;
+        if targets.iter().any(|o| o.name == t.name) {
+            return Err(ConfigError::Invalid {
+                field: field("name"),
+                message: format!("{:?} is used twice", t.name),
+            });
+        }
+        let kind = match t.kind.as_str() {
+            "webhook" => TargetKind::Webhook,
+            "slack" => TargetKind::Slack,
+            other => {
+                return Err(ConfigError::Invalid {
+                    field: field("type"),
+                    message: format!("{other:?} is not webhook or slack"),
+                });
+            }
+        };
+        let url = match (t.url, t.url_file) {
+            (Some(url), None) => {
+                http_url(&field("url"), &url)?;
+                TargetUrl::Inline(url)
+            }
+            (None, Some(path)) => TargetUrl::File(path),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: field("url"),
+                    message: "give exactly one of url and urlFile".into(),
+                });
+            }
+        };
+        let mut severities = Vec::new();
+        for s in &t.filter.severities {
+            severities.push(match s.as_str() {
+                "info" => crate::events::Severity::Info,
+                "warning" => crate::events::Severity::Warning,
+                "error" => crate::events::Severity::Error,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        field: field("filter.severities"),
+                        message: format!("{other:?} is not info, warning or error"),
+                    });
+                }
+            });
+        }
+        targets.push(TargetConfig {
+            name: t.name,
+            kind,
+            url,
+            secret_file: t.secret_file,
+            timeout: duration(&field("timeout"), &t.timeout)?,
+            filter: EventFilter {
+                events: t.filter.events,
+                apps: t.filter.apps,
+                clusters: t.filter.clusters,
+                severities,
+            },
+        });
+    }
+    Ok(NotificationSettings {
+        queue_limit: raw.queue_limit,
+        cluster_offline_after: duration(
+            "notifications.clusterOfflineAfter",
+            &raw.cluster_offline_after,
+        )?,
+        certificate_expiry_warning: duration(
+            "notifications.certificateExpiryWarning",
+            &raw.certificate_expiry_warning,
+        )?,
+        target_down_after: duration("notifications.targetDownAfter", &raw.target_down_after)?,
+        targets,
+    })
 }
 
 /// Checks that a CA bundle file can be read and holds only PEM certificates, at least one.
@@ -826,6 +1098,8 @@ impl HubConfig {
             });
         }
         Ok(HubConfig {
+            notifications: notifications(raw.notifications)?,
+            analysis: raw.analysis.map(analysis).transpose()?,
             replication: raw.replication.map(replication).transpose()?,
             metrics_listen: listen_address("metrics.listen", raw.metrics)?,
             webhooks_listen: listen_address("webhooks.listen", raw.webhooks)?,

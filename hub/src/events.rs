@@ -44,7 +44,7 @@ pub struct NewEvent {
     /// Unix seconds.
     pub at: i64,
     /// What happened: `commit-in-force`, `render-failed`, `fetch-failed`, `cluster-registered`,
-    /// `cluster-labelled`, `cluster-deleted`, `app-failed`, `app-drift`, `app-unhealthy`, `app-recovered`,
+    /// `cluster-labelled`, `cluster-deleted`, `app-failed`, `app-drift`, `app-drift-corrected`, `app-unhealthy`, `app-recovered`,
     /// `state-rejected`, and the rollout transitions `rollout-started`, `rollout-warning`,
     /// `rollout-stage-started`, `rollout-cluster-updating`, `rollout-cluster-healthy`,
     /// `rollout-cluster-failed`, `rollout-cluster-deferred`, `rollout-stage-healthy`,
@@ -139,8 +139,15 @@ pub fn report_events(
             .unwrap_or("");
         if app.phase == AppPhase::Applied && !app.message.is_empty() && app.message != drift_before
         {
+            let corrected = app
+                .message
+                .starts_with(flotilla_common::status::DRIFT_CORRECTED_PREFIX);
             out.push(app_event(
-                "app-drift",
+                if corrected {
+                    "app-drift-corrected"
+                } else {
+                    "app-drift"
+                },
                 Severity::Warning,
                 &app.app,
                 app.message.clone(),
@@ -175,6 +182,102 @@ pub fn report_events(
             format!("the agent refused a ClusterState: {rejection}"),
         ));
     }
+    out
+}
+
+/// One cluster as the fleet watch sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// Cluster id (the watch's memory is by id).
+    pub id: String,
+    /// Cluster name (events name it).
+    pub name: String,
+    /// Unix seconds of its last contact with any replica.
+    pub last_contact: i64,
+    /// Unix seconds its newest certificate expires; 0 for unknown.
+    pub cert_expires_at: i64,
+}
+
+/// What the fleet watch remembers it said, so it says each thing once (kept in the store's meta
+/// table, so a new leader does not say it again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Alerted {
+    /// Clusters reported offline and not back since.
+    pub offline: std::collections::BTreeSet<String>,
+    /// Per cluster, the expiry time of the certificate it was warned about.
+    pub certificate: std::collections::BTreeMap<String, i64>,
+}
+
+/// The events the fleet's contacts mean at `now`: `cluster-offline` once a cluster has not been in
+/// contact for `offline_after`, `cluster-online` when it is back, and `certificate-expiring` once per
+/// certificate that expires within `cert_warning` (an agent renews its certificate long before, so
+/// one that comes close is an agent that cannot renew). Updates `alerted` to match.
+pub fn fleet_events(
+    fleet: &[Contact],
+    offline_after: i64,
+    cert_warning: i64,
+    alerted: &mut Alerted,
+    now: i64,
+) -> Vec<NewEvent> {
+    let mut out = Vec::new();
+    for c in fleet {
+        let silent = now - c.last_contact;
+        if silent >= offline_after {
+            if alerted.offline.insert(c.id.clone()) {
+                out.push(NewEvent::cluster(
+                    now,
+                    "cluster-offline",
+                    Severity::Warning,
+                    &c.name,
+                    format!(
+                        "not in contact for {} (notifications.clusterOfflineAfter is {})",
+                        humantime::format_duration(std::time::Duration::from_secs(silent as u64)),
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            offline_after as u64
+                        ))
+                    ),
+                ));
+            }
+        } else if alerted.offline.remove(&c.id) {
+            out.push(NewEvent::cluster(
+                now,
+                "cluster-online",
+                Severity::Info,
+                &c.name,
+                "in contact again".into(),
+            ));
+        }
+        let left = c.cert_expires_at - now;
+        if c.cert_expires_at > 0
+            && left < cert_warning
+            && alerted.certificate.get(&c.id) != Some(&c.cert_expires_at)
+        {
+            alerted.certificate.insert(c.id.clone(), c.cert_expires_at);
+            out.push(NewEvent::cluster(
+                now,
+                "certificate-expiring",
+                if left <= 0 {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                },
+                &c.name,
+                if left <= 0 {
+                    "the cluster's certificate has expired: its agent cannot reach the hub until it registers again".to_string()
+                } else {
+                    format!(
+                        "the cluster's certificate expires in {} and its agent has not renewed it",
+                        humantime::format_duration(std::time::Duration::from_secs(left as u64))
+                    )
+                },
+            ));
+        }
+    }
+    let known: std::collections::BTreeSet<&str> = fleet.iter().map(|c| c.id.as_str()).collect();
+    alerted.offline.retain(|id| known.contains(id.as_str()));
+    alerted
+        .certificate
+        .retain(|id, _| known.contains(id.as_str()));
     out
 }
 
@@ -249,6 +352,55 @@ mod tests {
     }
 
     #[test]
+    fn offline_clusters_and_expiring_certificates_are_said_once() {
+        let mut fleet = vec![
+            Contact {
+                id: "c-1".into(),
+                name: "edge-1".into(),
+                last_contact: 1000,
+                cert_expires_at: 1000 + 30 * 86400,
+            },
+            Contact {
+                id: "c-2".into(),
+                name: "edge-2".into(),
+                last_contact: 1000,
+                cert_expires_at: 1000 + 2 * 86400,
+            },
+        ];
+        let mut alerted = Alerted::default();
+        let week = 7 * 86400;
+        let e = fleet_events(&fleet, 900, week, &mut alerted, 1500);
+        assert_eq!(kinds(&e), ["certificate-expiring"]);
+        assert_eq!(e[0].cluster, "edge-2");
+        assert!(
+            e[0].message.contains("expires in 1day 23h"),
+            "{}",
+            e[0].message
+        );
+        assert!(fleet_events(&fleet, 900, week, &mut alerted, 1600).is_empty());
+        let e = fleet_events(&fleet, 900, week, &mut alerted, 1900);
+        assert_eq!(kinds(&e), ["cluster-offline", "cluster-offline"]);
+        assert!(
+            e[0].message.contains("not in contact for 15m"),
+            "{}",
+            e[0].message
+        );
+        assert!(fleet_events(&fleet, 900, week, &mut alerted, 2500).is_empty());
+        fleet[0].last_contact = 2600;
+        // A renewed certificate is a new one: warned about again only when it too comes close.
+        fleet[1].cert_expires_at = 2600 + 30 * 86400;
+        let e = fleet_events(&fleet, 900, week, &mut alerted, 2600);
+        assert_eq!(kinds(&e), ["cluster-online"]);
+        assert_eq!(alerted.offline.len(), 1);
+        fleet.pop();
+        fleet_events(&fleet, 900, week, &mut alerted, 2700);
+        assert!(alerted.offline.is_empty(), "a deleted cluster is forgotten");
+        fleet[0].cert_expires_at = 2000;
+        let e = fleet_events(&fleet, 900, week, &mut alerted, 2700);
+        assert_eq!(e[0].severity, Severity::Error);
+    }
+
+    #[test]
     fn transitions_are_events_and_repeats_are_not() {
         let ok = report(AppPhase::Applied, "", AppHealth::Healthy);
         let failed = report(
@@ -290,6 +442,18 @@ mod tests {
             ["app-drift"]
         );
         assert!(report_events("edge-1", Some(&drift), &drift, 5).is_empty());
+        let corrected = report(
+            AppPhase::Applied,
+            &format!(
+                "{}v1/ConfigMap web/a",
+                flotilla_common::status::DRIFT_CORRECTED_PREFIX
+            ),
+            AppHealth::Healthy,
+        );
+        assert_eq!(
+            kinds(&report_events("edge-1", Some(&ok), &corrected, 5)),
+            ["app-drift-corrected"]
+        );
         let mut rejected = ok.clone();
         rejected.rejection = Some("signature does not verify".into());
         assert_eq!(

@@ -11,6 +11,7 @@ pub mod events;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod server;
 pub mod store;
 pub mod webhooks;

@@ -32,7 +32,38 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// A notification target's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// `notifications.targets[].name` in hub.yaml.
+    pub target: String,
+}
+
+/// The result of an analysis measurement.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `pass`, `fail` or `inconclusive`.
+    pub result: String,
+}
+
+/// An app's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    /// App name.
+    pub app: String,
+}
+
+/// An app's rollout: its phase (`progressing`, `paused`, `rolled-back`, `completed`, `superseded`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    /// App name.
+    pub app: String,
+    /// Phase.
+    pub phase: String,
+}
+
 type HistogramFamily = Family<SourceLabels, Histogram, fn() -> Histogram>;
+type TargetHistograms = Family<TargetLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
     // 10 ms to about 40 s.
@@ -59,6 +90,28 @@ pub struct HubMetrics {
     pub watching_agents: Gauge,
     /// Times this replica saw the leader change.
     pub leader_changes: Counter,
+    /// Renders of an app (one per commit rendered, for every cluster it targets).
+    pub app_renders: Family<AppLabels, Counter>,
+    /// Renders of an app that failed.
+    pub app_render_errors: Family<AppLabels, Counter>,
+    /// 1 for each app's newest rollout's phase, and its current stage index.
+    pub rollout_phase: Family<RolloutLabels, Gauge>,
+    /// Index of the stage each app's rollout is in (the number of stages once it ended).
+    pub rollout_stage: Family<AppLabels, Gauge>,
+    /// Alerts delivered.
+    pub notifications_sent: Family<TargetLabels, Counter>,
+    /// Delivery attempts that failed.
+    pub notification_failures: Family<TargetLabels, Counter>,
+    /// Events skipped because the target was over `queueLimit` behind, or retention dropped them.
+    pub notifications_dropped: Family<TargetLabels, Counter>,
+    /// Events after the target's cursor.
+    pub notification_queue: Family<TargetLabels, Gauge>,
+    /// 0 while a target has failed for over a minute, else 1.
+    pub notification_target_up: Family<TargetLabels, Gauge>,
+    /// Time from an event to its delivery.
+    pub notification_delay: TargetHistograms,
+    /// Stage analysis queries evaluated, by result (`pass`, `fail`, `inconclusive`).
+    pub analysis_measurements: Family<ResultLabels, Counter>,
     clusters: Family<StateLabels, Gauge>,
     raft_term: Gauge<u64, AtomicU64>,
     raft_last_log_index: Gauge<u64, AtomicU64>,
@@ -88,6 +141,19 @@ impl HubMetrics {
             reports_received: Counter::default(),
             watching_agents: Gauge::default(),
             leader_changes: Counter::default(),
+            app_renders: Family::default(),
+            app_render_errors: Family::default(),
+            rollout_phase: Family::default(),
+            rollout_stage: Family::default(),
+            notifications_sent: Family::default(),
+            notification_failures: Family::default(),
+            notifications_dropped: Family::default(),
+            notification_queue: Family::default(),
+            notification_target_up: Family::default(),
+            notification_delay: Family::new_with_constructor(
+                duration_histogram as fn() -> Histogram,
+            ),
+            analysis_measurements: Family::default(),
             clusters: Family::default(),
             raft_term: Gauge::default(),
             raft_last_log_index: Gauge::default(),
@@ -159,6 +225,61 @@ impl HubMetrics {
             "raft_leader_changes",
             "Times this replica saw the Raft leader change",
             metrics.leader_changes.clone(),
+        );
+        r.register(
+            "app_renders",
+            "Renders of an app at a commit",
+            metrics.app_renders.clone(),
+        );
+        r.register(
+            "app_render_errors",
+            "Renders of an app at a commit that failed",
+            metrics.app_render_errors.clone(),
+        );
+        r.register(
+            "rollout_phase",
+            "1 for the phase of each app's newest staged rollout",
+            metrics.rollout_phase.clone(),
+        );
+        r.register(
+            "rollout_stage",
+            "Index (from 0) of the stage each app's rollout is in; the number of stages once it ended",
+            metrics.rollout_stage.clone(),
+        );
+        r.register(
+            "notifications_sent",
+            "Alerts a notification target took",
+            metrics.notifications_sent.clone(),
+        );
+        r.register(
+            "notification_failures",
+            "Alert delivery attempts that failed (each is retried)",
+            metrics.notification_failures.clone(),
+        );
+        r.register(
+            "notifications_dropped",
+            "Events a notification target never got: over notifications.queueLimit behind, or dropped by eventRetention",
+            metrics.notifications_dropped.clone(),
+        );
+        r.register(
+            "notification_queue_length",
+            "Events after a notification target's cursor",
+            metrics.notification_queue.clone(),
+        );
+        r.register(
+            "notification_target_up",
+            "0 while a notification target has failed for over a minute, else 1",
+            metrics.notification_target_up.clone(),
+        );
+        r.register(
+            "notification_delay_seconds",
+            "Time from an event to its delivery to a notification target",
+            metrics.notification_delay.clone(),
+        );
+        r.register(
+            "analysis_measurements",
+            "Stage analysis queries evaluated against Prometheus, by result",
+            metrics.analysis_measurements.clone(),
         );
         HubMetrics {
             registry: Arc::new(registry),

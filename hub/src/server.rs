@@ -815,6 +815,24 @@ impl Leading {
             let stop = shutdown.child_token();
             let tasks = TaskTracker::new();
             tasks.spawn(controller.run(stop.clone()));
+            // Alert delivery and the fleet watch: tracked apart, so the controller ending ends the term.
+            let alerts = TaskTracker::new();
+            crate::notify::Notifier {
+                store: self.store.clone().fenced_to(term),
+                events: self.events.clone(),
+                metrics: self.metrics.clone(),
+                settings: self.config.notifications.clone(),
+                hub_id: hex::encode(&self.signing.verifying_key().to_bytes()[..6]),
+            }
+            .start(&alerts, stop.clone());
+            alerts.spawn(crate::notify::watch_fleet(
+                self.store.clone().fenced_to(term),
+                self.events.clone(),
+                self.contacts.clone(),
+                self.config.notifications.clone(),
+                stop.clone(),
+            ));
+            alerts.close();
             tasks.close();
             self.slot.send_replace(Some(handle));
             info!(
@@ -837,6 +855,7 @@ impl Leading {
             self.slot.send_replace(None);
             stop.cancel();
             tasks.wait().await;
+            alerts.wait().await;
             if shutdown.is_cancelled() {
                 return;
             }

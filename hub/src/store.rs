@@ -1015,6 +1015,13 @@ impl HubStore {
         Ok(out)
     }
 
+    /// The sequence number of the newest event; 0 when there is none.
+    pub fn last_event_seq(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EVENTS)?;
+        Ok(table.last()?.map(|(k, _)| k.value()).unwrap_or(0))
+    }
+
     /// The newest status report of a cluster.
     pub fn report(&self, cluster_id: &str) -> Result<Option<StatusReport>, StoreError> {
         let txn = self.db.begin_read()?;

@@ -6,6 +6,7 @@ pub mod fixture;
 pub mod forwarder;
 pub mod replicated;
 pub mod rollout;
+pub mod sink;
 pub mod webhook;
 
 pub use flotilla_cli::fleet;

@@ -638,3 +638,32 @@ async fn reported_drift_is_left_alone_and_named_in_the_message() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), edited);
 }
+
+#[tokio::test]
+async fn corrected_drift_is_written_back_counted_and_named_once() {
+    let s = setup();
+    let a = config_map("a", "1");
+    let web = app("web", &[&a]);
+    assert_eq!(web.drift, DriftMode::Correct, "correct is the default");
+    commit(&s.store, vec![web], &[&a]);
+    let first = pass(&s.store, &s.target, BUDGET).await;
+    assert_eq!(
+        (first.written, first.corrected),
+        (1, 0),
+        "a first write is no correction"
+    );
+    assert_eq!(first.apps[0].message, "");
+    let path = s.target.path_of(&a.0.id);
+    let applied = std::fs::read(&path).unwrap();
+    std::fs::write(&path, br#"{"apiVersion":"v1","data":{"value":"edited"},"kind":"ConfigMap","metadata":{"name":"a","namespace":"default"}}"#).unwrap();
+    let outcome = pass(&s.store, &s.target, BUDGET).await;
+    assert_eq!((outcome.written, outcome.corrected), (1, 1));
+    assert_eq!(
+        outcome.apps[0].message,
+        "corrected drift (drift: correct) of v1/ConfigMap default/a"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), applied);
+    let quiet = pass(&s.store, &s.target, BUDGET).await;
+    assert_eq!((quiet.written, quiet.corrected), (0, 0));
+    assert_eq!(quiet.apps[0].message, "", "said once");
+}

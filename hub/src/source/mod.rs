@@ -666,7 +666,7 @@ fn explain(message: String) -> String {
 
 /// The HTTP transport's TLS needs a process-wide rustls provider; use ring, as the rest of the hub does.
 /// If the process already chose one, that one stays.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
