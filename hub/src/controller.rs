@@ -210,6 +210,12 @@ pub struct Controller {
     commands: mpsc::Receiver<RolloutCommand>,
     /// Unix seconds the running rollouts next need a look without an event.
     rollout_wake: Option<i64>,
+    /// Where stages' analysis queries go (`analysis:` in hub.yaml).
+    prometheus: Option<crate::analysis::Prometheus>,
+    /// Analysis measurements under way: (app, rollout id, key).
+    measuring: std::collections::BTreeSet<(String, u64, String)>,
+    /// Analysis measurements to start.
+    due: Vec<rollouts::MeasureJob>,
 }
 
 /// How long the controller gathers status reports before stepping rollouts on them.
@@ -288,6 +294,13 @@ impl Controller {
                 started_at: unix_now(),
                 commands,
                 rollout_wake: None,
+                prometheus: config.analysis.as_ref().and_then(|a| {
+                    crate::analysis::Prometheus::new(a)
+                        .map_err(|e| warn!(error = %e, "stage analysis has no Prometheus"))
+                        .ok()
+                }),
+                measuring: Default::default(),
+                due: Vec::new(),
             },
             handle,
         ))
@@ -335,7 +348,12 @@ impl Controller {
         let mut jobs: JoinSet<JobDone> = JoinSet::new();
         // When the rollouts step on the reports gathered so far (see REPORT_BATCH).
         let mut reports_due: Option<Instant> = None;
+        let mut measuring: JoinSet<rollouts::MeasureDone> = JoinSet::new();
         loop {
+            for job in std::mem::take(&mut self.due) {
+                let prometheus = self.prometheus.clone();
+                measuring.spawn(job.run(prometheus));
+            }
             let now = Instant::now();
             for i in 0..self.sources.len() {
                 let src = &self.sources[i];
@@ -370,8 +388,9 @@ impl Controller {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    // Jobs end by their own time boxes (fetch, render); wait so none outlives the hub.
+                    // Jobs end by their own time boxes (fetch, render, query); wait so none outlives the hub.
                     while jobs.join_next().await.is_some() {}
+                    while measuring.join_next().await.is_some() {}
                     return;
                 }
                 _ = tokio::time::sleep_until(next) => {}
@@ -410,6 +429,10 @@ impl Controller {
                     Err(e) => warn!(error = %e, "a source job failed"),
                 },
                 Some(command) = self.commands.recv() => self.handle_command(command).await,
+                Some(done) = measuring.join_next() => match done {
+                    Ok(done) => self.record_measurement(done).await,
+                    Err(e) => warn!(error = %e, "an analysis measurement failed"),
+                },
             }
         }
     }

@@ -3,6 +3,7 @@
 //!
 //! See docs/ARCHITECTURE.md for the codemap.
 
+pub mod analysis;
 pub mod api;
 pub mod config;
 pub mod controller;

@@ -393,6 +393,76 @@ pub struct StageSpec {
     /// Whether the stage waits for a person.
     #[serde(default)]
     pub approval: Approval,
+    /// Prometheus queries that must pass during the bake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+}
+
+/// `analysis:` of a stage: Prometheus queries evaluated every `interval` while the stage bakes. The
+/// stage completes only once its bake is over and the newest measurement of every query passed; a
+/// query failing more than `failureLimit` times, or inconclusive `inconclusiveLimit` times in a row,
+/// fails the stage, which follows the rollout's `onFailure`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AnalysisSpec {
+    /// Time between two measurements of a query (the first comes one interval into the bake).
+    #[serde(
+        default = "default_analysis_interval",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub interval: Duration,
+    /// Failed measurements of one query tolerated; one more fails the stage.
+    #[serde(default)]
+    pub failure_limit: u32,
+    /// Inconclusive measurements in a row (Prometheus unreachable, an error, no data) that fail the stage.
+    #[serde(default = "default_inconclusive_limit")]
+    pub inconclusive_limit: u32,
+    /// The queries.
+    pub queries: Vec<AnalysisQuery>,
+}
+
+fn default_analysis_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_inconclusive_limit() -> u32 {
+    3
+}
+
+/// One query of a stage's analysis: PromQL, a template over `cluster` (`name`, `id`, `labels`),
+/// `app` (`name`) and `stage` (`name`). A query that names `cluster` is measured for each cluster of
+/// the stage, one that does not once for the stage. Every series it returns must be within `min` and
+/// `max`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AnalysisQuery {
+    /// A DNS label unique in the analysis.
+    pub name: String,
+    /// PromQL template.
+    pub query: String,
+    /// Largest passing value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Smallest passing value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// What a result with no series is.
+    #[serde(default)]
+    pub no_data: NoData,
+}
+
+/// What a query that returns no series counts as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoData {
+    /// Neither pass nor fail: the stage does not complete on it, and `inconclusiveLimit` in a row fail it.
+    #[default]
+    Inconclusive,
+    /// A failed measurement.
+    Fail,
+    /// A passing measurement (for queries that return series only when something is wrong).
+    Pass,
 }
 
 /// `maxUnavailable`: a count or a percentage of the stage's clusters.
@@ -488,6 +558,15 @@ fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     parse_duration(&s)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}s", d.as_secs()))
 }
 
 /// Parses a duration such as `90s`, `10m` or `1h30m` (humantime syntax, as in the hub's configuration).
@@ -786,6 +865,60 @@ fn validate_app(app: &AppSpec, at: &str) -> Result<(), FieldError> {
                 .selector
                 .validate()
                 .map_err(|e| invalid(format!("{sat}.selector"), e.to_string()))?;
+            if let Some(analysis) = &stage.analysis {
+                validate_analysis(analysis, &format!("{sat}.analysis"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_analysis(analysis: &AnalysisSpec, at: &str) -> Result<(), FieldError> {
+    if analysis.queries.is_empty() {
+        return Err(invalid(
+            format!("{at}.queries"),
+            "an analysis needs at least one query",
+        ));
+    }
+    if analysis.interval < Duration::from_secs(1) {
+        return Err(invalid(format!("{at}.interval"), "must be at least 1s"));
+    }
+    let mut names = BTreeSet::new();
+    for q in &analysis.queries {
+        let qat = format!("{at}.queries[{}]", q.name);
+        validate_name("query name", &q.name)
+            .map_err(|e| invalid(format!("{qat}.name"), e.to_string()))?;
+        if !names.insert(q.name.as_str()) {
+            return Err(invalid(
+                format!("{qat}.name"),
+                format!("query name {:?} is used twice", q.name),
+            ));
+        }
+        if q.query.trim().is_empty() {
+            return Err(invalid(format!("{qat}.query"), "must not be empty"));
+        }
+        crate::analysis::check_template(&q.query)
+            .map_err(|e| invalid(format!("{qat}.query"), e))?;
+        match (q.min, q.max) {
+            (None, None) => {
+                return Err(invalid(
+                    format!("{qat}"),
+                    "a query needs a threshold: max, min or both",
+                ));
+            }
+            (Some(min), Some(max)) if min > max => {
+                return Err(invalid(
+                    format!("{qat}.min"),
+                    format!("min {min} is above max {max}"),
+                ));
+            }
+            _ => {}
+        }
+        if q.min.is_some_and(|v| !v.is_finite()) || q.max.is_some_and(|v| !v.is_finite()) {
+            return Err(invalid(
+                format!("{qat}"),
+                "thresholds must be finite numbers",
+            ));
         }
     }
     Ok(())
@@ -1091,6 +1224,32 @@ mod tests {
             (
                 stage(", approval: sometimes"),
                 "expected one of auto, manual",
+            ),
+            (
+                stage(", analysis: {queries: []}"),
+                "an analysis needs at least one query",
+            ),
+            (
+                stage(", analysis: {queries: [{name: e, query: up}]}"),
+                "a query needs a threshold: max, min or both",
+            ),
+            (
+                stage(", analysis: {queries: [{name: e, query: up, min: 2, max: 1}]}"),
+                "min 2 is above max 1",
+            ),
+            (
+                stage(
+                    ", analysis: {queries: [{name: e, query: 'up{a=\"{{ cluster.name \"}', max: 1}]}",
+                ),
+                "the query template does not parse",
+            ),
+            (
+                stage(", analysis: {interval: 0s, queries: [{name: e, query: up, max: 1}]}"),
+                "must be at least 1s",
+            ),
+            (
+                stage(", analysis: {queries: [{name: e, query: up, max: 1, noData: maybe}]}"),
+                "expected one of inconclusive, fail, pass",
             ),
         ];
         for (text, want) in cases {

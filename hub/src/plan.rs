@@ -379,6 +379,7 @@ mod tests {
             } else {
                 Approval::Auto
             },
+            analysis: None,
         }
     }
 

@@ -30,6 +30,7 @@ use flotilla_common::labels::{LabelSelector, Labels};
 use flotilla_common::status::AppHealth;
 use serde::{Deserialize, Serialize};
 
+pub use crate::analysis::Outcome;
 use crate::manifest::{Approval, MaxUnavailable, OnFailure, RolloutSpec};
 
 #[cfg(test)]
@@ -109,6 +110,106 @@ pub struct StageState {
     pub approved: Option<(String, i64)>,
     /// Unix seconds it completed.
     pub completed_at: Option<i64>,
+    /// Its analysis queries' measurements during this bake, by [`analysis_keys`] key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub analysis: BTreeMap<String, QueryState>,
+}
+
+/// The measurements of one analysis query (for one cluster, or for the stage) during a bake.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryState {
+    /// Passing measurements.
+    pub passes: u32,
+    /// Failed measurements.
+    pub failures: u32,
+    /// Inconclusive measurements since the last conclusive one.
+    pub inconclusive_run: u32,
+    /// The newest measurement.
+    pub last: Option<Measurement>,
+}
+
+/// One measurement of an analysis query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Measurement {
+    /// Unix seconds.
+    pub at: i64,
+    /// What it found.
+    pub outcome: Outcome,
+    /// A sentence: the value and the threshold, or why there is none.
+    pub detail: String,
+}
+
+/// One query of a stage's analysis to measure: `key` names it in [`StageState::analysis`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalysisKey {
+    /// `QUERY` for a query of the stage, `QUERY@CLUSTER-ID` for a per-cluster one.
+    pub key: String,
+    /// Index in the stage's `analysis.queries`.
+    pub query: usize,
+    /// The cluster a per-cluster query is measured for.
+    pub cluster: Option<String>,
+}
+
+/// The analysis measurements stage `stage` needs: each query once, or once per cluster of the stage
+/// that is healthy on the Release for a query that names `cluster`.
+pub fn analysis_keys(r: &Rollout, spec: &RolloutSpec, stage: usize) -> Vec<AnalysisKey> {
+    let Some(analysis) = spec.stages.get(stage).and_then(|s| s.analysis.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, q) in analysis.queries.iter().enumerate() {
+        if crate::analysis::per_cluster(&q.query) {
+            for c in &r.stages[stage].clusters {
+                if matches!(r.clusters.get(c), Some(ClusterProgress::Healthy { .. })) {
+                    out.push(AnalysisKey {
+                        key: format!("{}@{c}", q.name),
+                        query: i,
+                        cluster: Some(c.clone()),
+                    });
+                }
+            }
+        } else {
+            out.push(AnalysisKey {
+                key: q.name.clone(),
+                query: i,
+                cluster: None,
+            });
+        }
+    }
+    out
+}
+
+/// The analysis measurements due at `now`: those of the stage that bakes whose last measurement
+/// (or the bake's start) is an interval or more ago. Empty unless the rollout progresses.
+pub fn due_measurements(r: &Rollout, spec: &RolloutSpec, now: i64) -> Vec<(usize, AnalysisKey)> {
+    if r.phase != Phase::Progressing {
+        return Vec::new();
+    }
+    let Some(stage) = r.current_stage() else {
+        return Vec::new();
+    };
+    let s = &r.stages[stage];
+    let (Some(healthy_at), Some(analysis)) = (
+        s.healthy_at,
+        spec.stages.get(stage).and_then(|st| st.analysis.as_ref()),
+    ) else {
+        return Vec::new();
+    };
+    let interval = analysis.interval.as_secs() as i64;
+    analysis_keys(r, spec, stage)
+        .into_iter()
+        .filter(|k| {
+            let since = s
+                .analysis
+                .get(&k.key)
+                .and_then(|q| q.last.as_ref())
+                .map_or(healthy_at, |m| m.at);
+            now >= since + interval
+        })
+        .map(|k| (stage, k))
+        .collect()
 }
 
 /// What the rollout as a whole is doing.
@@ -329,6 +430,17 @@ pub enum Decision {
     },
     /// Every stage completed.
     Completed,
+    /// An analysis query of a baking stage was measured (the controller's measurement, recorded).
+    Measured {
+        /// Stage index.
+        stage: usize,
+        /// [`AnalysisKey::key`].
+        key: String,
+        /// What it found.
+        outcome: Outcome,
+        /// Why.
+        detail: String,
+    },
 }
 
 /// What the engine needs to wait for next, so the caller knows when to step again without polling.
@@ -424,6 +536,7 @@ impl Rollout {
                 healthy_at: None,
                 approved: None,
                 completed_at: None,
+                analysis: BTreeMap::new(),
             })
             .collect();
         stages.push(StageState {
@@ -433,6 +546,7 @@ impl Rollout {
             healthy_at: None,
             approved: None,
             completed_at: None,
+            analysis: BTreeMap::new(),
         });
         let mut clusters = BTreeMap::new();
         for c in fleet {
@@ -623,6 +737,7 @@ impl Rollout {
             for stage in &mut self.stages {
                 if stage.completed_at.is_none() {
                     stage.healthy_at = None;
+                    stage.analysis.clear();
                 }
             }
         }
@@ -685,6 +800,30 @@ impl Rollout {
                 }
             }
             Decision::Completed => self.phase = Phase::Completed,
+            Decision::Measured {
+                stage,
+                key,
+                outcome,
+                detail,
+            } => {
+                let q = self.stages[*stage].analysis.entry(key.clone()).or_default();
+                match outcome {
+                    Outcome::Pass => {
+                        q.passes += 1;
+                        q.inconclusive_run = 0;
+                    }
+                    Outcome::Fail => {
+                        q.failures += 1;
+                        q.inconclusive_run = 0;
+                    }
+                    Outcome::Inconclusive => q.inconclusive_run += 1,
+                }
+                q.last = Some(Measurement {
+                    at: now,
+                    outcome: *outcome,
+                    detail: detail.clone(),
+                });
+            }
         }
     }
 
@@ -719,6 +858,17 @@ pub fn step(
         }
     }
     (out, wake)
+}
+
+/// The decision the rollout's `onFailure` takes for `reason`.
+fn on_failure(r: &Rollout, spec: &RolloutSpec, reason: String) -> Decision {
+    match spec.on_failure {
+        OnFailure::Pause => Decision::Halted { reason },
+        OnFailure::Rollback => Decision::RolledBack {
+            reason,
+            clusters: r.touched(),
+        },
+    }
 }
 
 fn earliest(a: Wake, b: Wake) -> Wake {
@@ -847,14 +997,7 @@ fn one_pass(
             r.failures(),
             spec.failure_budget
         );
-        let d = match spec.on_failure {
-            OnFailure::Pause => Decision::Halted { reason },
-            OnFailure::Rollback => Decision::RolledBack {
-                reason,
-                clusters: r.touched(),
-            },
-        };
-        return (vec![d], wake);
+        return (vec![on_failure(r, spec, reason)], wake);
     }
 
     let Some(stage) = r.current_stage() else {
@@ -939,6 +1082,48 @@ fn one_pass(
         .and_then(|st| st.bake)
         .map(|b| b.as_secs() as i64)
         .unwrap_or(0);
+    if let Some(analysis) = spec_stage.and_then(|st| st.analysis.as_ref()) {
+        // A failing query fails the stage; it completes only on a pass of every query, bake or not.
+        let keys = analysis_keys(r, spec, stage);
+        let interval = analysis.interval.as_secs() as i64;
+        let mut next = healthy_at + bake;
+        let mut passed = true;
+        for k in &keys {
+            let q = s.analysis.get(&k.key);
+            let name = &analysis.queries[k.query].name;
+            let on = match &k.cluster {
+                Some(c) => format!(" on cluster {c}"),
+                None => String::new(),
+            };
+            let detail = q
+                .and_then(|q| q.last.as_ref())
+                .map(|m| m.detail.clone())
+                .unwrap_or_default();
+            if let Some(q) = q {
+                if q.failures > analysis.failure_limit {
+                    let reason = format!(
+                        "stage {} failed its analysis: query {name}{on} failed {} times (failureLimit {}): {detail}",
+                        s.name, q.failures, analysis.failure_limit
+                    );
+                    return (vec![on_failure(r, spec, reason)], wake);
+                }
+                if q.inconclusive_run >= analysis.inconclusive_limit.max(1) {
+                    let reason = format!(
+                        "stage {} failed its analysis: query {name}{on} was inconclusive {} times in a row (inconclusiveLimit {}): {detail}",
+                        s.name, q.inconclusive_run, analysis.inconclusive_limit
+                    );
+                    return (vec![on_failure(r, spec, reason)], wake);
+                }
+            }
+            let last = q.and_then(|q| q.last.as_ref());
+            passed &= last.is_some_and(|m| m.outcome == Outcome::Pass);
+            next = next.min(last.map_or(healthy_at, |m| m.at) + interval);
+        }
+        if now < healthy_at + bake || !passed {
+            return (Vec::new(), earliest(wake, Wake::At(next.max(now + 1))));
+        }
+        return (vec![Decision::StageCompleted { stage }], wake);
+    }
     if now < healthy_at + bake {
         return (Vec::new(), Wake::At(healthy_at + bake));
     }

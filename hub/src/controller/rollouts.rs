@@ -75,6 +75,40 @@ pub struct RolloutCommand {
     pub reply: oneshot::Sender<Result<RolloutRecord, RolloutActionError>>,
 }
 
+/// One analysis measurement to take, off the controller task.
+pub struct MeasureJob {
+    app: String,
+    rollout: u64,
+    stage: usize,
+    key: String,
+    /// Cluster name, for a per-cluster query.
+    cluster: String,
+    promql: Result<String, String>,
+    query: crate::manifest::AnalysisQuery,
+}
+
+/// A measurement taken.
+pub struct MeasureDone {
+    job: MeasureJob,
+    outcome: crate::analysis::Outcome,
+    detail: String,
+}
+
+impl MeasureJob {
+    /// Queries Prometheus (a template that does not render fails without a query).
+    pub async fn run(self, prometheus: Option<crate::analysis::Prometheus>) -> MeasureDone {
+        let (outcome, detail) = match &self.promql {
+            Ok(promql) => crate::analysis::measure(prometheus.as_ref(), promql, &self.query).await,
+            Err(e) => (crate::analysis::Outcome::Fail, e.clone()),
+        };
+        MeasureDone {
+            job: self,
+            outcome,
+            detail,
+        }
+    }
+}
+
 /// Which entry a cluster gets for an app.
 pub(super) enum Choice<'a> {
     /// This render's entry.
@@ -521,14 +555,133 @@ impl Controller {
             changed.push(record);
         }
         self.rollout_wake = wake;
-        if changed.is_empty() {
+        let decided = if changed.is_empty() {
+            false
+        } else if self.save_rollouts(changed).await {
+            self.log_events(events).await;
+            true
+        } else {
             return false;
+        };
+        self.queue_measurements(&fleet, now);
+        decided
+    }
+
+    /// Queues the analysis measurements that are due and not under way.
+    fn queue_measurements(
+        &mut self,
+        fleet: &[(ClusterRecord, Option<StatusReport>, i64)],
+        now: i64,
+    ) {
+        let clusters: BTreeMap<&str, &ClusterRecord> =
+            fleet.iter().map(|(c, _, _)| (c.id.as_str(), c)).collect();
+        for record in self.rollouts.values() {
+            let Some(spec) = record.spec.as_ref().filter(|_| !record.rollout.ended()) else {
+                continue;
+            };
+            for (stage, key) in crate::rollout::due_measurements(&record.rollout, spec, now) {
+                let id = (record.rollout.app.clone(), record.id, key.key.clone());
+                if self.measuring.contains(&id) {
+                    continue;
+                }
+                let Some(query) = spec.stages[stage]
+                    .analysis
+                    .as_ref()
+                    .map(|a| a.queries[key.query].clone())
+                else {
+                    continue;
+                };
+                let cluster = key
+                    .cluster
+                    .as_deref()
+                    .and_then(|c| clusters.get(c).copied());
+                let promql = crate::analysis::render(
+                    &query.query,
+                    cluster.map(|c| crate::analysis::ClusterVars {
+                        name: &c.name,
+                        id: &c.id,
+                        labels: &c.labels,
+                    }),
+                    &record.rollout.app,
+                    &record.rollout.stages[stage].name,
+                );
+                self.measuring.insert(id);
+                self.due.push(MeasureJob {
+                    app: record.rollout.app.clone(),
+                    rollout: record.id,
+                    stage,
+                    key: key.key,
+                    cluster: cluster.map(|c| c.name.clone()).unwrap_or_default(),
+                    promql,
+                    query,
+                });
+            }
         }
-        if !self.save_rollouts(changed).await {
-            return false;
+    }
+
+    /// Records a measurement in its rollout (if that is still where it was measured) and steps on it.
+    pub(super) async fn record_measurement(&mut self, done: MeasureDone) {
+        let job = done.job;
+        self.measuring
+            .remove(&(job.app.clone(), job.rollout, job.key.clone()));
+        self.metrics
+            .analysis_measurements
+            .get_or_create(&crate::metrics::ResultLabels {
+                result: done.outcome.as_str().into(),
+            })
+            .inc();
+        let Some(record) = self.rollouts.get(&job.app).filter(|r| {
+            r.id == job.rollout
+                && r.rollout.phase == Phase::Progressing
+                && r.rollout.current_stage() == Some(job.stage)
+                && r.rollout.stages[job.stage].healthy_at.is_some()
+        }) else {
+            return;
+        };
+        let mut record = record.clone();
+        let now = unix_now();
+        let decision = Decision::Measured {
+            stage: job.stage,
+            key: job.key.clone(),
+            outcome: done.outcome,
+            detail: done.detail.clone(),
+        };
+        record.rollout.apply(&decision, now);
+        let run = record.rollout.stages[job.stage].analysis[&job.key].inconclusive_run;
+        let stage = record.rollout.stages[job.stage].name.clone();
+        let on = if job.cluster.is_empty() {
+            String::new()
+        } else {
+            format!(" on cluster {}", job.cluster)
+        };
+        let event = match done.outcome {
+            crate::analysis::Outcome::Fail => Some(self.rollout_event(
+                &record,
+                "rollout-analysis-failed",
+                Severity::Error,
+                &job.cluster,
+                format!(
+                    "analysis query {} of stage {stage}{on} failed: {}",
+                    job.query.name, done.detail
+                ),
+            )),
+            crate::analysis::Outcome::Inconclusive if run == 1 => Some(self.rollout_event(
+                &record,
+                "rollout-analysis-inconclusive",
+                Severity::Warning,
+                &job.cluster,
+                format!(
+                    "analysis query {} of stage {stage}{on} is inconclusive: {}; the stage does not complete on it",
+                    job.query.name, done.detail
+                ),
+            )),
+            _ => None,
+        };
+        if !self.save_rollouts(vec![record]).await {
+            return;
         }
-        self.log_events(events).await;
-        true
+        self.log_events(event.into_iter().collect()).await;
+        self.advance().await;
     }
 
     fn decision_events(
@@ -653,6 +806,8 @@ impl Controller {
                     clusters.len()
                 ),
             )],
+            // Recorded with their own events by `record_measurement`.
+            Decision::Measured { .. } => Vec::new(),
             Decision::Completed => vec![ev(
                 "rollout-completed",
                 Severity::Info,

@@ -552,3 +552,113 @@ fn a_record_holds_the_commits_of_the_releases_clusters_get() {
         ["c-new"]
     );
 }
+
+const ANALYSED: &str = "      stages:\n        - name: canary\n          selector: {matchLabels: {ring: canary}}\n          bake: 60s\n          analysis:\n            interval: 20s\n            failureLimit: 1\n            inconclusiveLimit: 2\n            queries:\n              - {name: errors, query: 'rate(errors{cluster=\"{{ cluster.name }}\"}[1m])', max: 0.05}\n              - {name: slo, query: 'avg(slo{app=\"{{ app.name }}\"})', min: 0.99}\n        - {name: wave, selector: {matchLabels: {ring: wave}}}\n      onFailure: rollback\n";
+
+fn measured(stage: usize, key: &str, outcome: Outcome) -> Decision {
+    Decision::Measured {
+        stage,
+        key: key.into(),
+        outcome,
+        detail: format!("{} of {key}", outcome.as_str()),
+    }
+}
+
+/// A canary of c0 and c1, healthy on the Release: its bake (and analysis) starts at `sim.now`.
+fn analysed_canary() -> (Sim, Policy, Rollout) {
+    let mut sim = Sim::new(&[("c0", "canary"), ("c1", "canary"), ("c2", "wave")]);
+    let p = policy(spec(ANALYSED));
+    let mut r = Rollout::new("web", NEW, OLD, &p.spec, &sim.fleet(), sim.now);
+    assert_eq!(assigned(&drive(&mut r, &p, &mut sim)), ["c0"]);
+    sim.report("c0", AppHealth::Healthy);
+    assert_eq!(assigned(&drive(&mut r, &p, &mut sim)), ["c1"]);
+    sim.report("c1", AppHealth::Healthy);
+    let d = drive(&mut r, &p, &mut sim);
+    assert!(d.contains(&Decision::StageHealthy { stage: 0 }), "{d:?}");
+    (sim, p, r)
+}
+
+#[test]
+fn a_stage_with_analysis_completes_only_on_passing_measurements() {
+    let (mut sim, p, mut r) = analysed_canary();
+    // Per-cluster for the query that names the cluster, once for the stage for the other.
+    let keys: Vec<String> = analysis_keys(&r, &p.spec, 0)
+        .into_iter()
+        .map(|k| k.key)
+        .collect();
+    assert_eq!(keys, ["errors@c0", "errors@c1", "slo"]);
+    assert!(
+        due_measurements(&r, &p.spec, sim.now).is_empty(),
+        "the first comes an interval in"
+    );
+    let (_, wake) = step(&r, &p, &sim.fleet(), sim.now);
+    assert_eq!(wake, Wake::At(sim.now + 20));
+    sim.now += 20;
+    sim.touch();
+    assert_eq!(due_measurements(&r, &p.spec, sim.now).len(), 3);
+    for k in &keys {
+        r.apply(&measured(0, k, Outcome::Pass), sim.now);
+    }
+    assert!(due_measurements(&r, &p.spec, sim.now).is_empty());
+    // Bake not over: nothing.
+    assert!(drive(&mut r, &p, &mut sim).is_empty());
+    sim.now += 40;
+    sim.touch();
+    // Bake over, but the newest measurement of slo is inconclusive: the stage does not pass.
+    r.apply(&measured(0, "slo", Outcome::Inconclusive), sim.now);
+    let (d, wake) = step(&r, &p, &sim.fleet(), sim.now);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(
+        wake,
+        Wake::At(sim.now + 1),
+        "measurements of errors are overdue"
+    );
+    r.apply(&measured(0, "slo", Outcome::Pass), sim.now);
+    let d = drive(&mut r, &p, &mut sim);
+    assert!(d.contains(&Decision::StageCompleted { stage: 0 }), "{d:?}");
+    assert_eq!(assigned(&d), ["c2"]);
+    assert_eq!(r.stages[0].analysis["slo"].passes, 2);
+    assert_eq!(r.stages[0].analysis["slo"].inconclusive_run, 0);
+}
+
+#[test]
+fn failing_or_inconclusive_analysis_fails_the_stage_by_on_failure() {
+    let (mut sim, p, mut r) = analysed_canary();
+    sim.now += 20;
+    sim.touch();
+    // One failure is within failureLimit 1; the second rolls back every touched cluster.
+    r.apply(&measured(0, "errors@c1", Outcome::Fail), sim.now);
+    assert!(drive(&mut r, &p, &mut sim).is_empty());
+    r.apply(&measured(0, "errors@c1", Outcome::Fail), sim.now);
+    let d = drive(&mut r, &p, &mut sim);
+    let Some(Decision::RolledBack { reason, clusters }) = d.first() else {
+        panic!("{d:?}");
+    };
+    assert_eq!(clusters, &["c0", "c1"]);
+    assert_eq!(
+        reason,
+        "stage canary failed its analysis: query errors on cluster c1 failed 2 times (failureLimit 1): fail of errors@c1"
+    );
+    assert_eq!(r.release_for("c1"), OLD);
+
+    // Inconclusive twice in a row (inconclusiveLimit 2) fails it too; a pass between resets the run.
+    let (mut sim, mut p, mut r) = analysed_canary();
+    p.spec.on_failure = crate::manifest::OnFailure::Pause;
+    for o in [Outcome::Inconclusive, Outcome::Pass, Outcome::Inconclusive] {
+        sim.now += 20;
+        r.apply(&measured(0, "slo", o), sim.now);
+    }
+    sim.touch();
+    assert!(drive(&mut r, &p, &mut sim).is_empty());
+    r.apply(&measured(0, "slo", Outcome::Inconclusive), sim.now);
+    let d = drive(&mut r, &p, &mut sim);
+    assert!(
+        matches!(&d[..], [Decision::Halted { reason }] if reason.contains("query slo was inconclusive 2 times in a row")),
+        "{d:?}"
+    );
+    // Resuming starts the stage's bake and analysis over.
+    r.resume();
+    assert!(r.stages[0].analysis.is_empty());
+    let d = drive(&mut r, &p, &mut sim);
+    assert!(d.contains(&Decision::StageHealthy { stage: 0 }), "{d:?}");
+}
