@@ -902,7 +902,7 @@ fn validate_analysis(analysis: &AnalysisSpec, at: &str) -> Result<(), FieldError
         match (q.min, q.max) {
             (None, None) => {
                 return Err(invalid(
-                    format!("{qat}"),
+                    qat.clone(),
                     "a query needs a threshold: max, min or both",
                 ));
             }
@@ -916,7 +916,7 @@ fn validate_analysis(analysis: &AnalysisSpec, at: &str) -> Result<(), FieldError
         }
         if q.min.is_some_and(|v| !v.is_finite()) || q.max.is_some_and(|v| !v.is_finite()) {
             return Err(invalid(
-                format!("{qat}"),
+                qat.clone(),
                 "thresholds must be finite numbers",
             ));
         }

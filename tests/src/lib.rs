@@ -4,6 +4,7 @@
 
 pub mod fixture;
 pub mod forwarder;
+pub mod prometheus;
 pub mod replicated;
 pub mod rollout;
 pub mod sink;

@@ -163,18 +163,18 @@ async fn targets_get_their_events_signed_retried_bounded_and_reported() {
     sink.set_down(true);
     log.record_blocking((2..10).map(|n| app_failed("edge-1", n)).collect());
     wait("a notification-target-down event", || {
-        store
-            .events_after(0, 1000)
-            .unwrap()
-            .iter()
-            .any(|e| e.event.kind == "notification-target-down")
+        store.events_after(0, 1000).unwrap().iter().any(|e| {
+            e.event.kind == "notification-target-down" && e.event.message.contains("target ops ")
+        })
     })
     .await;
     let down = store
         .events_after(0, 1000)
         .unwrap()
         .into_iter()
-        .find(|e| e.event.kind == "notification-target-down")
+        .find(|e| {
+            e.event.kind == "notification-target-down" && e.event.message.contains("target ops ")
+        })
         .unwrap();
     assert!(
         down.event.message.contains("the target answered 503"),
