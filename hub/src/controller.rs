@@ -55,6 +55,8 @@ pub struct RenderedSource {
     /// Some app takes its chart from a chart repository: every poll resolves its version again, since a
     /// newer chart matching the range is a new release even at the same commit.
     uses_chart_repos: bool,
+    /// Per app of the manifest: whether it failed to render for some cluster (metrics by app).
+    app_failed: BTreeMap<String, bool>,
 }
 
 /// Renders by the digest of their inputs ([`crate::render::TargetPlan::key`]): a render is a pure function
@@ -596,6 +598,15 @@ impl Controller {
                     self.metrics.renders.get_or_create(&labels).inc();
                     if !matches!(result, Ok((_, errors)) if errors.is_empty()) {
                         self.metrics.render_errors.get_or_create(&labels).inc();
+                    }
+                    if let Ok((rendered, _)) = result {
+                        for (app, failed) in &rendered.app_failed {
+                            let labels = crate::metrics::AppLabels { app: app.clone() };
+                            self.metrics.app_renders.get_or_create(&labels).inc();
+                            if *failed {
+                                self.metrics.app_render_errors.get_or_create(&labels).inc();
+                            }
+                        }
                     }
                 }
                 match done.render {
@@ -1248,6 +1259,8 @@ fn render_commit(
     }
     let mut per_cluster = BTreeMap::new();
     let mut errors = Vec::new();
+    let mut app_failed: BTreeMap<String, bool> =
+        apps.iter().map(|a| (a.name.clone(), false)).collect();
     for (c, row) in assignment.into_iter().enumerate() {
         let mut out = Vec::new();
         let mut failed = false;
@@ -1264,6 +1277,7 @@ fn render_commit(
                 Ok(render) => out.push(render),
                 Err(e) => {
                     failed = true;
+                    app_failed.insert(apps[a].name.clone(), true);
                     errors.push(format!(
                         "app {} for cluster {}: {e}",
                         apps[a].name, infos[c].name
@@ -1289,6 +1303,7 @@ fn render_commit(
             rollout_specs,
             per_cluster,
             uses_chart_repos: apps.iter().any(|a| a.repo_chart().is_some()),
+            app_failed,
         },
         errors,
         counts,

@@ -39,6 +39,14 @@ pub struct TargetLabels {
     pub target: String,
 }
 
+/// A cluster's health: the worst of its apps' (`healthy`, `progressing`, `degraded`, `failed`,
+/// `unknown` for no report).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabels {
+    /// The health.
+    pub health: String,
+}
+
 /// The result of an analysis measurement.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -94,7 +102,7 @@ pub struct HubMetrics {
     pub app_renders: Family<AppLabels, Counter>,
     /// Renders of an app that failed.
     pub app_render_errors: Family<AppLabels, Counter>,
-    /// 1 for each app's newest rollout's phase, and its current stage index.
+    /// 1 for the phase each app's newest staged rollout is in, 0 for the others.
     pub rollout_phase: Family<RolloutLabels, Gauge>,
     /// Index of the stage each app's rollout is in (the number of stages once it ended).
     pub rollout_stage: Family<AppLabels, Gauge>,
@@ -113,6 +121,7 @@ pub struct HubMetrics {
     /// Stage analysis queries evaluated, by result (`pass`, `fail`, `inconclusive`).
     pub analysis_measurements: Family<ResultLabels, Counter>,
     clusters: Family<StateLabels, Gauge>,
+    cluster_health: Family<HealthLabels, Gauge>,
     raft_term: Gauge<u64, AtomicU64>,
     raft_last_log_index: Gauge<u64, AtomicU64>,
     raft_applied_index: Gauge<u64, AtomicU64>,
@@ -155,6 +164,7 @@ impl HubMetrics {
             ),
             analysis_measurements: Family::default(),
             clusters: Family::default(),
+            cluster_health: Family::default(),
             raft_term: Gauge::default(),
             raft_last_log_index: Gauge::default(),
             raft_applied_index: Gauge::default(),
@@ -200,6 +210,11 @@ impl HubMetrics {
             "clusters",
             "Registered clusters by state (converged, progressing, failed, pending)",
             metrics.clusters.clone(),
+        );
+        r.register(
+            "cluster_health",
+            "Registered clusters by health, the worst of their apps' (healthy, progressing, degraded, failed, unknown)",
+            metrics.cluster_health.clone(),
         );
         r.register(
             "raft_term",
@@ -301,6 +316,39 @@ impl HubMetrics {
                 .set(i64::from(m.current_leader == Some(m.id)));
         }
         self.count_clusters(&state.store);
+        self.count_rollouts(&state.store);
+    }
+
+    /// Sets `rollout_phase{app,phase}` and `rollout_stage{app}` from the newest staged rollout of
+    /// each app in `store`.
+    pub fn count_rollouts(&self, store: &crate::store::HubStore) {
+        const PHASES: [&str; 5] = [
+            "progressing",
+            "paused",
+            "rolled-back",
+            "completed",
+            "superseded",
+        ];
+        match store.latest_rollouts() {
+            Ok(records) => {
+                for r in records.iter().filter(|r| !r.is_initial()) {
+                    let app = &r.rollout.app;
+                    for phase in PHASES {
+                        self.rollout_phase
+                            .get_or_create(&RolloutLabels {
+                                app: app.clone(),
+                                phase: phase.into(),
+                            })
+                            .set(i64::from(r.rollout.phase.as_str() == phase));
+                    }
+                    let stage = r.rollout.current_stage().unwrap_or(r.rollout.stages.len());
+                    self.rollout_stage
+                        .get_or_create(&AppLabels { app: app.clone() })
+                        .set(stage as i64);
+                }
+            }
+            Err(e) => warn!(error = %e, "reading the rollouts for /metrics failed"),
+        }
     }
 
     /// Sets `clusters{state}` from what `store` holds now.
@@ -308,7 +356,10 @@ impl HubMetrics {
         match store.cluster_snapshots() {
             Ok(snapshots) => {
                 let mut counts = [0i64; 4];
+                const HEALTH: [&str; 5] = ["healthy", "progressing", "degraded", "failed", "unknown"];
+                let mut health = [0i64; 5];
                 for snap in &snapshots {
+                    health[worst_health(snap.report.as_ref())] += 1;
                     let desired = snap.latest.as_ref().map(|(v, _)| *v).unwrap_or(0);
                     let report = snap.report.as_ref();
                     let failed = report.is_some_and(|r| !crate::api::last_error(r).is_empty());
@@ -323,6 +374,13 @@ impl HubMetrics {
                         1
                     };
                     counts[i] += 1;
+                }
+                for (i, name) in HEALTH.iter().enumerate() {
+                    self.cluster_health
+                        .get_or_create(&HealthLabels {
+                            health: (*name).to_string(),
+                        })
+                        .set(health[i]);
                 }
                 for (i, name) in ["converged", "progressing", "failed", "pending"]
                     .iter()
@@ -350,6 +408,32 @@ impl HubMetrics {
     pub fn encode(&self) -> String {
         flotilla_probes::encode(&self.registry)
     }
+}
+
+/// Index in `HEALTH` of the worst health of a report's apps; `unknown` (4) without a report or apps.
+fn worst_health(report: Option<&flotilla_common::status::StatusReport>) -> usize {
+    use flotilla_common::status::AppHealth;
+    let Some(report) = report.filter(|r| !r.apps.is_empty()) else {
+        return 4;
+    };
+    report
+        .apps
+        .iter()
+        .map(|a| match a.health {
+            AppHealth::Healthy => 0,
+            AppHealth::Progressing => 1,
+            AppHealth::Degraded => 2,
+            AppHealth::Failed => 3,
+            AppHealth::Unknown => 4,
+        })
+        // Failed is worse than degraded, degraded than progressing; unknown counts as progressing.
+        .max_by_key(|i| match i {
+            0 => 0,
+            1 | 4 => 1,
+            2 => 2,
+            _ => 3,
+        })
+        .unwrap_or(4)
 }
 
 /// One open Watch, counted in `watching_agents` while it lives.

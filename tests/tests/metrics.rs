@@ -86,6 +86,7 @@ async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() 
         ("flotilla_hub_clusters{state=\"converged\"}", 1.0),
         ("flotilla_hub_watching_agents", 1.0),
         ("flotilla_hub_raft_is_leader", 1.0),
+        ("flotilla_hub_cluster_health{health=\"healthy\"}", 1.0),
         ("up{job=\"flotilla-hub\"}", 1.0),
         ("up{job=\"flotilla-agent\"}", 1.0),
         ("flotilla_agent_cluster_states_accepted_total", 1.0),
@@ -96,6 +97,7 @@ async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() 
         let got: Vec<Option<f64>> = wanted.iter().map(|(q, _)| prom.query(q)).collect();
         let issued = prom.query("flotilla_hub_cluster_states_issued_total");
         let applied = prom.query("flotilla_agent_objects_applied_total");
+        let app_renders = prom.query("flotilla_hub_app_renders_total{app=\"base\"}");
         let patches = prom.query("flotilla_agent_kube_api_requests_total{verb=\"patch\"}");
         let fetches =
             prom.query("flotilla_hub_source_fetch_duration_seconds_count{source=\"main\"}");
@@ -104,6 +106,7 @@ async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() 
             && expiry.is_some_and(|s| s > 3600.0)
             && issued.is_some_and(|v| v >= 1.0)
             && applied.is_some_and(|v| v >= 1.0)
+            && app_renders.is_some_and(|v| v >= 1.0)
             && patches.is_some_and(|v| v >= 1.0)
             && fetches.is_some_and(|v| v >= 1.0)
         {
@@ -111,7 +114,7 @@ async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() 
         }
         assert!(
             std::time::Instant::now() < end,
-            "Prometheus never reported {wanted:?}: got {got:?}, issued {issued:?}, fetches {fetches:?}, objects applied {applied:?}, API patches {patches:?}, certificate expiry in {expiry:?} s; log:\n{}",
+            "Prometheus never reported {wanted:?}: got {got:?}, issued {issued:?}, fetches {fetches:?}, objects applied {applied:?}, renders of app base {app_renders:?}, API patches {patches:?}, certificate expiry in {expiry:?} s; log:\n{}",
             prom.log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
