@@ -9,6 +9,7 @@
 //! from one address: how many attempts per second the hub sheds (ResourceExhausted) and how
 //! long a commit then takes to converge on every agent.
 
+mod alerts;
 mod failover;
 mod faults;
 mod identity;
@@ -49,6 +50,18 @@ enum Command {
         /// The hub's source poll interval.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         interval: Duration,
+    },
+    /// Alert delivery latency and throughput from the hub's notifier to a local webhook sink.
+    Alerts {
+        /// Events for the throughput run.
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+        /// Events recorded per store transaction in the throughput run.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// Events recorded one at a time for the latency figures.
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
     },
     /// Commit-to-converged latency when a push webhook (to a follower of three replicas) triggers
     /// the fetch and the source is polled hourly.
@@ -497,6 +510,13 @@ async fn main() -> anyhow::Result<()> {
         } => register_flood(agents, clients, duration)
             .await
             .context("register-flood benchmark"),
+        Command::Alerts {
+            events,
+            batch,
+            samples,
+        } => alerts::alerts(events, batch, samples)
+            .await
+            .context("alerts benchmark"),
         Command::WebhookLatency { agents, rounds } => webhook::webhook_latency(agents, rounds)
             .await
             .context("webhook-latency benchmark"),
