@@ -9,29 +9,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use flotilla_hub::config::HubConfig;
-use flotilla_hub::events::{EventLog, NewEvent, Severity};
+use flotilla_hub::events::{EventLog, NewEvent};
 use flotilla_hub::metrics::HubMetrics;
 use flotilla_hub::notify::Notifier;
 use flotilla_hub::store::HubStore;
-use flotilla_tests::sink::Sink;
+use flotilla_tests::sink::{Sink, app_failed};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 fn event(n: usize) -> NewEvent {
-    NewEvent {
-        app: "web".into(),
-        ..NewEvent::cluster(
-            flotilla_hub::controller::unix_now(),
-            "app-failed",
-            Severity::Error,
-            &format!("edge-{}", n % 100),
-            format!("applying version {n} failed: namespace web not found"),
-        )
-    }
+    app_failed(&format!("edge-{}", n % 100), n)
 }
 
 pub async fn alerts(events: usize, batch: usize, samples: usize) -> anyhow::Result<()> {
-    ensure!(events >= 1 && batch >= 1 && samples >= 1, "at least one of each");
+    ensure!(
+        events >= 1 && batch >= 1 && samples >= 1,
+        "at least one of each"
+    );
     let dir = tempfile::tempdir()?;
     let sink = Sink::start();
     std::fs::write(dir.path().join("hmac"), "bench-secret")?;
@@ -55,7 +49,10 @@ pub async fn alerts(events: usize, batch: usize, samples: usize) -> anyhow::Resu
     .start(&tracker, stop.clone());
     let ready = Instant::now();
     while store.meta("notify/sink")?.is_none() {
-        ensure!(ready.elapsed() < Duration::from_secs(10), "the notifier did not start");
+        ensure!(
+            ready.elapsed() < Duration::from_secs(10),
+            "the notifier did not start"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
@@ -88,23 +85,40 @@ pub async fn alerts(events: usize, batch: usize, samples: usize) -> anyhow::Resu
     let mut recorded = 0;
     while recorded < events {
         let n = batch.min(events - recorded);
-        let batch: Vec<NewEvent> = (recorded..recorded + n).map(|i| event(samples + i)).collect();
+        let batch: Vec<NewEvent> = (recorded..recorded + n)
+            .map(|i| event(samples + i))
+            .collect();
         let log = log.clone();
         tokio::task::spawn_blocking(move || log.record_blocking(batch)).await?;
         recorded += n;
     }
     let record_time = started.elapsed();
     let all = sink
-        .wait_for(Duration::from_secs(600), "every alert", |d| d.len() >= before + events)
+        .wait_for(Duration::from_secs(600), "every alert", |d| {
+            d.len() >= before + events
+        })
         .await;
-    let elapsed = all[before + events - 1].at.saturating_duration_since(started);
+    let elapsed = all[before + events - 1]
+        .at
+        .saturating_duration_since(started);
     let ids: BTreeSet<&str> = all[before..]
         .iter()
-        .map(|d| d.headers.get("x-flotilla-delivery").map(String::as_str).unwrap_or(""))
+        .map(|d| {
+            d.headers
+                .get("x-flotilla-delivery")
+                .map(String::as_str)
+                .unwrap_or("")
+        })
         .collect();
-    ensure!(ids.len() == events, "{} distinct delivery ids for {events} events", ids.len());
     ensure!(
-        all[before..].iter().all(|d| d.headers.contains_key("x-flotilla-signature")),
+        ids.len() == events,
+        "{} distinct delivery ids for {events} events",
+        ids.len()
+    );
+    ensure!(
+        all[before..]
+            .iter()
+            .all(|d| d.headers.contains_key("x-flotilla-signature")),
         "an alert was not signed"
     );
     stop.cancel();

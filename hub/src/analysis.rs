@@ -318,7 +318,7 @@ pub async fn measure(
                     format!(
                         "Prometheus at {} cannot be reached: {}",
                         crate::source::RedactedUrl(&p.settings.prometheus),
-                        chain(&e.without_url())
+                        crate::source::chain(&e.without_url())
                     )
                 },
             );
@@ -344,26 +344,13 @@ pub async fn measure(
                     Outcome::Inconclusive,
                     format!(
                         "reading Prometheus' answer failed: {}",
-                        chain(&e.without_url())
+                        crate::source::chain(&e.without_url())
                     ),
                 );
             }
         }
     }
     judge(status, &body, q)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 /// `application/x-www-form-urlencoded` of `pairs`.

@@ -915,10 +915,7 @@ fn validate_analysis(analysis: &AnalysisSpec, at: &str) -> Result<(), FieldError
             _ => {}
         }
         if q.min.is_some_and(|v| !v.is_finite()) || q.max.is_some_and(|v| !v.is_finite()) {
-            return Err(invalid(
-                qat.clone(),
-                "thresholds must be finite numbers",
-            ));
+            return Err(invalid(qat.clone(), "thresholds must be finite numbers"));
         }
     }
     Ok(())

@@ -356,7 +356,8 @@ impl HubMetrics {
         match store.cluster_snapshots() {
             Ok(snapshots) => {
                 let mut counts = [0i64; 4];
-                const HEALTH: [&str; 5] = ["healthy", "progressing", "degraded", "failed", "unknown"];
+                const HEALTH: [&str; 5] =
+                    ["healthy", "progressing", "degraded", "failed", "unknown"];
                 let mut health = [0i64; 5];
                 for snap in &snapshots {
                     health[worst_health(snap.report.as_ref())] += 1;

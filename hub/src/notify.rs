@@ -275,7 +275,7 @@ impl Target {
             DeliveryError::Transport(if e.is_timeout() {
                 format!("no answer within {:?}", self.config.timeout)
             } else {
-                error_chain(&e)
+                crate::source::chain(&e)
             })
         })?;
         let status = response.status();
@@ -285,19 +285,6 @@ impl Target {
             Err(DeliveryError::Status(status.as_u16()))
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 /// The leader's alert delivery: one task per target, for one term.
@@ -332,7 +319,7 @@ impl Notifier {
             let client = match client {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!(target = %config.name, error = %error_chain(&e), "notification target cannot be used");
+                    warn!(target = %config.name, error = %crate::source::chain(&e), "notification target cannot be used");
                     continue;
                 }
             };

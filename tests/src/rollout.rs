@@ -85,3 +85,12 @@ pub async fn poll_rollout(
         tokio::time::sleep(every).await;
     }
 }
+
+/// The app's events, oldest first, as `flotilla events --app web -o json` prints them.
+pub fn events(fleet: &Fleet) -> Vec<serde_json::Value> {
+    fleet
+        .cli_text(&["events", "--app", "web", "--limit", "1000", "-o", "json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event JSON"))
+        .collect()
+}

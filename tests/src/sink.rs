@@ -9,6 +9,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// An `app-failed` event of app `web` on `cluster` about version `n`, now: what alert tests and the
+/// alert benchmark record.
+pub fn app_failed(cluster: &str, n: usize) -> flotilla_hub::events::NewEvent {
+    flotilla_hub::events::NewEvent {
+        app: "web".into(),
+        ..flotilla_hub::events::NewEvent::cluster(
+            flotilla_hub::controller::unix_now(),
+            "app-failed",
+            flotilla_hub::events::Severity::Error,
+            cluster,
+            format!("applying version {n} failed: namespace web not found"),
+        )
+    }
+}
+
 /// One request the sink took.
 #[derive(Debug, Clone)]
 pub struct Delivery {

@@ -12,25 +12,12 @@ use flotilla_hub::store::HubStore;
 use flotilla_hub::webhooks::hmac_sha256;
 use flotilla_tests::fixture::GitRepo;
 use flotilla_tests::replicated::ReplicatedHub;
-use flotilla_tests::sink::{Delivery, Sink};
+use flotilla_tests::sink::{Delivery, Sink, app_failed};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const HMAC_CANARY: &str = "canary-hmac-secret-3141";
 const URL_CANARY: &str = "canary-url-token-2718";
-
-fn app_failed(cluster: &str, n: usize) -> NewEvent {
-    NewEvent {
-        app: "web".into(),
-        ..NewEvent::cluster(
-            flotilla_hub::controller::unix_now(),
-            "app-failed",
-            Severity::Error,
-            cluster,
-            format!("applying version {n} failed: namespace web not found"),
-        )
-    }
-}
 
 fn kinds(d: &[Delivery]) -> Vec<String> {
     d.iter()

@@ -12,20 +12,12 @@ use flotilla_hub::config::AnalysisSettings;
 use flotilla_hub::manifest::{AnalysisQuery, NoData};
 use flotilla_tests::fixture::{CONVERGE, Fleet, eventually};
 use flotilla_tests::prometheus::{self, Exporter, Prometheus};
-use flotilla_tests::rollout::{poll_rollout, write_release};
+use flotilla_tests::rollout::{events, poll_rollout, write_release};
 
 const SERIES: &str = "canary_error_ratio{cluster=\"canary-1\"}";
 
 fn manifest() -> String {
     "apps:\n  - name: web\n    path: web\n    namespace: web\n    rollout:\n      stages:\n        - name: canary\n          selector: {matchLabels: {ring: canary}}\n          bake: 6s\n          analysis:\n            interval: 1s\n            inconclusiveLimit: 10\n            queries:\n              - name: errors\n                query: 'max(canary_error_ratio{cluster=\"{{ cluster.name }}\"})'\n                max: 0.05\n        - {name: main, selector: {matchLabels: {ring: main}}, maxUnavailable: 2}\n      failureBudget: 0\n      onFailure: rollback\n      progressDeadline: 60s\n".into()
-}
-
-fn events(fleet: &Fleet) -> Vec<serde_json::Value> {
-    fleet
-        .cli_text(&["events", "--app", "web", "--limit", "1000", "-o", "json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("event JSON"))
-        .collect()
 }
 
 fn version_on(fleet: &Fleet, agent: usize) -> Option<String> {

@@ -12,7 +12,7 @@ use flotilla_kubesim::{ObjectRef, WorkloadMode};
 use flotilla_proto::v1 as pb;
 use flotilla_tests::fixture::{CONVERGE, Fleet, eventually};
 use flotilla_tests::rollout::{
-    get_rollout, manifest, poll_rollout, rings as ring_names, write_release,
+    events, get_rollout, manifest, poll_rollout, rings as ring_names, write_release,
 };
 
 fn version_on(sim: &KubeSim) -> Option<String> {
@@ -38,14 +38,6 @@ async fn wait_rollout(
 
 fn stage<'a>(r: &'a pb::Rollout, name: &str) -> &'a pb::RolloutStage {
     r.stages.iter().find(|s| s.name == name).expect("stage")
-}
-
-fn events(fleet: &Fleet) -> Vec<serde_json::Value> {
-    fleet
-        .cli_text(&["events", "--app", "web", "--limit", "1000", "-o", "json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("event JSON"))
-        .collect()
 }
 
 fn unix_now() -> i64 {

@@ -671,7 +671,7 @@ pub(crate) fn install_crypto_provider() {
 }
 
 /// An error and its sources on one line, `outer: inner: …`, without repeats.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
