@@ -53,6 +53,9 @@ pub struct AgentMetrics {
     registry: Arc<Registry>,
     /// Apply passes, by how long they took.
     pub apply_duration: Histogram,
+    /// Syncs of an announced ClusterState: GetClusterState, fetching its objects, verifying and
+    /// storing it (accepted or refused), by how long they took.
+    pub sync_duration: Histogram,
     /// Apply passes that changed or reported something, by result.
     pub apply_passes: Family<ResultLabels, Counter>,
     /// Objects written by server-side apply (created, changed, or put back after drift).
@@ -89,6 +92,7 @@ impl AgentMetrics {
             registry: Arc::new(Registry::default()),
             // 10 ms to about 80 s.
             apply_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            sync_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             apply_passes: Family::default(),
             objects_applied: Counter::default(),
             objects_pruned: Counter::default(),
@@ -106,6 +110,11 @@ impl AgentMetrics {
             "apply_duration_seconds",
             "Time an apply pass took",
             m.apply_duration.clone(),
+        );
+        r.register(
+            "sync_duration_seconds",
+            "Time a sync of an announced ClusterState took (fetch, verify, store)",
+            m.sync_duration.clone(),
         );
         r.register(
             "apply_passes",

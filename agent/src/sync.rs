@@ -354,6 +354,7 @@ impl Syncer {
             return Ok(());
         }
         let have_version = held.as_ref().map_or(0, |h| h.version);
+        let started = std::time::Instant::now();
         let response = client
             .get_cluster_state(wire::cluster_state_request(announced.version, have_version))
             .await
@@ -366,7 +367,7 @@ impl Syncer {
         };
         let now = crate::unix_now();
         let chained = chain.is_some();
-        match offer_with_chain(
+        let outcome = offer_with_chain(
             &self.ctx,
             &self.store,
             signed,
@@ -374,8 +375,11 @@ impl Syncer {
             &mut fetcher,
             now,
         )
-        .await?
-        {
+        .await?;
+        self.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
             OfferOutcome::Accepted { version, fetched } => {
                 memory.rejected = None;
                 if !chained {

@@ -50,6 +50,10 @@ enum Command {
         /// The hub's source poll interval.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         interval: Duration,
+        /// Bring each commit with a signed push webhook to a follower of three replicas whose
+        /// source is polled hourly (the same as `webhook-latency`) instead of by polling.
+        #[arg(long)]
+        webhook: bool,
     },
     /// Alert delivery latency and throughput from the hub's notifier to a local webhook sink.
     Alerts {
@@ -523,7 +527,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Latency {
             agents,
             rounds,
+            webhook: true,
+            ..
+        } => webhook::webhook_latency(agents, rounds)
+            .await
+            .context("latency benchmark with push webhooks"),
+        Command::Latency {
+            agents,
+            rounds,
             interval,
+            webhook: false,
         } => latency(agents, rounds, interval)
             .await
             .context("latency benchmark"),

@@ -114,7 +114,7 @@ pub struct HubMetrics {
     pub notifications_dropped: Family<TargetLabels, Counter>,
     /// Events after the target's cursor.
     pub notification_queue: Family<TargetLabels, Gauge>,
-    /// 0 while a target has failed for over a minute, else 1.
+    /// 0 while a target has failed for `notifications.targetDownAfter`, else 1.
     pub notification_target_up: Family<TargetLabels, Gauge>,
     /// Time from an event to its delivery.
     pub notification_delay: TargetHistograms,
@@ -283,7 +283,7 @@ impl HubMetrics {
         );
         r.register(
             "notification_target_up",
-            "0 while a notification target has failed for over a minute, else 1",
+            "0 while a notification target has failed for notifications.targetDownAfter (1m), else 1",
             metrics.notification_target_up.clone(),
         );
         r.register(

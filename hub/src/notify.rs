@@ -498,7 +498,6 @@ impl Notifier {
                                 reported_down = false;
                                 info!(target = %name, "notification target is delivering again");
                                 self.target_event(
-                                    &name,
                                     "notification-target-recovered",
                                     Severity::Info,
                                     format!("notification target {name} takes alerts again"),
@@ -518,7 +517,6 @@ impl Notifier {
                                 .set(0);
                             warn!(target = %name, error = %e, attempts = attempt, "notification target is down; its alerts queue up");
                             self.target_event(
-                                &name,
                                 "notification-target-down",
                                 Severity::Error,
                                 format!(
@@ -557,8 +555,7 @@ impl Notifier {
         }
     }
 
-    async fn target_event(&self, name: &str, kind: &str, severity: Severity, message: String) {
-        let _ = name;
+    async fn target_event(&self, kind: &str, severity: Severity, message: String) {
         let event = NewEvent::cluster(crate::controller::unix_now(), kind, severity, "", message);
         self.events.record(vec![event]).await;
     }

@@ -602,8 +602,14 @@ async fn serve(
     ));
     let tracker = TaskTracker::new();
     let leader_slot: LeaderSlot = Arc::new(tokio::sync::watch::Sender::new(None));
-    let heartbeat = (config.rollouts.offline_after / 3)
-        .clamp(Duration::from_millis(500), Duration::from_secs(15));
+    // Well inside both offline thresholds (rollouts' and alerts'), so a connected agent is never
+    // taken for offline.
+    let heartbeat = (config
+        .rollouts
+        .offline_after
+        .min(config.notifications.cluster_offline_after)
+        / 3)
+    .clamp(Duration::from_millis(500), Duration::from_secs(15));
     let metrics = crate::metrics::HubMetrics::new();
     tracker.spawn(count_leader_changes(
         replica.raft.clone(),

@@ -329,3 +329,83 @@ async fn an_alert_queued_when_the_leader_dies_is_delivered_by_the_next_leader() 
     hub.replicas[(leader - 1) as usize].start().await.unwrap();
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_clusters_expiring_certificates_and_corrected_drift_alert() {
+    let sink = Sink::start();
+    // Certificates last 30 days: every one is within a 400-day warning, so each is reported once.
+    let extra = format!(
+        "notifications:\n  clusterOfflineAfter: 3s\n  certificateExpiryWarning: 400d\n  targets:\n    - name: ops\n      type: webhook\n      url: {}\n      filter:\n        events: [cluster-*, certificate-expiring, app-drift-corrected]\n",
+        sink.url("/ops")
+    );
+    let mut fleet = flotilla_tests::fixture::Fleet::start_with_config(
+        |repo: &GitRepo| {
+            repo.write("flotilla.yaml", MANIFEST)
+                .write("apps/base/objects.yaml", BASE);
+            repo.commit("initial");
+        },
+        Duration::from_millis(200),
+        &extra,
+    )
+    .await;
+    fleet.add_agent("edge-1", "tier=edge").await;
+    let first = fleet.repo.git(&["rev-parse", "HEAD"]);
+    fleet.wait_converged(&first).await;
+    let kind = |d: &Delivery, k: &str| d.json()["kind"] == k && d.json()["cluster"] == "edge-1";
+    let got = sink
+        .wait_for(Duration::from_secs(30), "certificate-expiring", |d| {
+            d.iter().any(|d| kind(d, "certificate-expiring"))
+        })
+        .await;
+    let cert = got
+        .iter()
+        .find(|d| kind(d, "certificate-expiring"))
+        .unwrap();
+    assert!(
+        cert.json()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the cluster's certificate expires in 29days 23h"),
+        "{}",
+        cert.json()
+    );
+    // Connected, with heartbeats well inside the 3 s: not offline.
+    assert!(
+        !sink.all().iter().any(|d| kind(d, "cluster-offline")),
+        "a connected cluster was reported offline"
+    );
+
+    // The agent goes away; its object is edited behind its back meanwhile.
+    fleet.agents[0].kill().await;
+    let file = fleet.agents[0]
+        .target_dir
+        .join("core_v1_ConfigMap_web_settings.json");
+    let applied = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, applied.replace("blue", "edited")).unwrap();
+    sink.wait_for(Duration::from_secs(30), "cluster-offline", |d| {
+        d.iter().any(|d| kind(d, "cluster-offline"))
+    })
+    .await;
+    // Back: online again, and the drift it wrote back is an alert.
+    fleet.agents[0].start().unwrap();
+    let got = sink
+        .wait_for(
+            Duration::from_secs(30),
+            "cluster-online and app-drift-corrected",
+            |d| {
+                d.iter().any(|d| kind(d, "cluster-online"))
+                    && d.iter().any(|d| kind(d, "app-drift-corrected"))
+            },
+        )
+        .await;
+    let drift = got.iter().find(|d| kind(d, "app-drift-corrected")).unwrap();
+    assert_eq!(
+        drift.json()["message"],
+        "corrected drift (drift: correct) of v1/ConfigMap web/settings"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), applied);
+    let once = |k: &str| sink.all().iter().filter(|d| kind(d, k)).count();
+    assert_eq!(once("certificate-expiring"), 1, "said once per certificate");
+    assert_eq!(once("cluster-offline"), 1);
+    fleet.shutdown().await;
+}

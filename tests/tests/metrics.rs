@@ -98,6 +98,7 @@ async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() 
         let issued = prom.query("flotilla_hub_cluster_states_issued_total");
         let applied = prom.query("flotilla_agent_objects_applied_total");
         let app_renders = prom.query("flotilla_hub_app_renders_total{app=\"base\"}");
+        let syncs = prom.query("flotilla_agent_sync_duration_seconds_count");
         let patches = prom.query("flotilla_agent_kube_api_requests_total{verb=\"patch\"}");
         let fetches =
             prom.query("flotilla_hub_source_fetch_duration_seconds_count{source=\"main\"}");
@@ -107,6 +108,7 @@ async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() 
             && issued.is_some_and(|v| v >= 1.0)
             && applied.is_some_and(|v| v >= 1.0)
             && app_renders.is_some_and(|v| v >= 1.0)
+            && syncs.is_some_and(|v| v >= 1.0)
             && patches.is_some_and(|v| v >= 1.0)
             && fetches.is_some_and(|v| v >= 1.0)
         {
@@ -114,7 +116,7 @@ async fn prometheus_scrapes_the_hub_and_the_agent_and_reads_their_values_back() 
         }
         assert!(
             std::time::Instant::now() < end,
-            "Prometheus never reported {wanted:?}: got {got:?}, issued {issued:?}, fetches {fetches:?}, objects applied {applied:?}, renders of app base {app_renders:?}, API patches {patches:?}, certificate expiry in {expiry:?} s; log:\n{}",
+            "Prometheus never reported {wanted:?}: got {got:?}, issued {issued:?}, fetches {fetches:?}, objects applied {applied:?}, renders of app base {app_renders:?}, syncs {syncs:?}, API patches {patches:?}, certificate expiry in {expiry:?} s; log:\n{}",
             prom.log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
