@@ -87,6 +87,53 @@ pub struct RolloutStageView {
     pub failed: u32,
     /// Clusters offline when their turn came.
     pub deferred: u32,
+    /// Its analysis queries' measurements during this bake.
+    pub analysis: Vec<RolloutAnalysisView>,
+}
+
+/// One analysis query of a stage, for one cluster or the stage.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RolloutAnalysisView {
+    /// Query name.
+    pub query: String,
+    /// Cluster name for a per-cluster query; empty for the stage.
+    pub cluster: String,
+    /// Passing measurements.
+    pub passes: u32,
+    /// Failed measurements.
+    pub failures: u32,
+    /// Inconclusive measurements in a row, up to now.
+    pub inconclusive_run: u32,
+    /// pass | fail | inconclusive; empty before the first.
+    pub last: String,
+    /// Unix seconds of the last measurement.
+    pub last_at: i64,
+    /// What it found.
+    pub detail: String,
+    /// Failed measurements tolerated.
+    pub failure_limit: u32,
+    /// Inconclusive ones in a row that fail the stage.
+    pub inconclusive_limit: u32,
+    /// Between measurements.
+    pub interval_seconds: u64,
+}
+
+impl From<pb::RolloutAnalysis> for RolloutAnalysisView {
+    fn from(a: pb::RolloutAnalysis) -> Self {
+        RolloutAnalysisView {
+            query: a.query,
+            cluster: a.cluster,
+            passes: a.passes,
+            failures: a.failures,
+            inconclusive_run: a.inconclusive_run,
+            last: a.last,
+            last_at: a.last_at,
+            detail: a.detail,
+            failure_limit: a.failure_limit,
+            inconclusive_limit: a.inconclusive_limit,
+            interval_seconds: a.interval_seconds,
+        }
+    }
 }
 
 /// One cluster of a rollout.
@@ -153,6 +200,7 @@ impl From<pb::RolloutStage> for RolloutStageView {
             healthy: s.healthy,
             failed: s.failed,
             deferred: s.deferred,
+            analysis: s.analysis.into_iter().map(Into::into).collect(),
         }
     }
 }

@@ -130,6 +130,19 @@ async fn a_canary_whose_metric_goes_bad_during_its_bake_rolls_back() {
             .contains("stage canary failed its analysis: query errors on cluster"),
         "{rolled}"
     );
+    // `rollout status` shows the measurements that decided it.
+    let status = fleet.cli_text(&["rollout", "status", "web"]);
+    assert!(
+        status.contains("  Analysis:        errors on canary-1: fail ("),
+        "{status}"
+    );
+    let json = fleet.cli_json(&["rollout", "status", "web"]);
+    let row = &json["stages"][0]["analysis"][0];
+    assert_eq!(row["query"], "errors", "{json}");
+    assert_eq!(row["cluster"], "canary-1");
+    assert_eq!(row["last"], "fail");
+    assert_eq!(row["failures"], 1, "{row}");
+
     // The canary is back on v2; the main stage never saw v3.
     eventually("the canary back on v2", CONVERGE, || {
         version_on(&fleet, 0).as_deref() == Some("v2")

@@ -114,6 +114,39 @@ pub(crate) fn stage_counts(s: &RolloutStageView) -> String {
     out
 }
 
+/// `errors on edge-1: pass (3 passed, 0 failed of 1 allowed): value 0.01 is at most 0.05, 12s ago`.
+fn analysis_line(a: &super::RolloutAnalysisView, now: i64) -> String {
+    let on = if a.cluster.is_empty() {
+        String::new()
+    } else {
+        format!(" on {}", a.cluster)
+    };
+    if a.last.is_empty() {
+        return format!(
+            "{}{on}: not measured yet (every {}s during the bake)",
+            a.query, a.interval_seconds
+        );
+    }
+    let run = if a.inconclusive_run > 0 {
+        format!(
+            ", {} of {} inconclusive in a row",
+            a.inconclusive_run, a.inconclusive_limit
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{}{on}: {} ({} passed, {} failed of {} allowed{run}): {}, {}",
+        a.query,
+        a.last,
+        a.passes,
+        a.failures,
+        a.failure_limit,
+        a.detail,
+        ago(now, a.last_at)
+    )
+}
+
 fn bake(s: &RolloutStageView, now: i64) -> String {
     if s.bake_seconds == 0 {
         return "none".into();
@@ -205,6 +238,9 @@ pub fn status_text(r: &RolloutView, all_clusters: bool, now: i64) -> String {
         field("Max unavailable:", s.max_unavailable.to_string());
         field("Bake:", bake(s, now));
         field("Approval:", approval(s, &r.app, now));
+        for a in &s.analysis {
+            field("Analysis:", analysis_line(a, now));
+        }
     }
     let shown: Vec<&RolloutClusterView> = r
         .clusters
@@ -608,6 +644,48 @@ Warnings:
         assert_eq!(
             action_summary(Action::Pause, &paused),
             "rollout web #7 paused; now paused (paused by admin), stage 2/3 eu progressing"
+        );
+    }
+
+    #[test]
+    fn analysis_lines_name_the_query_cluster_outcome_and_counts() {
+        let a = super::super::RolloutAnalysisView {
+            query: "errors".into(),
+            cluster: "canary-1".into(),
+            passes: 3,
+            failures: 1,
+            inconclusive_run: 0,
+            last: "fail".into(),
+            last_at: 1_000,
+            detail: "value 0.5 is not at most 0.05".into(),
+            failure_limit: 0,
+            inconclusive_limit: 3,
+            interval_seconds: 30,
+        };
+        assert_eq!(
+            analysis_line(&a, 1_012),
+            "errors on canary-1: fail (3 passed, 1 failed of 0 allowed): value 0.5 is not at most 0.05, 12s ago"
+        );
+        let waiting = super::super::RolloutAnalysisView {
+            query: "slo".into(),
+            interval_seconds: 30,
+            ..Default::default()
+        };
+        assert_eq!(
+            analysis_line(&waiting, 1_012),
+            "slo: not measured yet (every 30s during the bake)"
+        );
+        let unsure = super::super::RolloutAnalysisView {
+            last: "inconclusive".into(),
+            inconclusive_run: 2,
+            inconclusive_limit: 3,
+            last_at: 1_000,
+            detail: "Prometheus at http://prom:9090 cannot be reached: connection refused".into(),
+            ..waiting
+        };
+        assert_eq!(
+            analysis_line(&unsure, 1_012),
+            "slo: inconclusive (0 passed, 0 failed of 0 allowed, 2 of 3 inconclusive in a row): Prometheus at http://prom:9090 cannot be reached: connection refused, 12s ago"
         );
     }
 }

@@ -13,6 +13,58 @@ use crate::rollout::{
 /// Name and labels per cluster id.
 pub type Names = BTreeMap<String, (String, Labels)>;
 
+/// A stage's analysis measurements: every query of its spec, per cluster where measured so.
+fn analysis_rows(
+    s: &crate::rollout::StageState,
+    settings: Option<&crate::manifest::StageSpec>,
+    names: &Names,
+) -> Vec<pb::RolloutAnalysis> {
+    let Some(analysis) = settings.and_then(|st| st.analysis.as_ref()) else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    for q in &analysis.queries {
+        let mut keys: Vec<(&String, Option<&str>)> = s
+            .analysis
+            .keys()
+            .filter_map(|k| match k.split_once('@') {
+                Some((name, cluster)) if name == q.name => Some((k, Some(cluster))),
+                None if *k == q.name => Some((k, None)),
+                _ => None,
+            })
+            .collect();
+        keys.sort_by_key(|(_, c)| c.map(|id| names.get(id).map(|n| n.0.clone())));
+        let row = |cluster: String, state: Option<&crate::rollout::QueryState>| {
+            let last = state.and_then(|q| q.last.as_ref());
+            pb::RolloutAnalysis {
+                query: q.name.clone(),
+                cluster,
+                passes: state.map_or(0, |q| q.passes),
+                failures: state.map_or(0, |q| q.failures),
+                inconclusive_run: state.map_or(0, |q| q.inconclusive_run),
+                last: last
+                    .map(|m| m.outcome.as_str().to_string())
+                    .unwrap_or_default(),
+                last_at: last.map_or(0, |m| m.at),
+                detail: last.map(|m| m.detail.clone()).unwrap_or_default(),
+                failure_limit: analysis.failure_limit,
+                inconclusive_limit: analysis.inconclusive_limit,
+                interval_seconds: analysis.interval.as_secs(),
+            }
+        };
+        if keys.is_empty() {
+            rows.push(row(String::new(), None));
+        }
+        for (key, cluster) in keys {
+            let name = cluster
+                .map(|id| names.get(id).map_or(id.to_string(), |n| n.0.clone()))
+                .unwrap_or_default();
+            rows.push(row(name, s.analysis.get(key)));
+        }
+    }
+    rows
+}
+
 /// A rollout record with every stage's state and counts and every cluster's progress.
 pub fn rollout_message(record: &RolloutRecord, names: &Names, now: i64) -> pb::Rollout {
     let r = &record.rollout;
@@ -80,6 +132,7 @@ pub fn rollout_message(record: &RolloutRecord, names: &Names, now: i64) -> pb::R
             healthy: counts[2],
             failed: counts[3],
             deferred: counts[4],
+            analysis: analysis_rows(s, settings, names),
         });
     }
     let clusters = r
