@@ -255,6 +255,24 @@ pub struct StatusView {
     pub sources: Vec<SourceView>,
     /// Clusters.
     pub clusters: Vec<ClusterStatusView>,
+    /// Notification targets and their delivery.
+    pub notification_targets: Vec<NotificationTargetView>,
+}
+
+/// A notification target and where its delivery stands.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NotificationTargetView {
+    /// Name in hub.yaml.
+    pub name: String,
+    /// webhook | slack.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Sequence number of the last event it was given or skipped.
+    pub delivered_seq: u64,
+    /// Events after it.
+    pub queued: u64,
+    /// Unix seconds since it has been down; 0 while up.
+    pub down_since: i64,
 }
 
 impl StatusView {
@@ -475,6 +493,17 @@ pub async fn status(client: &mut AdminClient<Channel>) -> Result<StatusView, Cli
             })
             .collect(),
         clusters: resp.clusters.into_iter().map(cluster_status_view).collect(),
+        notification_targets: resp
+            .notification_targets
+            .into_iter()
+            .map(|t| NotificationTargetView {
+                name: t.name,
+                kind: t.r#type,
+                delivered_seq: t.delivered_seq,
+                queued: t.queued,
+                down_since: t.down_since,
+            })
+            .collect(),
     })
 }
 

@@ -247,7 +247,30 @@ pub fn status_table(status: &StatusView) -> String {
             ]);
         }
     }
-    format!("{sources}\n\n{apps}")
+    if status.notification_targets.is_empty() {
+        return format!("{sources}\n\n{apps}");
+    }
+    let mut targets = table(&[
+        "NOTIFICATION TARGET",
+        "TYPE",
+        "STATE",
+        "QUEUED",
+        "DELIVERED THROUGH",
+    ]);
+    for t in &status.notification_targets {
+        targets.add_row(vec![
+            t.name.clone(),
+            t.kind.clone(),
+            if t.down_since > 0 {
+                format!("down since {}", ago(now, t.down_since))
+            } else {
+                "up".into()
+            },
+            t.queued.to_string(),
+            format!("event {}", t.delivered_seq),
+        ]);
+    }
+    format!("{sources}\n\n{apps}\n\n{targets}")
 }
 
 /// One event as a line: `seq time severity kind scope: message`.

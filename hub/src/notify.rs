@@ -57,6 +57,9 @@ pub const DEFAULT_ALERTS: &[&str] = &[
 /// Meta key prefix of the targets' cursors.
 pub const CURSOR_PREFIX: &str = "notify/";
 
+/// Meta key prefix of when a target went down (unix seconds; 0 while up), for `flotilla status`.
+pub const DOWN_PREFIX: &str = "notify-down/";
+
 /// First and longest wait between two attempts at one delivery.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// See [`BACKOFF_FIRST`].
@@ -497,6 +500,7 @@ impl Notifier {
                             if reported_down {
                                 reported_down = false;
                                 info!(target = %name, "notification target is delivering again");
+                                self.set_down(&name, 0).await;
                                 self.target_event(
                                     "notification-target-recovered",
                                     Severity::Info,
@@ -516,6 +520,9 @@ impl Notifier {
                                 .get_or_create(&target.labels)
                                 .set(0);
                             warn!(target = %name, error = %e, attempts = attempt, "notification target is down; its alerts queue up");
+                            let since_unix =
+                                crate::controller::unix_now() - since.elapsed().as_secs() as i64;
+                            self.set_down(&name, since_unix.max(1) as u64).await;
                             self.target_event(
                                 "notification-target-down",
                                 Severity::Error,
@@ -552,6 +559,20 @@ impl Notifier {
         if saved != cursor {
             // Best effort on the way out; what is not stored is delivered again (at least once).
             let _ = self.save(&name, cursor).await;
+        }
+    }
+
+    /// Records when the target went down (0: up again); a failed write is said again at the next
+    /// transition, and status shows the older value meanwhile.
+    async fn set_down(&self, name: &str, since: u64) {
+        let key = format!("{DOWN_PREFIX}{name}");
+        if let Err(e) = self
+            .blocking("recording the target's state", move |s| {
+                s.set_meta(&key, since)
+            })
+            .await
+        {
+            debug!(target = %name, error = %e, "recording a notification target's state failed");
         }
     }
 

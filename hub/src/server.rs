@@ -641,6 +641,7 @@ async fn serve(
     let (reports, batching) = crate::api::ReportBatcher::new(store.clone(), shutdown.clone());
     tracker.spawn(batching);
     let state = ApiState {
+        notification_targets: Arc::new(config.notifications.targets.clone()),
         reports,
         store,
         ca: Arc::new(keys.ca),

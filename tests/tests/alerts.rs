@@ -334,9 +334,11 @@ async fn an_alert_queued_when_the_leader_dies_is_delivered_by_the_next_leader() 
 async fn offline_clusters_expiring_certificates_and_corrected_drift_alert() {
     let sink = Sink::start();
     // Certificates last 30 days: every one is within a 400-day warning, so each is reported once.
+    // `dead` answers nothing: it is reported down in `flotilla status`.
     let extra = format!(
-        "notifications:\n  clusterOfflineAfter: 3s\n  certificateExpiryWarning: 400d\n  targets:\n    - name: ops\n      type: webhook\n      url: {}\n      filter:\n        events: [cluster-*, certificate-expiring, app-drift-corrected]\n",
-        sink.url("/ops")
+        "notifications:\n  clusterOfflineAfter: 3s\n  certificateExpiryWarning: 400d\n  targetDownAfter: 1s\n  targets:\n    - name: ops\n      type: webhook\n      url: {}\n      filter:\n        events: [cluster-*, certificate-expiring, app-drift-corrected]\n    - name: dead\n      type: slack\n      url: http://127.0.0.1:{}/services/x\n      timeout: 1s\n",
+        sink.url("/ops"),
+        flotilla_tests::replicated::free_port()
     );
     let mut fleet = flotilla_tests::fixture::Fleet::start_with_config(
         |repo: &GitRepo| {
@@ -368,6 +370,30 @@ async fn offline_clusters_expiring_certificates_and_corrected_drift_alert() {
             .starts_with("the cluster's certificate expires in 29days 23h"),
         "{}",
         cert.json()
+    );
+    flotilla_tests::fixture::eventually(
+        "the dead target reported down",
+        Duration::from_secs(30),
+        || {
+            let status = fleet.cli_json(&["status"]);
+            let targets = status["notification_targets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let state = |name: &str| targets.iter().find(|t| t["name"] == name).cloned();
+            state("dead").is_some_and(|t| {
+                t["down_since"].as_i64() > Some(0)
+                    && t["queued"].as_u64() >= Some(1)
+                    && t["type"] == "slack"
+            }) && state("ops").is_some_and(|t| t["down_since"] == 0)
+        },
+    )
+    .await;
+    let text = fleet.cli_text(&["status"]);
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("dead") && l.contains("down since")),
+        "{text}"
     );
     // Connected, with heartbeats well inside the 3 s: not offline.
     assert!(

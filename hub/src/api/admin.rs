@@ -258,7 +258,30 @@ impl Admin for AdminService {
             .into_iter()
             .map(|snap| self.cluster_status(snap))
             .collect();
-        Ok(Response::new(pb::GetStatusResponse { sources, clusters }))
+        let newest = self.0.store.last_event_seq().map_err(internal)?;
+        let mut notification_targets = Vec::new();
+        for t in self.0.notification_targets.iter() {
+            let meta = |prefix: &str| self.0.store.meta(&format!("{prefix}{}", t.name));
+            let delivered = meta(crate::notify::CURSOR_PREFIX).map_err(internal)?;
+            notification_targets.push(pb::NotificationTargetStatus {
+                name: t.name.clone(),
+                r#type: match t.kind {
+                    crate::config::TargetKind::Webhook => "webhook",
+                    crate::config::TargetKind::Slack => "slack",
+                }
+                .into(),
+                delivered_seq: delivered.unwrap_or(newest),
+                queued: newest.saturating_sub(delivered.unwrap_or(newest)),
+                down_since: meta(crate::notify::DOWN_PREFIX)
+                    .map_err(internal)?
+                    .unwrap_or(0) as i64,
+            });
+        }
+        Ok(Response::new(pb::GetStatusResponse {
+            sources,
+            clusters,
+            notification_targets,
+        }))
     }
 
     async fn get_cluster(

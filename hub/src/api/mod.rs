@@ -33,6 +33,8 @@ pub use reports::ReportBatcher;
 pub struct ApiState {
     /// The store.
     pub store: HubStore,
+    /// Notification targets of hub.yaml (`flotilla status` shows their delivery).
+    pub notification_targets: Arc<Vec<crate::config::TargetConfig>>,
     /// The CA (signs cluster certificates at registration).
     pub ca: Arc<CertificateAuthority>,
     /// Ed25519 public key agents pin.
