@@ -267,9 +267,21 @@ impl Prometheus {
     /// A client for the configured Prometheus.
     pub fn new(settings: &AnalysisSettings) -> Result<Self, String> {
         crate::source::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
+            // A redirect could carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read analysis.caFile {}: {e}", path.display()))?;
+            for cert in crate::source::parse_ca_bundle(&pem)
+                .map_err(|e| format!("analysis.caFile {}: {e}", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("cannot make a client for analysis.prometheus: {e}"))?;
         Ok(Prometheus {
@@ -299,14 +311,34 @@ pub async fn measure(
     };
     let url = format!("{}/api/v1/query", p.settings.prometheus);
     let form: String = url_form(&[("query", promql)]);
-    let sent = p
+    let mut request = p
         .client
         .post(&url)
         .header("content-type", "application/x-www-form-urlencoded")
-        .header("accept", "application/json")
-        .body(form)
-        .send()
-        .await;
+        .header("accept", "application/json");
+    if let Some(path) = &p.settings.bearer_token_file {
+        match std::fs::read_to_string(path) {
+            Ok(token) if !token.trim().is_empty() => {
+                request = request.bearer_auth(token.trim());
+            }
+            Ok(_) => {
+                return (
+                    Outcome::Inconclusive,
+                    format!("analysis.bearerTokenFile {} is empty", path.display()),
+                );
+            }
+            Err(e) => {
+                return (
+                    Outcome::Inconclusive,
+                    format!(
+                        "cannot read analysis.bearerTokenFile {}: {e}",
+                        path.display()
+                    ),
+                );
+            }
+        }
+    }
+    let sent = request.body(form).send().await;
     let response = match sent {
         Ok(r) => r,
         Err(e) => {

@@ -169,6 +169,10 @@ struct RawAnalysis {
     prometheus: String,
     #[serde(default = "default_target_timeout")]
     timeout: String,
+    #[serde(default)]
+    bearer_token_file: Option<PathBuf>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -546,6 +550,10 @@ pub struct AnalysisSettings {
     pub prometheus: String,
     /// Time box of one query.
     pub timeout: Duration,
+    /// File holding a bearer token sent with every query (read at each query, never logged).
+    pub bearer_token_file: Option<PathBuf>,
+    /// PEM bundle trusted besides the system roots (a private CA), checked at startup.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `notifications:` in hub.yaml.
@@ -808,9 +816,27 @@ fn http_url(field: &str, url: &str) -> Result<(), ConfigError> {
 
 fn analysis(raw: RawAnalysis) -> Result<AnalysisSettings, ConfigError> {
     http_url("analysis.prometheus", &raw.prometheus)?;
+    if raw.bearer_token_file.is_some() && raw.prometheus.to_ascii_lowercase().starts_with("http://")
+    {
+        return Err(ConfigError::Invalid {
+            field: "analysis.bearerTokenFile".into(),
+            message: format!(
+                "the token would go in clear text to {}; use an https:// URL",
+                RedactedUrl(&raw.prometheus)
+            ),
+        });
+    }
+    if let Some(path) = &raw.ca_file {
+        check_ca_file(path).map_err(|message| ConfigError::Invalid {
+            field: "analysis.caFile".into(),
+            message: format!("{}: {message}", path.display()),
+        })?;
+    }
     Ok(AnalysisSettings {
         prometheus: raw.prometheus.trim_end_matches('/').to_string(),
         timeout: duration("analysis.timeout", &raw.timeout)?,
+        bearer_token_file: raw.bearer_token_file,
+        ca_file: raw.ca_file,
     })
 }
 
@@ -1138,6 +1164,59 @@ impl HubConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notifications_and_analysis_are_checked() {
+        let c = HubConfig::parse(
+            "notifications:\n  targets:\n    - {name: ops, type: webhook, url: 'https://alerts.example/x', filter: {severities: [error]}}\n    - {name: chat, type: slack, urlFile: /etc/flotilla/slack}\nanalysis: {prometheus: 'http://prometheus:9090/'}\n",
+        )
+        .unwrap();
+        let n = &c.notifications;
+        assert_eq!((n.queue_limit, n.targets.len()), (10_000, 2));
+        assert_eq!(n.cluster_offline_after, Duration::from_secs(900));
+        assert_eq!(
+            n.targets[0].filter.severities,
+            [crate::events::Severity::Error]
+        );
+        assert_eq!(
+            n.targets[1].url,
+            TargetUrl::File("/etc/flotilla/slack".into())
+        );
+        let a = c.analysis.unwrap();
+        assert_eq!(a.prometheus, "http://prometheus:9090");
+        assert_eq!(a.timeout, Duration::from_secs(10));
+        for (text, want) in [
+            (
+                "notifications: {targets: [{name: a, type: email, url: 'https://x.example'}]}",
+                "notifications.targets[0].type: \"email\" is not webhook or slack",
+            ),
+            (
+                "notifications: {targets: [{name: a, type: slack}]}",
+                "notifications.targets[0].url: give exactly one of url and urlFile",
+            ),
+            (
+                "notifications: {targets: [{name: a, type: webhook, url: 'ftp://x.example/a'}]}",
+                "is not an http:// or https:// URL",
+            ),
+            (
+                "notifications: {targets: [{name: a, type: webhook, url: 'https://x.example', filter: {severities: [fatal]}}]}",
+                "\"fatal\" is not info, warning or error",
+            ),
+            (
+                "notifications: {targets: [{name: a, type: webhook, url: 'https://x.example'}, {name: a, type: slack, url: 'https://y.example'}]}",
+                "\"a\" is used twice",
+            ),
+            ("notifications: {queueLimit: 0}", "notifications.queueLimit"),
+            (
+                "analysis: {prometheus: 'http://prom:9090', bearerTokenFile: /t}",
+                "analysis.bearerTokenFile: the token would go in clear text",
+            ),
+            ("analysis: {prometheus: prom:9090}", "analysis.prometheus"),
+        ] {
+            let e = HubConfig::parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn replication_is_optional_and_checked() {

@@ -880,6 +880,12 @@ fn validate_analysis(analysis: &AnalysisSpec, at: &str) -> Result<(), FieldError
             "an analysis needs at least one query",
         ));
     }
+    if analysis.inconclusive_limit == 0 {
+        return Err(invalid(
+            format!("{at}.inconclusiveLimit"),
+            "must be at least 1 (one inconclusive measurement fails the stage)",
+        ));
+    }
     if analysis.interval < Duration::from_secs(1) {
         return Err(invalid(format!("{at}.interval"), "must be at least 1s"));
     }
@@ -1243,6 +1249,12 @@ mod tests {
             (
                 stage(", analysis: {interval: 0s, queries: [{name: e, query: up, max: 1}]}"),
                 "must be at least 1s",
+            ),
+            (
+                stage(
+                    ", analysis: {inconclusiveLimit: 0, queries: [{name: e, query: up, max: 1}]}",
+                ),
+                "inconclusiveLimit: must be at least 1",
             ),
             (
                 stage(", analysis: {queries: [{name: e, query: up, max: 1, noData: maybe}]}"),

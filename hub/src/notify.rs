@@ -396,8 +396,21 @@ impl Notifier {
             .set(1);
         let mut saved = cursor;
         let mut last_save = Instant::now();
-        let mut failing_since: Option<Instant> = None;
-        let mut reported_down = false;
+        // Down when an earlier leader left it: the first success here says it recovered.
+        let key = format!("{DOWN_PREFIX}{name}");
+        let down_before = self
+            .blocking("reading the target's state", move |s| s.meta(&key))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|since| since > 0);
+        let mut failing_since: Option<Instant> = down_before.then(Instant::now);
+        let mut reported_down = down_before;
+        if down_before {
+            m.notification_target_up
+                .get_or_create(&target.labels)
+                .set(0);
+        }
         let mut attempt = 0u32;
         info!(target = %name, cursor, "notification target delivers events after its cursor");
         'outer: loop {
@@ -451,6 +464,7 @@ impl Notifier {
                     .get_or_create(&target.labels)
                     .inc_by(gap);
                 warn!(target = %name, dropped = gap, "events were dropped by eventRetention before this notification target got them");
+                cursor = first.seq - 1;
             }
             if batch.is_empty() {
                 if saved != cursor {
@@ -460,14 +474,19 @@ impl Notifier {
                         saved = cursor;
                     }
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    notice = notices.recv() => match notice {
-                        Ok(Notice::Events(_) | Notice::Restored) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Ok(_) => continue 'outer,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    },
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                // Until new events (or a restored snapshot, or a missed notice), or a look every 5 s.
+                let tick = tokio::time::sleep(Duration::from_secs(5));
+                tokio::pin!(tick);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break 'outer,
+                        notice = notices.recv() => match notice {
+                            Ok(Notice::Events(_) | Notice::Restored) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break 'outer,
+                        },
+                        _ = &mut tick => break,
+                    }
                 }
                 continue;
             }

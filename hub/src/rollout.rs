@@ -1107,7 +1107,7 @@ fn one_pass(
                     );
                     return (vec![on_failure(r, spec, reason)], wake);
                 }
-                if q.inconclusive_run >= analysis.inconclusive_limit.max(1) {
+                if q.inconclusive_run >= analysis.inconclusive_limit {
                     let reason = format!(
                         "stage {} failed its analysis: query {name}{on} was inconclusive {} times in a row (inconclusiveLimit {}): {detail}",
                         s.name, q.inconclusive_run, analysis.inconclusive_limit

@@ -164,6 +164,8 @@ async fn a_canary_whose_metric_goes_bad_during_its_bake_rolls_back() {
     let settings = AnalysisSettings {
         prometheus: prom.url(),
         timeout: Duration::from_secs(2),
+        bearer_token_file: None,
+        ca_file: None,
     };
     let client = Client::new(&settings).unwrap();
     let q = |query: &str| AnalysisQuery {
@@ -192,8 +194,19 @@ async fn a_canary_whose_metric_goes_bad_during_its_bake_rolls_back() {
             "http://127.0.0.1:{}",
             flotilla_tests::replicated::free_port()
         ),
-        timeout: Duration::from_secs(2),
+        ..settings.clone()
     };
+    // A token file that cannot be read: inconclusive, naming the file, and nothing is sent.
+    let unreadable = AnalysisSettings {
+        bearer_token_file: Some(work.path().join("no-such-token")),
+        ..settings.clone()
+    };
+    let (o, d) = measure(Some(&Client::new(&unreadable).unwrap()), SERIES, &q("")).await;
+    assert_eq!(o, Outcome::Inconclusive);
+    assert!(
+        d.starts_with("cannot read analysis.bearerTokenFile "),
+        "{d}"
+    );
     let (o, d) = measure(Some(&Client::new(&gone).unwrap()), SERIES, &q("")).await;
     assert_eq!(o, Outcome::Inconclusive);
     assert!(d.contains("cannot be reached"), "{d}");

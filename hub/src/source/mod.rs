@@ -609,7 +609,7 @@ impl GitMirror {
 
 /// Parses a PEM bundle into the certificates reqwest adds to its roots; an empty bundle is an error, since
 /// it would silently trust nothing more than the defaults.
-fn parse_ca_bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
+pub(crate) fn parse_ca_bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
     let certs = reqwest::Certificate::from_pem_bundle(pem)
         .map_err(|e| format!("cannot be parsed: {}", chain(&e)))?;
     if certs.is_empty() {
