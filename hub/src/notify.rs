@@ -627,10 +627,12 @@ pub async fn watch_fleet(
             _ = tokio::time::sleep(every) => {}
         }
         let reader = store.clone();
+        // What was said is read from the store once per term, then kept here.
+        let first = alerted.is_none();
         let read = tokio::task::spawn_blocking(move || {
             let fleet = reader.cluster_reports()?;
             let mut known = crate::events::Alerted::default();
-            for (c, _, _) in &fleet {
+            for (c, _, _) in fleet.iter().filter(|_| first) {
                 if reader.meta(&format!("{OFFLINE_PREFIX}{}", c.id))? == Some(1) {
                     known.offline.insert(c.id.clone());
                 }
